@@ -1,0 +1,249 @@
+"""Causal multi-head self-attention with grouped-query heads and a KV cache."""
+
+from __future__ import annotations
+
+import keras
+
+from tflm.layers import masks
+from tflm.layers import rotary
+
+_MASKED = -1e9
+
+
+def default_initializer():
+    """GPT-2's initializer: a normal with stddev 0.02."""
+    return keras.initializers.RandomNormal(stddev=0.02)
+
+
+def update_cache(cache, key, value, index):
+    """Writes `key` and `value` into `cache` at slot `index`, in place.
+
+    Uses `scatter_update` (`TensorScatterUpdate` on TensorFlow), which runs
+    without XLA, unlike `slice_update` (`XlaDynamicUpdateSlice`). TensorFlow
+    forwards the input buffer when the old cache has no other reader, so no
+    copy of the cache is made inside a decode loop.
+
+    Args:
+        cache: `(2, B, K, S, H)`.
+        key: `(B, K, T, H)`.
+        value: `(B, K, T, H)`.
+        index: int scalar, the slot of the first of the `T` new positions.
+
+    Returns:
+        The updated cache, same shape and dtype.
+    """
+    updates = keras.ops.cast(keras.ops.stack([key, value]), cache.dtype)
+    shape = keras.ops.shape(updates)
+    grids = keras.ops.meshgrid(
+        keras.ops.arange(2, dtype="int32"),
+        keras.ops.arange(shape[1], dtype="int32"),
+        keras.ops.arange(shape[2], dtype="int32"),
+        keras.ops.arange(shape[3], dtype="int32") + index,
+        indexing="ij",
+    )
+    indices = keras.ops.stack(grids, axis=-1)
+    return keras.ops.scatter_update(cache, indices, updates)
+
+
+@keras.saving.register_keras_serializable(package="tflm")
+class CausalSelfAttention(keras.layers.Layer):
+    """Causal self-attention: multi-head, grouped-query or multi-query.
+
+    Keys and values use `num_key_value_heads` heads, each shared by
+    `num_heads // num_key_value_heads` query heads; they are never repeated
+    in memory. Scores and softmax run in float32 under mixed precision.
+
+    Args:
+        num_heads: int. Query heads `N`; must divide the hidden size.
+        num_key_value_heads: int. Key/value heads `K`; must divide
+            `num_heads`. Defaults to `num_heads` (plain multi-head).
+        use_bias: bool. Biases on the projections. Defaults to `True`.
+        fused_qkv: bool. One `query_key_value` projection instead of
+            separate `query`, `key`, `value`. Defaults to `True`.
+        use_rotary: bool. Rotary position embedding on queries and keys.
+        rope_max_wavelength: float. RoPE base. Defaults to `10000.0`.
+        dropout: float. Dropout on attention probabilities.
+        kernel_initializer: Keras initializer. Defaults to normal(0.02).
+        **kwargs: Passed to `keras.layers.Layer` (`name`, `dtype`).
+
+    Call arguments:
+        x: float `(B, T, D)`.
+        padding_mask: optional `(B, T)`, or `(B, S)` over the cache slots when
+            a cache is given; true where a token is real.
+        cache: optional `(2, B, K, S, H)`; returned updated.
+        cache_index: int scalar, slot of `x`'s first token in `cache`.
+        position_ids: optional int `(B, T)` for rotary embedding; defaults to
+            `cache_index + arange(T)`.
+        training: bool, enables dropout.
+
+    Returns:
+        `(B, T, D)`, or `(output, cache)` when a cache was passed in.
+
+    Example:
+    >>> CausalSelfAttention(num_heads=2)(np.zeros((1, 4, 8))).shape
+    (1, 4, 8)
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        num_key_value_heads: int | None = None,
+        use_bias: bool = True,
+        fused_qkv: bool = True,
+        use_rotary: bool = False,
+        rope_max_wavelength: float = 10000.0,
+        dropout: float = 0.0,
+        kernel_initializer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        num_key_value_heads = num_key_value_heads or num_heads
+        if num_heads <= 0 or num_heads % num_key_value_heads:
+            raise ValueError(
+                "num_key_value_heads must divide num_heads (1 for multi-query, "
+                f"num_heads for multi-head). Received: num_heads={num_heads}, "
+                f"num_key_value_heads={num_key_value_heads}."
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1). Received: {dropout=}")
+        self.num_heads = int(num_heads)
+        self.num_key_value_heads = int(num_key_value_heads)
+        self.use_bias = bool(use_bias)
+        self.fused_qkv = bool(fused_qkv)
+        self.use_rotary = bool(use_rotary)
+        self.rope_max_wavelength = float(rope_max_wavelength)
+        self.dropout = float(dropout)
+        self.kernel_initializer = keras.initializers.get(
+            kernel_initializer or default_initializer()
+        )
+
+    def build(self, input_shape):
+        hidden_dim = input_shape[-1]
+        if hidden_dim % self.num_heads:
+            raise ValueError(
+                "num_heads must divide the hidden size. Received: "
+                f"num_heads={self.num_heads}, hidden size={hidden_dim}."
+            )
+        self.head_dim = hidden_dim // self.num_heads
+        kv_dim = self.num_key_value_heads * self.head_dim
+        if self.use_rotary:
+            rotary.rope_inverse_frequencies(self.head_dim)  # validates H
+        if self.fused_qkv:
+            self.query_key_value = self._dense(hidden_dim + 2 * kv_dim, "query_key_value")
+            self.query_key_value.build(input_shape)
+        else:
+            self.query = self._dense(hidden_dim, "query")
+            self.key = self._dense(kv_dim, "key")
+            self.value = self._dense(kv_dim, "value")
+            for layer in (self.query, self.key, self.value):
+                layer.build(input_shape)
+        self.output_dense = self._dense(hidden_dim, "output")
+        self.output_dense.build(input_shape[:-1] + (hidden_dim,))
+        self.dropout_layer = keras.layers.Dropout(
+            self.dropout, dtype=self.dtype_policy, name="attention_dropout"
+        )
+
+    def _dense(self, units, name):
+        return keras.layers.Dense(
+            units,
+            use_bias=self.use_bias,
+            kernel_initializer=keras.initializers.get(
+                keras.initializers.serialize(self.kernel_initializer)
+            ),
+            dtype=self.dtype_policy,
+            name=name,
+        )
+
+    def _project(self, x):
+        """Returns q `(B, N, T, H)`, k and v `(B, K, T, H)`."""
+        n, k, h = self.num_heads, self.num_key_value_heads, self.head_dim
+        batch, length = keras.ops.shape(x)[0], keras.ops.shape(x)[1]
+        if self.fused_qkv and n == k:
+            qkv = keras.ops.reshape(
+                self.query_key_value(x), (batch, length, 3, n, h)
+            )
+            qkv = keras.ops.transpose(qkv, (2, 0, 3, 1, 4))
+            return qkv[0], qkv[1], qkv[2]
+        if self.fused_qkv:
+            qkv = self.query_key_value(x)
+            q, key, v = keras.ops.split(qkv, [n * h, (n + k) * h], axis=-1)
+        else:
+            q, key, v = self.query(x), self.key(x), self.value(x)
+
+        def heads(t, num):
+            t = keras.ops.reshape(t, (batch, length, num, h))
+            return keras.ops.transpose(t, (0, 2, 1, 3))
+
+        return heads(q, n), heads(key, k), heads(v, k)
+
+    def _attend(self, q, k, v, mask, training):
+        """q `(B, N, T, H)`, k/v `(B, K, S, H)`, mask `(B|1, 1, T, S)`."""
+        n, kv, h = self.num_heads, self.num_key_value_heads, self.head_dim
+        groups = n // kv
+        shape = keras.ops.shape(q)
+        batch, length = shape[0], shape[2]
+        q = keras.ops.reshape(q, (batch, kv, groups * length, h))
+        q32 = keras.ops.cast(q, "float32") * (1.0 / h**0.5)
+        scores = keras.ops.matmul(
+            q32, keras.ops.swapaxes(keras.ops.cast(k, "float32"), -1, -2)
+        )
+        scores = keras.ops.reshape(scores, (batch, kv, groups, length, -1))
+        scores = keras.ops.where(mask[:, :, None], scores, _MASKED)
+        probs = keras.ops.softmax(scores, axis=-1)
+        probs = self.dropout_layer(probs, training=training)
+        probs = keras.ops.reshape(
+            keras.ops.cast(probs, v.dtype), (batch, kv, groups * length, -1)
+        )
+        out = keras.ops.matmul(probs, v)
+        return keras.ops.reshape(out, (batch, n, length, h))
+
+    def call(
+        self,
+        x,
+        padding_mask=None,
+        cache=None,
+        cache_index=None,
+        position_ids=None,
+        training=None,
+    ):
+        q, k, v = self._project(x)
+        length = keras.ops.shape(x)[1]
+        offset = 0 if cache_index is None else cache_index
+        if self.use_rotary:
+            if position_ids is None:
+                position_ids = (keras.ops.arange(length, dtype="int32") + offset)[None]
+            cos, sin = rotary.rope_tables(
+                position_ids, self.head_dim, self.rope_max_wavelength
+            )
+            cos, sin = cos[:, None], sin[:, None]
+            q, k = rotary.apply_rope(q, cos, sin), rotary.apply_rope(k, cos, sin)
+        if cache is not None:
+            cache = update_cache(cache, k, v, offset)
+            k, v = cache[0], cache[1]
+        mask = masks.attention_mask(
+            length, keras.ops.shape(k)[2], offset, padding_mask
+        )
+        out = self._attend(q, k, v, mask, training)
+        out = keras.ops.transpose(out, (0, 2, 1, 3))
+        out = keras.ops.reshape(out, keras.ops.shape(x))
+        out = self.output_dense(out)
+        return out if cache is None else (out, cache)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_heads=self.num_heads,
+            num_key_value_heads=self.num_key_value_heads,
+            use_bias=self.use_bias,
+            fused_qkv=self.fused_qkv,
+            use_rotary=self.use_rotary,
+            rope_max_wavelength=self.rope_max_wavelength,
+            dropout=self.dropout,
+            kernel_initializer=keras.initializers.serialize(
+                self.kernel_initializer
+            ),
+        )
+        return config

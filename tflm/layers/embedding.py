@@ -1,0 +1,70 @@
+"""Learned position embedding."""
+
+from __future__ import annotations
+
+import keras
+
+
+@keras.saving.register_keras_serializable(package="tflm")
+class PositionEmbedding(keras.layers.Layer):
+    """Learned absolute position embedding, looked up by position ids.
+
+    Args:
+        max_sequence_length: int. Number of positions.
+        hidden_dim: int. Embedding width `D`.
+        initializer: Keras initializer, serialized or name. Defaults to a
+            normal with stddev 0.01.
+        **kwargs: Passed to `keras.layers.Layer`.
+
+    Call arguments:
+        position_ids: int `(B, T)`.
+
+    Returns:
+        float `(B, T, D)`.
+
+    Example:
+    >>> PositionEmbedding(8, 4)(np.zeros((1, 3), "int32")).shape
+    (1, 3, 4)
+    """
+
+    def __init__(
+        self,
+        max_sequence_length: int,
+        hidden_dim: int,
+        initializer="random_normal",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.max_sequence_length = int(max_sequence_length)
+        self.hidden_dim = int(hidden_dim)
+        self.initializer = keras.initializers.get(initializer)
+
+    def build(self, input_shape=None):
+        self.embeddings = self.add_weight(
+            name="embeddings",
+            shape=(self.max_sequence_length, self.hidden_dim),
+            initializer=self.initializer,
+        )
+
+    def call(self, position_ids):
+        length = position_ids.shape[-1]
+        if length is not None and length > self.max_sequence_length:
+            raise ValueError(
+                f"Sequence length {length} exceeds the model's context. "
+                f"Received: sequence length={length}, "
+                f"max_sequence_length={self.max_sequence_length}. Use shorter "
+                "inputs or a model with a longer context."
+            )
+        return keras.ops.take(self.embeddings, position_ids, axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape) + (self.hidden_dim,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            max_sequence_length=self.max_sequence_length,
+            hidden_dim=self.hidden_dim,
+            initializer=keras.initializers.serialize(self.initializer),
+        )
+        return config

@@ -1,0 +1,125 @@
+"""Causal language model: a backbone plus the tied output projection."""
+
+from __future__ import annotations
+
+import keras
+
+from tflm.models import backbone as backbone_lib
+
+# Weight decay applies to matmul kernels only (as in GPT-2/nanoGPT): never to
+# biases, normalization scales/offsets or embeddings.
+NO_DECAY_NAMES = ("bias", "gamma", "beta", "scale", "embeddings")
+
+
+def default_optimizer(
+    learning_rate=3e-4, weight_decay: float = 0.1, clipnorm: float = 1.0
+) -> keras.optimizers.AdamW:
+    """AdamW(0.9, 0.95) with global-norm clipping, no decay on biases/norms."""
+    optimizer = keras.optimizers.AdamW(
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        beta_1=0.9,
+        beta_2=0.95,
+        epsilon=1e-8,
+        global_clipnorm=clipnorm,
+    )
+    optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY_NAMES))
+    return optimizer
+
+
+@keras.saving.register_keras_serializable(package="tflm")
+class CausalLM(keras.Model):
+    """Next-token language model: `{token_ids, padding_mask}` → float32 logits.
+
+    Args:
+        backbone: a `tflm.models.Backbone`.
+        **kwargs: Passed to `keras.Model` (`name`).
+
+    Call arguments:
+        inputs: dict with `token_ids` int `(B, T)` and `padding_mask` `(B, T)`.
+
+    Returns:
+        float32 logits `(B, T, V)`, whatever the dtype policy.
+
+    Example:
+    >>> lm = CausalLM.from_preset("tiny")
+    >>> x = {"token_ids": np.ones((1, 4), "int32"),
+    ...      "padding_mask": np.ones((1, 4), "int32")}
+    >>> lm(x).shape
+    TensorShape([1, 4, 32])
+    """
+
+    def __init__(self, backbone: backbone_lib.Backbone, **kwargs):
+        inputs = backbone.input
+        hidden = backbone(inputs)
+        logits = backbone.token_embedding(hidden, reverse=True)
+        logits = keras.ops.cast(logits, "float32")
+        super().__init__(inputs=inputs, outputs=logits, **kwargs)
+        self.backbone = backbone
+
+    @classmethod
+    def from_preset(cls, preset: str, **overrides) -> CausalLM:
+        """A randomly initialized model from a preset, e.g. `"tiny"`."""
+        return cls(backbone_lib.Backbone.from_preset(preset, **overrides))
+
+    def compile(
+        self,
+        optimizer="auto",
+        loss="auto",
+        *,
+        weighted_metrics="auto",
+        learning_rate=3e-4,
+        weight_decay: float = 0.1,
+        **kwargs,
+    ):
+        """`keras.Model.compile` with language-model defaults.
+
+        `"auto"` means: AdamW (see `default_optimizer`), sparse categorical
+        cross-entropy from logits (padding excluded through `sample_weight`),
+        and token accuracy.
+        """
+        if optimizer == "auto":
+            optimizer = default_optimizer(learning_rate, weight_decay)
+        if loss == "auto":
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if weighted_metrics == "auto":
+            weighted_metrics = [keras.metrics.SparseCategoricalAccuracy("accuracy")]
+        super().compile(
+            optimizer=optimizer,
+            loss=loss,
+            weighted_metrics=weighted_metrics,
+            **kwargs,
+        )
+
+    def compile_from_config(self, config):
+        """Recompiles from a saved `.keras` file (our `compile` is custom)."""
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def call_with_cache(self, token_ids, cache, cache_index, padding_mask, position_ids):
+        """One cached forward step; see `Backbone.call_with_cache`.
+
+        Returns:
+            `(logits (B, T, V) float32, hidden (B, T, D), cache)`.
+        """
+        hidden, cache = self.backbone.call_with_cache(
+            token_ids, cache, cache_index, padding_mask, position_ids
+        )
+        logits = self.backbone.token_embedding(hidden, reverse=True)
+        return keras.ops.cast(logits, "float32"), hidden, cache
+
+    def get_config(self):
+        return {
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(
+            config["backbone"]
+        )
+        return cls(**config)

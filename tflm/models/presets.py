@@ -1,0 +1,78 @@
+"""Architecture presets: plain dicts of `Backbone` constructor arguments."""
+
+from __future__ import annotations
+
+_GPT2 = dict(
+    vocabulary_size=50257,
+    max_sequence_length=1024,
+    norm="layernorm",
+    activation="gelu",
+    position_embedding="learned",
+    use_bias=True,
+    tie_embeddings=True,
+    layer_norm_epsilon=1e-5,
+)
+
+PRESETS: dict[str, dict] = {
+    # For tests and docs: runs in milliseconds.
+    "tiny": dict(
+        vocabulary_size=32,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=8,
+        intermediate_dim=32,
+        max_sequence_length=16,
+    ),
+    # nanoGPT's CPU "baby GPT" for character-level Tiny Shakespeare.
+    "nano-char": dict(
+        vocabulary_size=260,
+        num_layers=4,
+        num_heads=4,
+        hidden_dim=128,
+        intermediate_dim=512,
+        max_sequence_length=64,
+    ),
+    # The shape every benchmark uses.
+    "bench-small": dict(
+        vocabulary_size=8192,
+        num_layers=6,
+        num_heads=6,
+        hidden_dim=384,
+        intermediate_dim=1536,
+        max_sequence_length=256,
+    ),
+    "gpt2-124m": dict(
+        _GPT2, num_layers=12, num_heads=12, hidden_dim=768,
+        intermediate_dim=3072,
+    ),
+    "gpt2-355m": dict(
+        _GPT2, num_layers=24, num_heads=16, hidden_dim=1024,
+        intermediate_dim=4096,
+    ),
+    # A LLaMA-style block: RMSNorm, SwiGLU, rotary, grouped-query heads.
+    "llama-110m": dict(
+        vocabulary_size=32000,
+        num_layers=12,
+        num_heads=12,
+        num_key_value_heads=4,
+        hidden_dim=768,
+        intermediate_dim=2048,
+        max_sequence_length=2048,
+        norm="rmsnorm",
+        activation="swiglu",
+        position_embedding="rotary",
+        use_bias=False,
+        tie_embeddings=False,
+        layer_norm_epsilon=1e-6,
+    ),
+}
+
+
+def get_preset(name: str, **overrides) -> dict:
+    """Returns a copy of preset `name` with `overrides` merged in."""
+    if name not in PRESETS:
+        raise ValueError(
+            f"Unknown preset. Received: preset={name!r}. Available presets: "
+            f"{', '.join(sorted(PRESETS))}."
+        )
+    return {**PRESETS[name], **overrides}
