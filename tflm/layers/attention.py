@@ -97,8 +97,15 @@ class CausalSelfAttention(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        num_key_value_heads = num_key_value_heads or num_heads
-        if num_heads <= 0 or num_heads % num_key_value_heads:
+        if num_key_value_heads is None:
+            num_key_value_heads = num_heads
+        if num_heads <= 0 or num_key_value_heads <= 0:
+            raise ValueError(
+                "num_heads and num_key_value_heads must be positive. "
+                f"Received: num_heads={num_heads}, "
+                f"num_key_value_heads={num_key_value_heads}."
+            )
+        if num_heads % num_key_value_heads:
             raise ValueError(
                 "num_key_value_heads must divide num_heads (1 for multi-query, "
                 f"num_heads for multi-head). Received: num_heads={num_heads}, "
@@ -129,7 +136,9 @@ class CausalSelfAttention(keras.layers.Layer):
         if self.use_rotary:
             rotary.rope_inverse_frequencies(self.head_dim)  # validates H
         if self.fused_qkv:
-            self.query_key_value = self._dense(hidden_dim + 2 * kv_dim, "query_key_value")
+            self.query_key_value = self._dense(
+                hidden_dim + 2 * kv_dim, "query_key_value"
+            )
             self.query_key_value.build(input_shape)
         else:
             self.query = self._dense(hidden_dim, "query")
@@ -138,7 +147,7 @@ class CausalSelfAttention(keras.layers.Layer):
             for layer in (self.query, self.key, self.value):
                 layer.build(input_shape)
         self.output_dense = self._dense(hidden_dim, "output")
-        self.output_dense.build(input_shape[:-1] + (hidden_dim,))
+        self.output_dense.build(tuple(input_shape[:-1]) + (hidden_dim,))
         self.dropout_layer = keras.layers.Dropout(
             self.dropout, dtype=self.dtype_policy, name="attention_dropout"
         )
@@ -211,12 +220,17 @@ class CausalSelfAttention(keras.layers.Layer):
         offset = 0 if cache_index is None else cache_index
         if self.use_rotary:
             if position_ids is None:
-                position_ids = (keras.ops.arange(length, dtype="int32") + offset)[None]
+                position_ids = (
+                    keras.ops.arange(length, dtype="int32") + offset
+                )[None]
             cos, sin = rotary.rope_tables(
                 position_ids, self.head_dim, self.rope_max_wavelength
             )
             cos, sin = cos[:, None], sin[:, None]
-            q, k = rotary.apply_rope(q, cos, sin), rotary.apply_rope(k, cos, sin)
+            q, k = (
+                rotary.apply_rope(q, cos, sin),
+                rotary.apply_rope(k, cos, sin),
+            )
         if cache is not None:
             cache = update_cache(cache, k, v, offset)
             k, v = cache[0], cache[1]

@@ -90,7 +90,9 @@ class DecoderBlock(keras.layers.Layer):
             )
         self.num_heads = int(num_heads)
         self.intermediate_dim = int(intermediate_dim)
-        self.num_key_value_heads = int(num_key_value_heads or num_heads)
+        self.num_key_value_heads = int(
+            num_heads if num_key_value_heads is None else num_key_value_heads
+        )
         self.norm = norm
         self.activation = activation
         self.use_bias = bool(use_bias)
@@ -123,7 +125,9 @@ class DecoderBlock(keras.layers.Layer):
         hidden_dim = input_shape[-1]
         policy = self.dtype_policy
         eps = self.layer_norm_epsilon
-        self.attention_norm = make_norm(self.norm, eps, policy, "attention_norm")
+        self.attention_norm = make_norm(
+            self.norm, eps, policy, "attention_norm"
+        )
         self.attention = attention_lib.CausalSelfAttention(
             **self._attention_kwargs,
             kernel_initializer=self._initializer(),
@@ -131,7 +135,9 @@ class DecoderBlock(keras.layers.Layer):
             name="attention",
         )
         self.mlp_norm = make_norm(self.norm, eps, policy, "mlp_norm")
-        width = self.intermediate_dim * (2 if self.activation == "swiglu" else 1)
+        width = self.intermediate_dim * (
+            2 if self.activation == "swiglu" else 1
+        )
         self.mlp_in = keras.layers.Dense(
             width,
             use_bias=self.use_bias,

@@ -35,6 +35,14 @@ class PositionEmbedding(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        for name, value in (
+            ("max_sequence_length", max_sequence_length),
+            ("hidden_dim", hidden_dim),
+        ):
+            if int(value) <= 0:
+                raise ValueError(
+                    f"{name} must be positive. Received: {name}={value}."
+                )
         self.max_sequence_length = int(max_sequence_length)
         self.hidden_dim = int(hidden_dim)
         self.initializer = keras.initializers.get(initializer)

@@ -170,7 +170,9 @@ class Backbone(keras.Model):
         self.hidden_dim = hidden_dim
         self.intermediate_dim = intermediate_dim
         self.max_sequence_length = max_sequence_length
-        self.num_key_value_heads = num_key_value_heads or num_heads
+        self.num_key_value_heads = (
+            num_heads if num_key_value_heads is None else num_key_value_heads
+        )
         self.norm = norm
         self.activation = activation
         self.position_embedding_type = position_embedding
@@ -195,7 +197,9 @@ class Backbone(keras.Model):
         dtype = self.token_embedding.compute_dtype
         return [keras.ops.zeros(shape, dtype) for _ in self.blocks]
 
-    def call_with_cache(self, token_ids, cache, cache_index, padding_mask, position_ids):
+    def call_with_cache(
+        self, token_ids, cache, cache_index, padding_mask, position_ids
+    ):
         """Runs `token_ids (B, T)` at slot `cache_index` of the caches.
 
         Args:
@@ -240,7 +244,9 @@ class Backbone(keras.Model):
             "tie_embeddings": self.tie_embeddings,
             "dropout": self.dropout,
             "layer_norm_epsilon": self.layer_norm_epsilon,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "dtype": keras.dtype_policies.serialize(
+                self.token_embedding.dtype_policy
+            ),
             "name": self.name,
         }
 

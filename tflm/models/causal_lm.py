@@ -7,8 +7,10 @@ import keras
 from tflm.models import backbone as backbone_lib
 
 # Weight decay applies to matmul kernels only (as in GPT-2/nanoGPT): never to
-# biases, normalization scales/offsets or embeddings.
-NO_DECAY_NAMES = ("bias", "gamma", "beta", "scale", "embeddings")
+# biases, normalization scales/offsets or input embeddings. Patterns match a
+# variable's short name; an untied output head (`reverse_embeddings`) is a
+# matmul kernel and is decayed.
+NO_DECAY_NAMES = ("^bias$", "^gamma$", "^beta$", "^scale$", "^embeddings$")
 
 
 def default_optimizer(
@@ -56,6 +58,15 @@ class CausalLM(keras.Model):
         logits = keras.ops.cast(logits, "float32")
         super().__init__(inputs=inputs, outputs=logits, **kwargs)
         self.backbone = backbone
+        # Set by `tflm.modeldir.load` or by the user; `generate` needs it for
+        # text prompts. Not part of the Keras config.
+        self.tokenizer = None
+        self._generators = {}
+
+    def logits_from_hidden(self, hidden):
+        """float32 logits `(..., V)` from hidden states `(..., D)`."""
+        logits = self.backbone.token_embedding(hidden, reverse=True)
+        return keras.ops.cast(logits, "float32")
 
     @classmethod
     def from_preset(cls, preset: str, **overrides) -> CausalLM:
@@ -83,7 +94,9 @@ class CausalLM(keras.Model):
         if loss == "auto":
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         if weighted_metrics == "auto":
-            weighted_metrics = [keras.metrics.SparseCategoricalAccuracy("accuracy")]
+            weighted_metrics = [
+                keras.metrics.SparseCategoricalAccuracy("accuracy")
+            ]
         super().compile(
             optimizer=optimizer,
             loss=loss,
@@ -95,10 +108,17 @@ class CausalLM(keras.Model):
         """Recompiles from a saved `.keras` file (our `compile` is custom)."""
         config = keras.saving.deserialize_keras_object(config)
         self.compile(**config)
+        if isinstance(self.optimizer, keras.optimizers.AdamW):
+            # AdamW's config does not keep its exclusion list.
+            self.optimizer.exclude_from_weight_decay(
+                var_names=list(NO_DECAY_NAMES)
+            )
         if self.built:
             self.optimizer.build(self.trainable_variables)
 
-    def call_with_cache(self, token_ids, cache, cache_index, padding_mask, position_ids):
+    def call_with_cache(
+        self, token_ids, cache, cache_index, padding_mask, position_ids
+    ):
         """One cached forward step; see `Backbone.call_with_cache`.
 
         Returns:
@@ -107,8 +127,19 @@ class CausalLM(keras.Model):
         hidden, cache = self.backbone.call_with_cache(
             token_ids, cache, cache_index, padding_mask, position_ids
         )
-        logits = self.backbone.token_embedding(hidden, reverse=True)
-        return keras.ops.cast(logits, "float32"), hidden, cache
+        return self.logits_from_hidden(hidden), hidden, cache
+
+    def generate(self, prompts, max_new_tokens: int = 64, **kwargs):
+        """Continues prompts; see `tflm.models.generation_api.generate`."""
+        from tflm.models import generation_api
+
+        return generation_api.generate(self, prompts, max_new_tokens, **kwargs)
+
+    def stream(self, prompt, max_new_tokens: int = 64, **kwargs):
+        """Yields text pieces as they are produced; see `generate`."""
+        from tflm.models import generation_api
+
+        return generation_api.stream(self, prompt, max_new_tokens, **kwargs)
 
     def get_config(self):
         return {

@@ -42,11 +42,17 @@ PRESETS: dict[str, dict] = {
         max_sequence_length=256,
     ),
     "gpt2-124m": dict(
-        _GPT2, num_layers=12, num_heads=12, hidden_dim=768,
+        _GPT2,
+        num_layers=12,
+        num_heads=12,
+        hidden_dim=768,
         intermediate_dim=3072,
     ),
     "gpt2-355m": dict(
-        _GPT2, num_layers=24, num_heads=16, hidden_dim=1024,
+        _GPT2,
+        num_layers=24,
+        num_heads=16,
+        hidden_dim=1024,
         intermediate_dim=4096,
     ),
     # A LLaMA-style block: RMSNorm, SwiGLU, rotary, grouped-query heads.
