@@ -1,0 +1,113 @@
+import logging
+import os
+
+import pytest
+
+from tflm import data
+
+PARAGRAPHS = "first para\nline two\n\n  \nsecond 红楼梦\n\n\n third 🙂\n"
+
+
+def _docs(dataset):
+    return [doc.decode("utf-8") for doc in dataset.as_numpy_iterator()]
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "corpus"
+    (root / "sub").mkdir(parents=True)
+    (root / "b.txt").write_text(PARAGRAPHS, encoding="utf-8")
+    (root / "a.txt").write_text("alpha\n", encoding="utf-8")
+    (root / "sub" / "c.jsonl").write_text(
+        '{"text": "from json\\nline"}\n\n{"text": "\\u7ea2 two", "id": 2}\n',
+        encoding="utf-8",
+    )
+    (root / "notes.md").write_text("ignored in folders")
+    return root
+
+
+def test_find_files_expands_folders_globs_and_dedupes(folder):
+    found = data.find_files([str(folder), str(folder / "*.txt")])
+    names = [os.path.relpath(f, folder) for f in found]
+    assert names == ["a.txt", "b.txt", os.path.join("sub", "c.jsonl")]
+    assert data.find_files(str(folder / "notes.md")) == [
+        str(folder / "notes.md")
+    ]
+
+
+def test_find_files_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing-here"):
+        data.find_files([str(tmp_path / "nothing-here*.txt")])
+    with pytest.raises(FileNotFoundError, match="no .txt or .jsonl"):
+        data.find_files([str(tmp_path)])
+    with pytest.raises(ValueError, match="no data paths"):
+        data.find_files([])
+
+
+@pytest.mark.parametrize(
+    "text_format, expected",
+    [
+        ("document", [PARAGRAPHS]),
+        (
+            "paragraph",
+            ["first para\nline two", "second 红楼梦", " third 🙂\n"],
+        ),
+        (
+            "line",
+            ["first para", "line two", "second 红楼梦", " third 🙂"],
+        ),
+    ],
+)
+def test_text_formats(folder, text_format, expected):
+    files = [str(folder / "b.txt")]
+    docs = _docs(data.read_documents(files, text_format=text_format))
+    assert docs == expected
+    assert list(data.iter_documents(files, text_format)) == expected
+
+
+def test_jsonl_documents_are_read_through_a_cache(folder, tmp_path):
+    files = data.find_files([str(folder)])
+    cache = tmp_path / "cache"
+    before = sorted(os.walk(folder))
+    docs = _docs(data.read_documents(files, cache_dir=str(cache)))
+    assert docs == ["alpha\n", PARAGRAPHS, "from json\nline", "红 two"]
+    assert sorted(os.walk(folder)) == before  # nothing written there
+    assert len(os.listdir(cache / "jsonl")) == 2
+    again = _docs(data.read_documents(files, cache_dir=str(cache)))
+    assert again == docs
+
+
+def test_jsonl_line_without_field_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "ok"}\n{"body": "no text"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: no 'text' field"):
+        data.read_documents([str(path)], cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: no 'body' field"):
+        data.read_documents(
+            [str(path)], jsonl_field="body", cache_dir=str(tmp_path / "c")
+        )
+    path.write_text('{"text": "ok"}\nnot json\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not valid JSON"):
+        data.read_documents([str(path)], cache_dir=str(tmp_path / "d"))
+    assert os.listdir(tmp_path / "d" / "jsonl") == []  # no partial cache
+
+
+def test_invalid_utf8_is_replaced_and_counted(tmp_path, caplog):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("café\nok\nnaïve\n".encode("latin-1"))
+    with caplog.at_level(logging.WARNING):
+        docs = _docs(data.read_documents([str(path)]))
+    assert docs == ["caf\ufffd\nok\nna\ufffdve\n"]
+    assert "latin1.txt: 2 line(s) are not valid UTF-8" in caplog.text
+
+
+def test_empty_corpus_is_an_error(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="corpus is empty.*empty.txt"):
+        data.read_documents([str(tmp_path / "empty.txt")])
+
+
+def test_sample_texts_stops_at_the_budget(folder):
+    files = data.find_files([str(folder)])
+    sample = data.sample_texts(files, 10)
+    assert sample == ["alpha\n", "firs"]

@@ -1,0 +1,265 @@
+"""From text files to `(x, y, sample_weight)` training batches, in-graph.
+
+read documents -> keep this split's documents (a stable content hash) ->
+tokenize (vectorised, in parallel) with an end-of-text id after each
+document -> pack the token stream into windows of `sequence_length + 1`
+(stride `sequence_length + 1`: no token is repeated; the tail shorter than a
+window is dropped) -> shard by `tf.distribute.InputContext` -> shuffle
+(seeded) -> batch -> split into inputs and labels shifted by one ->
+prefetch. No `py_function`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+from tflm.data import corpus
+from tflm.tokenizers import base
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "all")
+_HASH_BUCKETS = 1 << 30
+_LINES_PER_CALL = 256
+_DOCS_PER_CALL = 64
+# Corpora up to this size are tokenized once up front to check that they
+# fill at least one batch; bigger ones are assumed to.
+_EXACT_CHECK_BYTES = 16 << 20
+
+
+def is_validation(docs: tf.Tensor, validation_fraction: float) -> tf.Tensor:
+    """Whether documents belong to the validation split, by content hash.
+
+    The hash (FarmHash Fingerprint64) is stable across runs, machines and
+    file orders, so a document is always on the same side.
+
+    Args:
+        docs: string tensor of documents, any shape.
+        validation_fraction: share of documents, in `[0, 1)`, to hold out.
+
+    Returns:
+        A bool tensor shaped like `docs`.
+    """
+    buckets = tf.strings.to_hash_bucket_fast(docs, _HASH_BUCKETS)
+    return buckets < int(validation_fraction * _HASH_BUCKETS)
+
+
+def token_stream(
+    doc_batches: tf.data.Dataset, tokenizer: base.Tokenizer
+) -> tf.data.Dataset:
+    """Tokenizes documents into int32 chunks, with `eos_id` after each one.
+
+    Args:
+        doc_batches: a dataset of string vectors of documents.
+        tokenizer: the tokenizer.
+
+    Returns:
+        A dataset of int32 vectors that, concatenated in order, are exactly
+        `tokenize(doc_1) + [eos] + tokenize(doc_2) + [eos] + ...`.
+        Tokenizers whose tokens never span a newline tokenize line by line,
+        which is much faster on long documents and gives the same ids.
+    """
+    if tokenizer.newline_is_boundary:
+        pieces = doc_batches.map(_lines_and_ends)
+        pieces = pieces.rebatch(_LINES_PER_CALL)
+    else:
+        pieces = doc_batches.map(
+            lambda docs: (docs, tf.ones_like(docs, tf.bool))
+        )
+        pieces = pieces.rebatch(_DOCS_PER_CALL)
+
+    def tokenize(texts, ends):
+        ids = tokenizer.tokenize(texts)
+        ends = tf.cast(ends, tf.int64)
+        eos = tf.fill([tf.reduce_sum(ends)], tokenizer.eos_id)
+        eos = tf.RaggedTensor.from_row_lengths(eos, ends, validate=False)
+        return tf.concat([ids, eos], axis=1).flat_values
+
+    return pieces.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _lines_and_ends(docs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Lines of documents `[n]` that keep their newline, and which line ends
+    a document."""
+    lines = tf.strings.split(docs, "\n")
+    lengths = lines.row_lengths()
+    index = tf.ragged.range(lengths).flat_values
+    ends = tf.equal(index, tf.repeat(lengths - 1, lengths))
+    newline = tf.where(ends, "", "\n")
+    return tf.strings.join([lines.flat_values, newline]), ends
+
+
+def pack_windows(chunks: tf.data.Dataset, window: int) -> tf.data.Dataset:
+    """Cuts a stream of 1-D token chunks into consecutive windows.
+
+    Args:
+        chunks: a dataset of int32 vectors, read as one token stream.
+        window: tokens per window.
+
+    Returns:
+        A dataset of int32 `[window]` vectors: the stream cut every `window`
+        tokens. The tail shorter than a window is dropped.
+    """
+
+    def step(rest, chunk):
+        tokens = tf.concat([rest, chunk], axis=0)
+        count = tf.size(tokens) // window
+        cut = count * window
+        return tokens[cut:], tf.reshape(tokens[:cut], [count, window])
+
+    empty = tf.zeros([0], tf.int32)
+    return chunks.scan(empty, step).unbatch()
+
+
+def to_inputs_and_labels(windows: tf.Tensor):
+    """Splits windows `[B, T + 1]` into `(x, y, sample_weight)`."""
+    token_ids = windows[:, :-1]
+    x = {
+        "token_ids": token_ids,
+        "padding_mask": tf.ones_like(token_ids, dtype=tf.bool),
+    }
+    y = windows[:, 1:]
+    return x, y, tf.ones(tf.shape(y), tf.float32)
+
+
+def make_dataset(
+    paths: str | os.PathLike | Sequence[str],
+    tokenizer: base.Tokenizer,
+    *,
+    sequence_length: int,
+    batch_size: int,
+    split: str = "train",
+    validation_fraction: float = 0.1,
+    shuffle: bool = True,
+    seed: int = 0,
+    drop_remainder: bool = True,
+    repeat: bool = False,
+    text_format: str = "document",
+    jsonl_field: str = "text",
+    input_context: tf.distribute.InputContext | None = None,
+    shuffle_buffer_size: int = 10_000,
+    cache_dir: str | None = None,
+) -> tf.data.Dataset:
+    """Builds the dataset of batches that `CausalLM.fit` consumes.
+
+    Args:
+        paths: files, directories or glob patterns (`.txt`, `.jsonl`).
+        tokenizer: a `tflm.tokenizers.Tokenizer`.
+        sequence_length: tokens per example, `T`.
+        batch_size: global batch size; with `input_context`, each pipeline
+            batches `input_context.get_per_replica_batch_size(batch_size)`.
+        split: `"train"`, `"validation"` or `"all"` documents.
+        validation_fraction: share of documents held out for validation.
+        shuffle: shuffle windows, seeded by `seed`.
+        seed: shuffle seed. The same seed gives the same batches as long as
+            the global TensorFlow seed (`keras.utils.set_random_seed`) is the
+            same or unset, because tf.data combines the two.
+        drop_remainder: drop the last, smaller batch (use for training).
+        repeat: repeat forever (reshuffled each epoch).
+        text_format: what a document is: `"document"` (a whole file or
+            `.jsonl` record), `"paragraph"` (blank-line separated) or
+            `"line"`.
+        jsonl_field: the text field of `.jsonl` records.
+        input_context: from `strategy.distribute_datasets_from_function`;
+            windows are sharded over its input pipelines, so the pipelines
+            together see each window once per epoch.
+        shuffle_buffer_size: windows held by the shuffle buffer.
+        cache_dir: where `.jsonl` texts are cached (never the data folder).
+
+    Returns:
+        A `tf.data.Dataset` of `(x, y, sample_weight)`: `x` is
+        `{"token_ids": int32 [B, T], "padding_mask": bool [B, T]}` (all
+        true), `y` int32 `[B, T]` is `token_ids` shifted left by one, and
+        `sample_weight` is float32 ones `[B, T]`.
+    """
+    _check_arguments(sequence_length, batch_size, split, validation_fraction)
+    files = corpus.find_files(paths)
+    docs = corpus.read_document_batches(
+        files,
+        text_format=text_format,
+        jsonl_field=jsonl_field,
+        cache_dir=cache_dir,
+    )
+    docs = select_split(docs, split, validation_fraction)
+    windows = pack_windows(token_stream(docs, tokenizer), sequence_length + 1)
+    per_batch = batch_size
+    if input_context is not None:
+        per_batch = input_context.get_per_replica_batch_size(batch_size)
+        windows = windows.shard(
+            input_context.num_input_pipelines, input_context.input_pipeline_id
+        )
+    needed = per_batch if drop_remainder else 1
+    _check_enough(windows, files, split, needed, sequence_length + 1)
+    if shuffle:
+        windows = windows.shuffle(shuffle_buffer_size, seed=seed)
+    if repeat:
+        windows = windows.repeat()
+    dataset = windows.batch(per_batch, drop_remainder=drop_remainder)
+    dataset = dataset.map(to_inputs_and_labels, num_parallel_calls=2)
+    return dataset.with_options(_options()).prefetch(tf.data.AUTOTUNE)
+
+
+def _options() -> tf.data.Options:
+    """Auto-sharding by data, so `experimental_distribute_dataset` shards
+    batches across workers like `input_context` shards windows."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA
+    )
+    return options
+
+
+def select_split(
+    doc_batches: tf.data.Dataset, split: str, validation_fraction: float
+) -> tf.data.Dataset:
+    """Keeps the documents of `split` from a dataset of document vectors."""
+    if split == "all":
+        return doc_batches
+    keep = split == "validation"
+
+    def select(docs):
+        chosen = tf.equal(is_validation(docs, validation_fraction), keep)
+        return tf.boolean_mask(docs, chosen)
+
+    return doc_batches.map(select)
+
+
+def _check_arguments(sequence_length, batch_size, split, fraction) -> None:
+    if sequence_length < 1 or batch_size < 1:
+        raise ValueError(
+            "sequence_length and batch_size must be positive. Received: "
+            f"sequence_length={sequence_length}, batch_size={batch_size}"
+        )
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}. Received: {split!r}")
+    if not 0 <= fraction < 1 or (split == "validation" and fraction == 0):
+        raise ValueError(
+            "validation_fraction must be in [0, 1), and above 0 for the "
+            f"validation split. Received: validation_fraction={fraction}"
+        )
+
+
+def _check_enough(windows, files, split, needed, window) -> None:
+    """Raises when a small corpus cannot fill one batch (per pipeline)."""
+    size = sum(os.path.getsize(f) for f in files)
+    if size > _EXACT_CHECK_BYTES:
+        return
+    batches = windows.batch(1024)
+    count = int(batches.reduce(0, lambda n, b: n + tf.shape(b)[0]))
+    if count >= needed:
+        return
+    hint = ""
+    if split != "all":
+        hint = (
+            " The split is chosen per document; with few documents use "
+            "text_format='paragraph' or 'line', or split='all'."
+        )
+    raise ValueError(
+        f"the {split!r} split of {', '.join(files)} has {count} window(s) of "
+        f"sequence_length + 1 = {window} tokens, but one batch needs "
+        f"{needed}. Add text, or lower sequence_length or batch_size.{hint}"
+    )

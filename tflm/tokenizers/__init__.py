@@ -1,0 +1,17 @@
+"""Tokenizers: text to int32 ids and back, in-graph."""
+
+from tflm.tokenizers.base import Tokenizer
+from tflm.tokenizers.base import is_tokenizer_directory
+from tflm.tokenizers.base import load_tokenizer
+from tflm.tokenizers.byte import ByteTokenizer
+from tflm.tokenizers.sentencepiece import SentencePieceTokenizer
+from tflm.tokenizers.stats import chars_per_token
+
+__all__ = [
+    "ByteTokenizer",
+    "SentencePieceTokenizer",
+    "Tokenizer",
+    "chars_per_token",
+    "is_tokenizer_directory",
+    "load_tokenizer",
+]
