@@ -120,8 +120,12 @@ def _run_child(args, impl, policy, jit):
     ]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
-        return {"impl": impl, "policy": policy, "jit_compile": jit,
-                "error": out.stderr.strip().splitlines()[-1:]}
+        return {
+            "impl": impl,
+            "policy": policy,
+            "jit_compile": jit,
+            "error": out.stderr.strip().splitlines()[-1:],
+        }
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -141,8 +145,16 @@ def main():
     args = parser.parse_args()
     if args.child:
         impl, policy, jit = args.child
-        result = measure(impl, args.preset, policy, jit == "True",
-                         args.batch, args.seq, args.steps, args.warmup)
+        result = measure(
+            impl,
+            args.preset,
+            policy,
+            jit == "True",
+            args.batch,
+            args.seq,
+            args.steps,
+            args.warmup,
+        )
         print(json.dumps(result))
         return
     results = {}
@@ -153,7 +165,11 @@ def main():
                 results[(impl, policy, jit)] = result
                 ref = results.get(("keras_hub", policy, jit), {})
                 mine = results.get(("tflm", policy, jit), {})
-                if impl == "keras_hub" and "tokens_per_s" in mine and "tokens_per_s" in ref:
+                if (
+                    impl == "keras_hub"
+                    and "tokens_per_s" in mine
+                    and "tokens_per_s" in ref
+                ):
                     result["tflm_over_keras_hub"] = round(
                         mine["tokens_per_s"] / ref["tokens_per_s"], 3
                     )

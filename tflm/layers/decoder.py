@@ -55,7 +55,8 @@ class DecoderBlock(keras.layers.Layer):
         `(B, T, D)`, or `(x, cache)` when a cache was passed in.
 
     Example:
-    >>> DecoderBlock(num_heads=2, intermediate_dim=16)(np.zeros((1, 4, 8))).shape
+    >>> block = DecoderBlock(num_heads=2, intermediate_dim=16)
+    >>> block(np.zeros((1, 4, 8))).shape
     (1, 4, 8)
     """
 

@@ -16,7 +16,8 @@ def _check_positive(**values):
     for name, value in values.items():
         if not isinstance(value, int) or value <= 0:
             raise ValueError(
-                f"{name} must be a positive integer. Received: {name}={value!r}."
+                f"{name} must be a positive integer. Received: "
+                f"{name}={value!r}."
             )
 
 
@@ -213,6 +214,11 @@ class Backbone(keras.Model):
         Returns:
             `(hidden (B, T, D), cache)`.
         """
+        # Rows that already stopped keep stepping with the batch; clipping
+        # keeps their (ignored) positions inside the table.
+        position_ids = keras.ops.clip(
+            position_ids, 0, self.max_sequence_length - 1
+        )
         x = self._embed(token_ids, position_ids)
         new_cache = []
         for block, layer_cache in zip(self.blocks, cache, strict=True):

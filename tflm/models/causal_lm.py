@@ -129,13 +129,13 @@ class CausalLM(keras.Model):
         )
         return self.logits_from_hidden(hidden), hidden, cache
 
-    def generate(self, prompts, max_new_tokens: int = 64, **kwargs):
+    def generate(self, prompts, max_new_tokens: int | None = None, **kwargs):
         """Continues prompts; see `tflm.models.generation_api.generate`."""
         from tflm.models import generation_api
 
         return generation_api.generate(self, prompts, max_new_tokens, **kwargs)
 
-    def stream(self, prompt, max_new_tokens: int = 64, **kwargs):
+    def stream(self, prompt, max_new_tokens: int | None = None, **kwargs):
         """Yields text pieces as they are produced; see `generate`."""
         from tflm.models import generation_api
 

@@ -1,0 +1,180 @@
+"""Generation speed: tflm (XLA and plain graph) vs keras-hub and HF.
+
+Greedy decoding of random-weight models, prompt 64 tokens, 192 new tokens,
+batch 1 and 8. Prints one JSON line per measurement: new tokens/s, time to
+first token, and, at batch 1, the weight-read bandwidth limit measured in
+the same run (`bandwidth_GBps / weight bytes`).
+
+    python benchmarks/generate.py --presets bench-small,gpt2-124m
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+
+def read_bandwidth_gbps(megabytes=512, repeats=5):
+    """Main-memory read bandwidth: best of `repeats` sums of a large array."""
+    import tensorflow as tf
+
+    data = tf.random.uniform([megabytes * (1 << 18)])
+    total = tf.function(lambda x: tf.reduce_sum(x))
+    total(data)
+    best = min(_timed(lambda: total(data).numpy()) for _ in range(repeats))
+    return megabytes * (1 << 20) / best / 1e9
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _best(fn, repeats):
+    fn()  # warm-up: traces and compiles
+    return min(_timed(fn) for _ in range(repeats))
+
+
+def _prompts(batch, length, vocab, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(3, vocab, size=(batch, length)).astype("int32")
+
+
+def bench_tflm(preset, batch, prompt_len, new, repeats, jit):
+    from tflm.models import CausalLM
+
+    model = CausalLM.from_preset(preset)
+    ids = _prompts(batch, prompt_len, model.backbone.vocabulary_size)
+    rows = ids.tolist()
+    kw = dict(jit_compile=jit, stop=[])
+
+    def run(n):
+        out = model.generate(rows, max_new_tokens=n, return_details=True, **kw)
+        assert min(out["num_tokens"]) == n, out["num_tokens"]
+
+    total = _best(lambda: run(new), repeats)
+    first = _best(lambda: run(1), repeats)
+    weights = sum(int(np.prod(w.shape)) * 4 for w in model.weights)
+    return total, first, weights
+
+
+def bench_keras_hub(preset, batch, prompt_len, new, repeats):
+    import keras_hub
+
+    from tflm.models import get_preset
+
+    c = get_preset(preset)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=c["vocabulary_size"],
+        num_layers=c["num_layers"],
+        num_heads=c["num_heads"],
+        hidden_dim=c["hidden_dim"],
+        intermediate_dim=c["intermediate_dim"],
+        max_sequence_length=c["max_sequence_length"],
+        dropout=0.0,
+    )
+    model = keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)
+    model.compile(sampler="greedy")
+    ids = _prompts(batch, prompt_len, c["vocabulary_size"])
+
+    def run(n):
+        pad = np.zeros((batch, n), "int32")
+        inputs = {
+            "token_ids": np.concatenate([ids, pad], 1),
+            "padding_mask": np.concatenate([np.ones_like(ids), pad], 1),
+        }
+        model.generate(inputs, max_length=prompt_len + n, stop_token_ids=None)
+
+    return _best(lambda: run(new), repeats), _best(lambda: run(1), repeats)
+
+
+def bench_hf(preset, batch, prompt_len, new, repeats):
+    import torch
+    import transformers
+
+    from tflm.models import get_preset
+
+    torch.set_num_threads(os.cpu_count())
+    c = get_preset(preset)
+    config = transformers.GPT2Config(
+        vocab_size=c["vocabulary_size"],
+        n_positions=c["max_sequence_length"],
+        n_embd=c["hidden_dim"],
+        n_layer=c["num_layers"],
+        n_head=c["num_heads"],
+        n_inner=c["intermediate_dim"],
+    )
+    model = transformers.GPT2LMHeadModel(config).eval()
+    ids = torch.tensor(_prompts(batch, prompt_len, c["vocabulary_size"]))
+
+    def run(n):
+        with torch.inference_mode():
+            model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=0,
+            )
+
+    return _best(lambda: run(new), repeats), _best(lambda: run(1), repeats)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", default="bench-small,gpt2-124m")
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--prompt", type=int, default=64)
+    parser.add_argument("--new", type=int, default=192)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--impls", default="tflm_xla,tflm_graph,keras_hub,hf")
+    args = parser.parse_args()
+    bandwidth = read_bandwidth_gbps()
+    print(json.dumps({"read_bandwidth_GBps": round(bandwidth, 1)}), flush=True)
+    impls = args.impls.split(",")
+    for preset in args.presets.split(","):
+        for batch in [int(b) for b in args.batches.split(",")]:
+            shape = (preset, batch, args.prompt, args.new, args.repeats)
+            weights = None
+            for impl in impls:
+                try:
+                    if impl.startswith("tflm"):
+                        total, first, weights = bench_tflm(
+                            *shape, jit=impl == "tflm_xla"
+                        )
+                    elif impl == "keras_hub":
+                        total, first = bench_keras_hub(*shape)
+                    else:
+                        total, first = bench_hf(*shape)
+                except ImportError as err:
+                    print(json.dumps({"impl": impl, "skipped": str(err)}))
+                    continue
+                line = {
+                    "impl": impl,
+                    "preset": preset,
+                    "batch": batch,
+                    "prompt": args.prompt,
+                    "new_tokens": args.new,
+                    "new_tokens_per_s": round(batch * args.new / total, 1),
+                    "time_to_first_token_ms": round(1000 * first, 1),
+                }
+                if weights and batch == 1:
+                    limit = bandwidth * 1e9 / weights
+                    line["bandwidth_limit_tokens_per_s"] = round(limit, 1)
+                    line["fraction_of_limit"] = round(
+                        line["new_tokens_per_s"] / limit, 3
+                    )
+                print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()

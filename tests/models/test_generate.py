@@ -1,0 +1,402 @@
+"""`CausalLM.generate` and `CausalLM.stream` on tiny random models."""
+
+import logging
+
+import keras
+import numpy as np
+import pytest
+
+from tflm.models.causal_lm import CausalLM
+from tflm.tokenizers.byte import ByteTokenizer
+
+CONTEXT = 64
+PROMPT = [40, 75, 101, 60, 90]  # 5 ids: prompt bucket 8
+OTHER = [120, 33, 7, 250, 14, 99, 180, 61, 45, 77, 3]  # 11 ids: bucket 16
+STEPS = 24  # with a bucket-8 prompt: cache bucket 32
+
+
+def _build(tie_embeddings=True, scale=False):
+    keras.utils.set_random_seed(0)
+    lm = CausalLM.from_preset(
+        "tiny",
+        vocabulary_size=259,
+        max_sequence_length=CONTEXT,
+        tie_embeddings=tie_embeddings,
+    )
+    if scale:
+        # Large random weights and an untied head, so that greedy text is
+        # not one repeated id and cached/uncached differences would show.
+        rng = np.random.default_rng(0)
+        for v in lm.weights:
+            if len(v.shape) == 2:
+                std = (
+                    1.0 if "embedding" in v.path else 1.5 / np.sqrt(v.shape[0])
+                )
+                v.assign(rng.normal(0, std, v.shape).astype("float32"))
+            else:
+                noise = rng.normal(0, 0.3, v.shape).astype("float32")
+                v.assign(v.numpy() + noise)
+    lm.tokenizer = ByteTokenizer()
+    return lm
+
+
+@pytest.fixture(scope="module")
+def varied():
+    return _build(tie_embeddings=False, scale=True)
+
+
+@pytest.fixture(scope="module")
+def plain():
+    """Default initialization: logits near uniform over 259 ids."""
+    return _build()
+
+
+def _full_forward_greedy(lm, ids, steps):
+    """Repeated argmax over full forward passes, no cache."""
+    ids, out = list(ids), []
+    for _ in range(steps):
+        x = {
+            "token_ids": np.array([ids], "int32"),
+            "padding_mask": np.ones([1, len(ids)], "int32"),
+        }
+        logits = np.asarray(lm(x))[0, -1]
+        out.append(int(np.argmax(logits)))
+        ids.append(out[-1])
+    return out
+
+
+_REFERENCE = {}
+
+
+def _greedy(lm, ids):
+    key = (id(lm), tuple(ids))
+    if key not in _REFERENCE:
+        _REFERENCE[key] = _full_forward_greedy(lm, ids, STEPS)
+    return _REFERENCE[key]
+
+
+def _details(lm, prompts, **kwargs):
+    kwargs.setdefault("jit_compile", False)
+    return lm.generate(prompts, return_details=True, **kwargs)
+
+
+# Correctness
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_greedy_equals_full_forward_argmax(varied, jit_compile):
+    expected = _greedy(varied, PROMPT)
+    assert len(set(expected)) > 3  # not a degenerate repetition
+    out = varied.generate(PROMPT, STEPS, jit_compile=jit_compile)
+    assert out == expected
+
+
+def test_batch_of_mixed_lengths_equals_each_alone(varied):
+    prompts = [PROMPT[:2], OTHER, PROMPT]
+    batch = varied.generate(prompts, STEPS, jit_compile=False)
+    assert batch == [_greedy(varied, p) for p in prompts]
+
+    sampled = dict(
+        temperature=[1.0, 1.0, 0.7],
+        top_k=[0, 20, 0],
+        top_p=[1.0, 1.0, 0.9],
+        seed=[11, 22, 33],
+    )
+    batch = varied.generate(prompts, STEPS, jit_compile=False, **sampled)
+    for i, prompt in enumerate(prompts):
+        alone = {k: v[i] for k, v in sampled.items()}
+        assert batch[i] == varied.generate(
+            prompt, STEPS, jit_compile=False, **alone
+        )
+    assert batch[0] != _greedy(varied, prompts[0])
+
+
+def test_top_k_1_and_temperature_0_equal_greedy(varied):
+    expected = _greedy(varied, PROMPT)
+    rows = [PROMPT] * 3
+    seeds = [0, 1, 2]
+    assert (
+        varied.generate(
+            rows, STEPS, temperature=1.0, top_k=1, seed=seeds, jit_compile=False
+        )
+        == [expected] * 3
+    )
+    assert (
+        varied.generate(
+            rows,
+            STEPS,
+            temperature=0.0,
+            top_k=[0, 5, 0],
+            top_p=[1.0, 1.0, 0.5],
+            seed=seeds,
+            jit_compile=False,
+        )
+        == [expected] * 3
+    )
+    assert (
+        varied.generate(
+            rows,
+            STEPS,
+            temperature=1.0,
+            top_p=1e-6,
+            seed=seeds,
+            jit_compile=False,
+        )
+        == [expected] * 3
+    )
+    # Plain sampling does differ from greedy.
+    hot = varied.generate(
+        rows, STEPS, temperature=1.0, seed=seeds, jit_compile=False
+    )
+    assert all(row != expected for row in hot)
+
+
+def test_same_seed_same_text_different_seeds_differ(plain):
+    def run(seed):
+        return plain.generate(
+            "hello", 16, temperature=1.0, seed=seed, jit_compile=False
+        )
+
+    first = run(0)
+    assert isinstance(first, str)
+    assert run(0) == first
+    texts = [run(seed) for seed in range(4)]
+    assert texts[0] == first
+    assert len(set(texts)) >= 2
+    # A row's text depends on its seed, not on its place in the batch.
+    batch = plain.generate(
+        ["hello"] * 3, 16, temperature=1.0, seed=[3, 0, 3], jit_compile=False
+    )
+    assert batch == [texts[3], first, texts[3]]
+
+
+# Stopping
+
+
+def test_max_new_tokens_per_row(varied):
+    expected = _greedy(varied, PROMPT)
+    out = _details(varied, [PROMPT] * 3, max_new_tokens=[0, 3, 7])
+    assert out["num_tokens"] == [0, 3, 7]
+    assert out["stop_reason"] == ["length"] * 3
+    assert out["outputs"] == [[], expected[:3], expected[:7]]
+
+
+def _stop_choice(varied):
+    """A step `k` whose greedy token is new at `k` and absent from OTHER's."""
+    first, second = _greedy(varied, PROMPT), _greedy(varied, OTHER)
+    eos = varied.tokenizer.eos_id
+    for k in range(2, STEPS):
+        token = first[k]
+        if (
+            token not in first[:k]
+            and token not in second
+            and eos not in first[: k + 1]
+            and eos not in second
+        ):
+            return k, token
+    pytest.fail(f"no usable stop step in {first} / {second}")
+
+
+def test_stop_token_truncates_and_padded_rows_stop_changing(varied):
+    expected, other = _greedy(varied, PROMPT), _greedy(varied, OTHER)
+    k, token = _stop_choice(varied)
+    out = _details(varied, [PROMPT, OTHER], max_new_tokens=STEPS, stop=[token])
+    assert out["outputs"] == [expected[:k], other]
+    assert out["num_tokens"] == [k, STEPS]
+    assert out["stop_reason"] == ["stop_token", "length"]
+
+    # The padded outputs: the stopped row holds pad after its last token.
+    gen = varied._generators[False]
+    tok = varied.tokenizer
+    inputs = gen.prepare(
+        [PROMPT, OTHER],
+        STEPS,
+        0.0,
+        0,
+        1.0,
+        0,
+        [token],
+        tok.eos_id,
+        tok.pad_id,
+    )
+    raw = gen.run(*inputs)
+    assert raw["token_ids"].shape == (2, STEPS)
+    assert raw["token_ids"][0, :k].tolist() == expected[:k]
+    assert (raw["token_ids"][0, k:] == tok.pad_id).all()
+    assert raw["token_ids"][1].tolist() == other
+
+    # The same with a one-character stop string, when the token is ASCII.
+    text = tok.detokenize([token]).numpy().decode("utf-8", "replace")
+    if len(text) == 1 and ord(text) < 128:
+        again = _details(varied, [PROMPT], max_new_tokens=STEPS, stop=[text])
+        assert again["outputs"] == [expected[:k]]
+
+
+def test_end_of_text_stops_a_row(varied):
+    expected, other = _greedy(varied, PROMPT), _greedy(varied, OTHER)
+    k, token = _stop_choice(varied)
+    eos = varied.tokenizer.eos_id
+    # A copy whose output head swaps the end-of-text id with `token`: greedy
+    # decoding now emits end-of-text exactly where it emitted `token`.
+    lm = _build(tie_embeddings=False)
+    lm.set_weights(varied.get_weights())
+    head = lm.backbone.token_embedding.reverse_embeddings
+    swapped = head.numpy()
+    swapped[:, [eos, token]] = swapped[:, [token, eos]]
+    head.assign(swapped)
+    out = _details(lm, [PROMPT, OTHER], max_new_tokens=STEPS)
+    assert out["outputs"] == [expected[:k], other]
+    assert out["num_tokens"] == [k, STEPS]
+    assert out["stop_reason"] == ["eos", "length"]
+    # A row limited by length before its end-of-text says "length".
+    out = _details(lm, [PROMPT], max_new_tokens=k)
+    assert out["stop_reason"] == ["length"] and out["num_tokens"] == [k]
+
+
+# Tracing
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_no_retrace_within_a_prompt_bucket(jit_compile):
+    lm = _build()
+
+    def run(length, **kwargs):
+        ids = list(range(3, 3 + length))
+        kwargs.setdefault("max_new_tokens", 8)
+        lm.generate(ids, jit_compile=jit_compile, **kwargs)
+        return lm._generators[jit_compile].trace_count
+
+    first = run(9)  # prompt bucket 16, cache bucket 32
+    assert first >= 1
+    assert run(12) == first
+    assert run(16, temperature=0.5, top_k=3, seed=5, max_new_tokens=10) == first
+    assert run(20) > first  # prompt bucket 32
+    assert set(lm._generators) == {jit_compile}
+
+
+# Streaming
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"temperature": 1.0, "seed": 3}, {"temperature": 0.8, "chunk": 4}],
+)
+def test_stream_joins_to_generate(varied, settings):
+    settings = dict(settings)
+    chunk = settings.pop("chunk", 1)
+    prompt = "Hello"
+    pieces = list(varied.stream(prompt, 20, chunk=chunk, **settings))
+    assert len(pieces) > 1
+    assert all(isinstance(p, str) and p for p in pieces)
+    assert "".join(pieces) == varied.generate(prompt, 20, **settings)
+
+
+# Bad and edge input
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"temperature": -0.1}, "temperature"),
+        ({"temperature": [0.0, float("nan")]}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"top_k": [0, -2]}, "top_k"),
+        ({"max_new_tokens": CONTEXT}, "max_new_tokens"),
+        ({"max_new_tokens": -1}, "max_new_tokens"),
+        ({"max_new_tokens": [4, CONTEXT + 3]}, "max_new_tokens"),
+        ({"seed": [1, 2, 3]}, "seed"),
+    ],
+)
+def test_bad_settings_raise(plain, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        plain.generate(["ab", "cd"], **{"max_new_tokens": 4, **kwargs})
+
+
+def test_empty_batch_returns_empty_list(plain):
+    assert plain.generate([]) == []
+    assert plain.generate([], 5, jit_compile=False) == []
+
+
+def test_empty_string_starts_from_end_of_text(varied):
+    eos = varied.tokenizer.eos_id
+    text = varied.generate("", STEPS, jit_compile=False)
+    assert isinstance(text, str) and text
+    ids = varied.generate([eos], STEPS, jit_compile=False)
+    assert text == varied.tokenizer.detokenize(ids).numpy().decode(
+        "utf-8", "replace"
+    )
+    assert varied.generate(["", "a"], STEPS, jit_compile=False)[0] == text
+
+
+def test_empty_id_prompt_raises(plain):
+    with pytest.raises(ValueError, match="empty"):
+        plain.generate([[]])
+    with pytest.raises(ValueError, match="empty"):
+        plain.generate([[5, 6], []])
+    with pytest.raises(ValueError, match="empty"):
+        plain.generate(np.array([], np.int32))
+
+
+def test_long_prompt_is_truncated_from_the_left(varied, caplog):
+    ids = [int(i) for i in np.random.default_rng(1).integers(3, 259, 100)]
+    room = CONTEXT - 8
+    with caplog.at_level(logging.WARNING, logger="tflm"):
+        out = _details(varied, ids, max_new_tokens=8)
+    assert any("truncated" in r.getMessage() for r in caplog.records)
+    assert out["num_tokens"] == [8]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tflm"):
+        fitted = _details(varied, ids[-room:], max_new_tokens=8)
+    assert not caplog.records
+    assert out["outputs"] == fitted["outputs"]
+
+
+def test_text_without_tokenizer_raises(varied):
+    lm = CausalLM.from_preset(
+        "tiny", vocabulary_size=259, max_sequence_length=CONTEXT
+    )
+    assert lm.tokenizer is None
+    for prompts in ("hi", ["hi", "there"]):
+        with pytest.raises(ValueError, match="tokenizer"):
+            lm.generate(prompts, 4)
+    with pytest.raises(ValueError, match="tokenizer"):
+        lm.generate([5, 6], 4, stop=["x"])
+    # Ids need no tokenizer; the same prompt text works when one is passed.
+    assert len(lm.generate([5, 6], 4, jit_compile=False)) == 4
+    assert isinstance(
+        lm.generate("hi", 4, tokenizer=ByteTokenizer(), jit_compile=False), str
+    )
+
+
+def test_bad_ids_and_stop_strings_raise(plain):
+    with pytest.raises(ValueError, match="stop string"):
+        plain.generate("hello", 4, stop=["ab"])
+    with pytest.raises(ValueError, match="stop string"):
+        plain.generate("hello", 4, stop=[""])
+    with pytest.raises(ValueError, match="Token ids"):
+        plain.generate([5, 259], 4)
+    with pytest.raises(ValueError, match="stop ids"):
+        plain.generate("hello", 4, stop=list(range(3, 30)))
+
+
+def test_rows_truncate_only_to_their_own_room(varied):
+    # Row 0 asks for 1 new token, row 1 for CONTEXT - 2: row 0 keeps its whole
+    # prompt and continues exactly as alone.
+    ids = [int(i) for i in np.random.default_rng(2).integers(3, 259, 20)]
+    both = _details(varied, [ids, [7]], max_new_tokens=[1, CONTEXT - 2])
+    alone = _details(varied, [ids], max_new_tokens=1)
+    assert both["outputs"][0] == alone["outputs"][0]
+    assert both["num_tokens"] == [1, CONTEXT - 2]
+
+
+def test_default_max_new_tokens_fits_a_short_context():
+    lm = CausalLM.from_preset("tiny")  # context 16
+    out = lm.generate([[1, 2]], return_details=True, jit_compile=False)
+    assert out["num_tokens"] == [15]
+
+
+def test_seed_out_of_range_raises(plain):
+    with pytest.raises(ValueError, match="seed"):
+        plain.generate([5, 6], 2, seed=2**31, jit_compile=False)

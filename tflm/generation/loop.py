@@ -1,0 +1,173 @@
+"""The decode loop: the only generation algorithm in tflm.
+
+Prefill the (left-padded) prompts in one forward pass that fills a
+preallocated KV cache, then a `tf.while_loop` of single-token steps. It is
+plain TensorFlow (no XLA-only ops, no Python per token), so the same code
+runs in `CausalLM.generate`, under `jit_compile=True`, and inside an
+exported SavedModel under TF Serving.
+
+The loop imports no model: it takes two callables,
+
+    forward(token_ids, cache, cache_index, padding_mask, position_ids)
+        -> (hidden [B, T, D], cache)
+    to_logits(hidden [B, D]) -> float32 logits [B, V]
+
+and `cache`, a list of tensors `(2, B, K, S, H)` that `forward` updates.
+`generate` runs everything in one call; `prefill`, `decode` and `finish`
+split it so that a caller can stream tokens a few steps at a time.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tflm.generation import samplers
+
+# Why each row stopped (the exported signature maps these to strings).
+STOP_LENGTH, STOP_EOS, STOP_TOKEN = 0, 1, 2
+STOP_REASONS = ("length", "eos", "stop_token")
+
+
+def _stopped_by(token, eos_id, stop_ids):
+    """int32 `[B]`: `STOP_EOS`, `STOP_TOKEN` or 0 (keep going)."""
+    is_eos = tf.equal(token, eos_id)
+    is_stop = tf.reduce_any(
+        tf.equal(token[:, None], tf.reshape(stop_ids, [1, -1])), axis=1
+    )
+    return tf.where(is_eos, STOP_EOS, tf.where(is_stop, STOP_TOKEN, 0))
+
+
+def prefill(forward, to_logits, cache, prompt_ids, prompt_mask, settings):
+    """Runs the prompts once and returns the loop state.
+
+    Args:
+        forward, to_logits: see the module docstring.
+        cache: the empty cache, `S` slots long; `S - P` bounds new tokens.
+        prompt_ids: int32 `[B, P]`, left-padded, `P >= 1`.
+        prompt_mask: int32 or bool `[B, P]`, true on real tokens.
+        settings: dict of per-row `[B]` tensors `max_new_tokens` (int32),
+            `temperature` (float32, 0 = greedy), `top_k` (int32, 0 = off),
+            `top_p` (float32, 1 = off), `seed` (int32); plus `eos_id` (int32
+            scalar, -1 for none), `stop_ids` (int32 `[N]`, may be empty) and
+            `pad_id` (int32 scalar, written after a row stopped).
+
+    Returns:
+        The state dict that `decode` advances and `finish` reads.
+    """
+    prompt_mask = tf.cast(prompt_mask, tf.int32)
+    batch, prompt_len = tf.shape(prompt_ids)[0], tf.shape(prompt_ids)[1]
+    cache_len = tf.shape(cache[0])[3]
+    # Unwritten slots lie in the future of every query, so the causal mask
+    # hides them: the key mask only needs to hide the prompts' left padding.
+    slot_mask = tf.concat(
+        [prompt_mask, tf.ones([batch, cache_len - prompt_len], tf.int32)], 1
+    )
+    positions = tf.maximum(tf.cumsum(prompt_mask, axis=1) - 1, 0)
+    hidden, cache = forward(prompt_ids, cache, 0, slot_mask, positions)
+    max_new = tf.maximum(tf.cast(settings["max_new_tokens"], tf.int32), 0)
+    steps = tf.maximum(
+        tf.minimum(tf.reduce_max(max_new), cache_len - prompt_len), 0
+    )
+    limit = tf.minimum(max_new, steps)
+    pad_id = tf.cast(settings["pad_id"], tf.int32)
+    return {
+        "step": tf.constant(0),
+        "logits": to_logits(hidden[:, -1]),
+        "cache": cache,
+        "done": limit <= 0,
+        "num_tokens": tf.zeros([batch], tf.int32),
+        "stop_reason": tf.fill([batch], STOP_LENGTH),
+        "tokens": tf.fill([batch, cache_len - prompt_len], pad_id),
+        # Constant through the loop:
+        "slot_mask": slot_mask,
+        "next_position": tf.reduce_sum(prompt_mask, axis=1),
+        "prompt_length": prompt_len,
+        "limit": limit,
+        "steps": steps,
+        "settings": {**settings, "pad_id": pad_id},
+    }
+
+
+def _step(forward, to_logits, state):
+    s = state["settings"]
+    i, done = state["step"], state["done"]
+    token = samplers.sample(
+        state["logits"], s["temperature"], s["top_k"], s["top_p"], s["seed"], i
+    )
+    stop = _stopped_by(token, s["eos_id"], s["stop_ids"])
+    emit = tf.logical_and(tf.logical_not(done), tf.equal(stop, 0))
+    batch = tf.shape(token)[0]
+    tokens = tf.tensor_scatter_nd_update(
+        state["tokens"],
+        tf.stack([tf.range(batch), tf.fill([batch], i)], axis=1),
+        tf.where(emit, token, s["pad_id"]),
+    )
+    num_tokens = state["num_tokens"] + tf.cast(emit, tf.int32)
+    hidden, cache = forward(
+        token[:, None],
+        state["cache"],
+        state["prompt_length"] + i,
+        state["slot_mask"],
+        (state["next_position"] + i)[:, None],
+    )
+    return {
+        **state,
+        "step": i + 1,
+        "logits": to_logits(hidden[:, 0]),
+        "cache": cache,
+        "done": done | (stop > 0) | (num_tokens >= state["limit"]),
+        "num_tokens": num_tokens,
+        "stop_reason": tf.where(done, state["stop_reason"], stop),
+        "tokens": tokens,
+    }
+
+
+def decode(forward, to_logits, state, max_steps=None):
+    """Advances `state` until every row stopped, or by `max_steps` steps."""
+    end = state["steps"]
+    if max_steps is not None:
+        end = tf.minimum(end, state["step"] + max_steps)
+
+    def cond(state):
+        return tf.logical_and(
+            state["step"] < end, tf.logical_not(tf.reduce_all(state["done"]))
+        )
+
+    (state,) = tf.while_loop(
+        cond, lambda state: (_step(forward, to_logits, state),), (state,)
+    )
+    return state
+
+
+def finished(state):
+    """Scalar bool: every row has stopped."""
+    return tf.logical_or(
+        tf.reduce_all(state["done"]), state["step"] >= state["steps"]
+    )
+
+
+def finish(state, trim: bool = True):
+    """The outputs: `token_ids` int32 `[B, M]` (padded), `num_tokens` int32
+    `[B]`, `stop_reason` int32 `[B]` (index into `STOP_REASONS`). The stop
+    token itself is not part of the output.
+
+    With `trim=False`, `M` is the static `S - P` (what XLA needs); else the
+    longest row's length.
+    """
+    num_tokens = state["num_tokens"]
+    tokens = state["tokens"]
+    if trim:
+        tokens = tokens[:, : tf.reduce_max(num_tokens)]
+    return {
+        "token_ids": tokens,
+        "num_tokens": num_tokens,
+        "stop_reason": state["stop_reason"],
+    }
+
+
+def generate(forward, to_logits, cache, prompt_ids, prompt_mask, settings):
+    """Prefill, decode to the end, and return `finish`'s outputs."""
+    state = prefill(
+        forward, to_logits, cache, prompt_ids, prompt_mask, settings
+    )
+    return finish(decode(forward, to_logits, state))

@@ -1,0 +1,101 @@
+"""Token samplers: pure functions of logits with per-row settings.
+
+Every setting is a `[B]` tensor so that one batch can mix requests:
+`temperature == 0` is greedy, `top_k == 0` and `top_p >= 1` are off. Random
+draws come from a counter-based hash of `(seed, step, token)`, so a row's
+text depends only on its own seed and inputs, never on its batch neighbours,
+and the same seed gives the same text in-process, in a SavedModel and under
+TF Serving (core TensorFlow ops only).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+_NEG_INF = -1e30
+
+
+def _hash_uint32(x):
+    """A 32-bit integer mixer (two multiply-xorshift rounds)."""
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+    x = x * tf.constant(0x7FEB352D, tf.uint32)
+    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 15))
+    x = x * tf.constant(0x846CA68B, tf.uint32)
+    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
+
+
+def uniform_noise(seed, step, vocabulary_size):
+    """Uniform floats in (0, 1), `[B, V]`, a pure function of seed and step.
+
+    Args:
+        seed: int32 `[B]`.
+        step: int32 scalar, the index of the token being drawn.
+        vocabulary_size: int or scalar tensor `V`.
+    """
+    seed = tf.cast(seed, tf.uint32)
+    row = _hash_uint32(
+        seed * tf.constant(0x9E3779B9, tf.uint32) + tf.cast(step, tf.uint32)
+    )
+    token = tf.range(vocabulary_size, dtype=tf.int32)
+    bits = _hash_uint32(
+        tf.bitwise.bitwise_xor(
+            row[:, None], _hash_uint32(tf.cast(token, tf.uint32))[None, :]
+        )
+    )
+    mantissa = tf.cast(tf.bitwise.right_shift(bits, 8), tf.float32)
+    return (mantissa + 0.5) * (1.0 / (1 << 24))
+
+
+def top_k_mask(logits, top_k):
+    """Keeps each row's `top_k` largest logits (`0` keeps all)."""
+    vocab = tf.shape(logits)[-1]
+    k = tf.where(top_k > 0, tf.minimum(top_k, vocab), vocab)
+    kmax = tf.reduce_max(k)
+    values = tf.math.top_k(logits, k=kmax, sorted=True).values
+    threshold = tf.gather(values, k - 1, batch_dims=1)
+    return tf.where(logits >= threshold[:, None], logits, _NEG_INF)
+
+
+def top_p_mask(logits, top_p):
+    """Keeps the smallest set of tokens whose probability reaches `top_p`.
+
+    A token is kept when the probability of the tokens strictly more likely
+    than it is below `top_p`; `top_p >= 1` keeps all.
+    """
+    probs = tf.nn.softmax(logits, axis=-1)
+    sorted_probs = tf.sort(probs, axis=-1, direction="DESCENDING")
+    before = tf.cumsum(sorted_probs, axis=-1, exclusive=True)
+    kept = tf.where(before < top_p[:, None], sorted_probs, 2.0)
+    threshold = tf.reduce_min(kept, axis=-1)
+    keep = (probs >= threshold[:, None]) | (top_p[:, None] >= 1.0)
+    return tf.where(keep, logits, _NEG_INF)
+
+
+def sample(logits, temperature, top_k, top_p, seed, step):
+    """Draws one token per row: `[B, V]` float32 logits → int32 `[B]`.
+
+    Order as in common practice: temperature, then top-k, then top-p, then a
+    Gumbel-max draw. Rows with `temperature == 0` take the argmax.
+    """
+    logits = tf.cast(logits, tf.float32)
+    greedy = tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+    def draw():
+        safe_t = tf.where(temperature > 0, temperature, 1.0)
+        scaled = logits / safe_t[:, None]
+        scaled = tf.cond(
+            tf.reduce_any(top_k > 0),
+            lambda: top_k_mask(scaled, top_k),
+            lambda: scaled,
+        )
+        scaled = tf.cond(
+            tf.reduce_any(top_p < 1.0),
+            lambda: top_p_mask(scaled, top_p),
+            lambda: scaled,
+        )
+        noise = uniform_noise(seed, step, tf.shape(logits)[-1])
+        gumbel = -tf.math.log(-tf.math.log(noise))
+        drawn = tf.argmax(scaled + gumbel, axis=-1, output_type=tf.int32)
+        return tf.where(temperature > 0, drawn, greedy)
+
+    return tf.cond(tf.reduce_any(temperature > 0), draw, lambda: greedy)
