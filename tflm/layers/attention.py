@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 from tflm.layers import masks
 from tflm.layers import rotary
@@ -33,16 +34,34 @@ def update_cache(cache, key, value, index):
         The updated cache, same shape and dtype.
     """
     updates = keras.ops.cast(keras.ops.stack([key, value]), cache.dtype)
-    shape = keras.ops.shape(updates)
-    grids = keras.ops.meshgrid(
-        keras.ops.arange(2, dtype="int32"),
-        keras.ops.arange(shape[1], dtype="int32"),
-        keras.ops.arange(shape[2], dtype="int32"),
-        keras.ops.arange(shape[3], dtype="int32") + index,
-        indexing="ij",
-    )
-    indices = keras.ops.stack(grids, axis=-1)
+    shape = _static_shape(updates)
+    if all(isinstance(d, int) for d in shape[:4]):
+        # Static shapes: the index grid is a constant plus the offset.
+        grid = np.stack(
+            np.meshgrid(*[np.arange(d) for d in shape[:4]], indexing="ij"),
+            axis=-1,
+        ).astype("int32")
+        indices = grid + keras.ops.cast(index, "int32") * np.array(
+            [0, 0, 0, 1], "int32"
+        )
+    else:
+        grids = keras.ops.meshgrid(
+            keras.ops.arange(2, dtype="int32"),
+            keras.ops.arange(shape[1], dtype="int32"),
+            keras.ops.arange(shape[2], dtype="int32"),
+            keras.ops.arange(shape[3], dtype="int32") + index,
+            indexing="ij",
+        )
+        indices = keras.ops.stack(grids, axis=-1)
     return keras.ops.scatter_update(cache, indices, updates)
+
+
+def _static_shape(x):
+    """The shape with Python ints where known, scalar tensors elsewhere."""
+    dynamic = keras.ops.shape(x)
+    return tuple(
+        d if isinstance(d, int) else dynamic[i] for i, d in enumerate(x.shape)
+    )
 
 
 @keras.saving.register_keras_serializable(package="tflm")
@@ -70,6 +89,9 @@ class CausalSelfAttention(keras.layers.Layer):
         x: float `(B, T, D)`.
         padding_mask: optional `(B, T)`, or `(B, S)` over the cache slots when
             a cache is given; true where a token is real.
+        attention_mask: optional bool `(B|1, 1, T, S)`, true where query `t`
+            may see key `s`; replaces the causal and padding masks (a model
+            computes it once for all its layers).
         cache: optional `(2, B, K, S, H)`; returned updated.
         cache_index: int scalar, slot of `x`'s first token in `cache`.
         position_ids: optional int `(B, T)` for rotary embedding; defaults to
@@ -163,16 +185,20 @@ class CausalSelfAttention(keras.layers.Layer):
             name=name,
         )
 
-    def _project(self, x):
-        """Returns q `(B, N, T, H)`, k and v `(B, K, T, H)`."""
+    def _project(self, x, batch, length):
+        """Returns q `(B, N, T, H)`, k and v `(B, K, T, H)`.
+
+        Projections run on `(B*T, D)` so that each is one matmul (a rank-3
+        Dense becomes a `tensordot` with a dozen shape ops per call).
+        """
         n, k, h = self.num_heads, self.num_key_value_heads, self.head_dim
-        batch, length = keras.ops.shape(x)[0], keras.ops.shape(x)[1]
+        x = keras.ops.reshape(x, (-1, n * h))
         if self.fused_qkv and n == k:
             qkv = keras.ops.reshape(
                 self.query_key_value(x), (batch, length, 3, n, h)
             )
             qkv = keras.ops.transpose(qkv, (2, 0, 3, 1, 4))
-            return qkv[0], qkv[1], qkv[2]
+            return keras.ops.unstack(qkv, 3)
         if self.fused_qkv:
             qkv = self.query_key_value(x)
             q, key, v = keras.ops.split(qkv, [n * h, (n + k) * h], axis=-1)
@@ -189,20 +215,22 @@ class CausalSelfAttention(keras.layers.Layer):
         """q `(B, N, T, H)`, k/v `(B, K, S, H)`, mask `(B|1, 1, T, S)`."""
         n, kv, h = self.num_heads, self.num_key_value_heads, self.head_dim
         groups = n // kv
-        shape = keras.ops.shape(q)
-        batch, length = shape[0], shape[2]
+        batch, _, length, _ = _static_shape(q)
+        # Grouped query heads become extra rows of one matmul per kv head.
         q = keras.ops.reshape(q, (batch, kv, groups * length, h))
         q32 = keras.ops.cast(q, "float32") * (1.0 / h**0.5)
         scores = keras.ops.matmul(
             q32, keras.ops.swapaxes(keras.ops.cast(k, "float32"), -1, -2)
         )
-        scores = keras.ops.reshape(scores, (batch, kv, groups, length, -1))
-        scores = keras.ops.where(mask[:, :, None], scores, _MASKED)
+        if groups > 1:
+            scores = keras.ops.reshape(scores, (batch, kv, groups, length, -1))
+            mask = mask[:, :, None]
+        scores = keras.ops.where(mask, scores, _MASKED)
         probs = keras.ops.softmax(scores, axis=-1)
         probs = self.dropout_layer(probs, training=training)
-        probs = keras.ops.reshape(
-            keras.ops.cast(probs, v.dtype), (batch, kv, groups * length, -1)
-        )
+        probs = keras.ops.cast(probs, v.dtype)
+        if groups > 1:
+            probs = keras.ops.reshape(probs, (batch, kv, groups * length, -1))
         out = keras.ops.matmul(probs, v)
         return keras.ops.reshape(out, (batch, n, length, h))
 
@@ -213,10 +241,11 @@ class CausalSelfAttention(keras.layers.Layer):
         cache=None,
         cache_index=None,
         position_ids=None,
+        attention_mask=None,
         training=None,
     ):
-        q, k, v = self._project(x)
-        length = keras.ops.shape(x)[1]
+        batch, length, hidden = _static_shape(x)
+        q, k, v = self._project(x, batch, length)
         offset = 0 if cache_index is None else cache_index
         if self.use_rotary:
             if position_ids is None:
@@ -227,20 +256,20 @@ class CausalSelfAttention(keras.layers.Layer):
                 position_ids, self.head_dim, self.rope_max_wavelength
             )
             cos, sin = cos[:, None], sin[:, None]
-            q, k = (
-                rotary.apply_rope(q, cos, sin),
-                rotary.apply_rope(k, cos, sin),
-            )
+            q = rotary.apply_rope(q, cos, sin)
+            k = rotary.apply_rope(k, cos, sin)
         if cache is not None:
             cache = update_cache(cache, k, v, offset)
             k, v = cache[0], cache[1]
-        mask = masks.attention_mask(
-            length, keras.ops.shape(k)[2], offset, padding_mask
+        if attention_mask is None:
+            attention_mask = masks.attention_mask(
+                length, keras.ops.shape(k)[2], offset, padding_mask
+            )
+        out = self._attend(q, k, v, attention_mask, training)
+        out = keras.ops.reshape(
+            keras.ops.transpose(out, (0, 2, 1, 3)), (-1, hidden)
         )
-        out = self._attend(q, k, v, mask, training)
-        out = keras.ops.transpose(out, (0, 2, 1, 3))
-        out = keras.ops.reshape(out, keras.ops.shape(x))
-        out = self.output_dense(out)
+        out = keras.ops.reshape(self.output_dense(out), (batch, length, hidden))
         return out if cache is None else (out, cache)
 
     def compute_output_shape(self, input_shape):

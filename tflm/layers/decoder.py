@@ -49,6 +49,8 @@ class DecoderBlock(keras.layers.Layer):
         cache: optional `(2, B, K, S, H)`; returned updated.
         cache_index: int scalar, position of `x` in `cache`.
         position_ids: optional int `(B, T)`, for rotary embedding.
+        attention_mask: optional bool `(B|1, 1, T, S)`; see
+            `CausalSelfAttention`.
         training: bool, enables dropout.
 
     Returns:
@@ -162,13 +164,15 @@ class DecoderBlock(keras.layers.Layer):
         self.mlp_out.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
 
     def _mlp(self, x):
-        h = self.mlp_in(x)
+        shape = keras.ops.shape(x)
+        # On `(B*T, D)` each projection is one matmul (see attention).
+        h = self.mlp_in(keras.ops.reshape(x, (-1, shape[-1])))
         if self.activation == "swiglu":
             gate, up = keras.ops.split(h, 2, axis=-1)
             h = keras.ops.silu(gate) * up
         else:
             h = keras.ops.gelu(h, approximate=True)
-        return self.mlp_out(h)
+        return keras.ops.reshape(self.mlp_out(h), shape)
 
     def call(
         self,
@@ -177,6 +181,7 @@ class DecoderBlock(keras.layers.Layer):
         cache=None,
         cache_index=None,
         position_ids=None,
+        attention_mask=None,
         training=None,
     ):
         h = self.attention(
@@ -185,6 +190,7 @@ class DecoderBlock(keras.layers.Layer):
             cache=cache,
             cache_index=cache_index,
             position_ids=position_ids,
+            attention_mask=attention_mask,
             training=training,
         )
         if cache is not None:

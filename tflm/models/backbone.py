@@ -7,6 +7,7 @@ import keras
 from tflm.layers import attention as attention_lib
 from tflm.layers import decoder as decoder_lib
 from tflm.layers import embedding as embedding_lib
+from tflm.layers import masks
 from tflm.models import presets as presets_lib
 
 POSITION_EMBEDDINGS = ("learned", "rotary")
@@ -220,11 +221,18 @@ class Backbone(keras.Model):
             position_ids, 0, self.max_sequence_length - 1
         )
         x = self._embed(token_ids, position_ids)
+        # One mask for all layers (not one per layer): fewer ops per step.
+        attention_mask = masks.attention_mask(
+            keras.ops.shape(token_ids)[1],
+            keras.ops.shape(cache[0])[3],
+            cache_index,
+            padding_mask,
+        )
         new_cache = []
         for block, layer_cache in zip(self.blocks, cache, strict=True):
             x, layer_cache = block(
                 x,
-                padding_mask=padding_mask,
+                attention_mask=attention_mask,
                 cache=layer_cache,
                 cache_index=cache_index,
                 position_ids=position_ids,
