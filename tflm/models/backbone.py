@@ -194,7 +194,9 @@ class Backbone(keras.Model):
 
     def init_cache(self, batch_size, cache_length=None):
         """Zero KV caches: a list of `(2, B, K, S, H)`, one per layer."""
-        length = cache_length or self.max_sequence_length
+        length = self.max_sequence_length
+        if cache_length is not None:
+            length = cache_length
         shape = (2, batch_size, self.num_key_value_heads, length, self.head_dim)
         dtype = self.token_embedding.compute_dtype
         return [keras.ops.zeros(shape, dtype) for _ in self.blocks]

@@ -1,0 +1,126 @@
+"""Versioned, atomic SavedModel export for TF Serving and other apps."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+import tflm
+from tflm.export import signatures as signatures_lib
+from tflm.export import warmup as warmup_lib
+
+logger = logging.getLogger("tflm")
+
+CONFIG_ASSET = "tflm_config.json"
+VERSION_ASSET = "tflm_version.txt"
+
+
+def existing_versions(base_dir: str) -> list[int]:
+    """The numeric version folders under `base_dir`, sorted."""
+    if not os.path.isdir(base_dir):
+        return []
+    return sorted(
+        int(name)
+        for name in os.listdir(base_dir)
+        if re.fullmatch(r"\d+", name)
+        and os.path.isdir(os.path.join(base_dir, name))
+    )
+
+
+def _target(base_dir: str, version: int | None, overwrite: bool) -> str:
+    if version is None:
+        version = (existing_versions(base_dir) or [0])[-1] + 1
+    if version <= 0:
+        raise ValueError(f"version must be positive. Received: {version}.")
+    target = os.path.join(base_dir, str(version))
+    if os.path.exists(target) and not overwrite:
+        raise FileExistsError(
+            f"{target} already exists. Pass --overwrite (overwrite=True) to "
+            "replace it, or choose another --version."
+        )
+    return target
+
+
+def _write_assets(directory: str, model) -> None:
+    assets = os.path.join(directory, "assets")
+    os.makedirs(assets, exist_ok=True)
+    config = {
+        "backbone": model.backbone.get_config(),
+        "tokenizer": model.tokenizer.get_config() if model.tokenizer else None,
+    }
+    with open(os.path.join(assets, CONFIG_ASSET), "w") as f:
+        json.dump(config, f, indent=2)
+    with open(os.path.join(assets, VERSION_ASSET), "w") as f:
+        f.write(tflm.__version__ + "\n")
+
+
+def _move_into_place(tmp: str, target: str) -> None:
+    if not os.path.exists(target):
+        os.rename(tmp, target)
+        return
+    # Overwrite: swap the old version aside under a non-numeric name (TF
+    # Serving ignores it), move the new one in, then delete the old one.
+    old = tempfile.mkdtemp(prefix=".tflm-old-", dir=os.path.dirname(target))
+    aside = os.path.join(old, "version")
+    os.rename(target, aside)
+    os.rename(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export(
+    model,
+    base_dir: str,
+    *,
+    tokenizer=None,
+    version: int | None = None,
+    overwrite: bool = False,
+    jit_compile: bool = False,
+    warmup: bool = True,
+) -> str:
+    """Exports `model` to `base_dir/<version>/` and returns that path.
+
+    The SavedModel holds the signatures of the serving contract
+    (`serving_default`, `score`, `tokenize`, `detokenize`), the tokenizer as
+    an asset, `assets/tflm_config.json`, `assets/tflm_version.txt` and TF
+    Serving warm-up requests. It is written under a hidden, non-numeric
+    temporary name inside `base_dir` and renamed into place at the end, so TF
+    Serving never sees a half-written version.
+
+    Args:
+        model: a `CausalLM`.
+        base_dir: the model's base path as TF Serving sees it.
+        tokenizer: defaults to `model.tokenizer`.
+        version: defaults to one more than the highest existing version.
+        overwrite: replace an existing version.
+        jit_compile: compile the decode loop with XLA (needs TF Serving's
+            `--xla_cpu_compilation_enabled=true`).
+        warmup: write `assets.extra/tf_serving_warmup_requests`.
+    """
+    tokenizer = tokenizer or model.tokenizer
+    if tokenizer is None:
+        raise ValueError(
+            "Export needs the model's tokenizer: load the model with "
+            "tflm.modeldir.load or pass tokenizer=."
+        )
+    base_dir = os.path.abspath(base_dir)
+    os.makedirs(base_dir, exist_ok=True)
+    target = _target(base_dir, version, overwrite)
+    tmp = tempfile.mkdtemp(prefix=".tflm-export-", dir=base_dir)
+    try:
+        module = signatures_lib.ServingModule(model, tokenizer, jit_compile)
+        tf.saved_model.save(module, tmp, signatures=module.signatures())
+        _write_assets(tmp, model)
+        if warmup:
+            warmup_lib.write_warmup(tmp)
+        _move_into_place(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("Exported SavedModel to %s", target)
+    return target

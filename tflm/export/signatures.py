@@ -1,0 +1,199 @@
+"""The serving contract's signatures, as a `tf.Module`.
+
+Everything here is core TensorFlow (plus the tokenizer's TF Text ops), so the
+SavedModel runs under stock TF Serving, which disables XLA and loads no
+Python. Inputs are validated in the graph: bad values fail the request with
+an `InvalidArgument` error that names the input.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from tflm.generation import loop
+
+STOP_REASONS = tf.constant(loop.STOP_REASONS)
+
+
+def _check(condition, message):
+    return tf.debugging.Assert(condition, [message])
+
+
+def _validate(max_new_tokens, temperature, top_k, top_p, batch):
+    checks = [
+        _check(
+            tf.reduce_all(
+                [
+                    tf.equal(tf.shape(t)[0], batch)
+                    for t in (max_new_tokens, temperature, top_k, top_p)
+                ]
+            ),
+            "every input needs one value per prompt (same dimension 0)",
+        ),
+        _check(
+            tf.reduce_all(max_new_tokens >= 0), "max_new_tokens must be >= 0"
+        ),
+        _check(
+            tf.reduce_all(temperature >= 0.0),
+            "temperature must be >= 0 (0 is greedy)",
+        ),
+        _check(tf.reduce_all(top_k >= 0), "top_k must be >= 0 (0 is off)"),
+        _check(
+            tf.reduce_all((top_p > 0.0) & (top_p <= 1.0)),
+            "top_p must be in (0, 1] (1 is off)",
+        ),
+    ]
+    return checks
+
+
+def left_pad(ragged, room, start_id):
+    """Left-pads ragged ids `[B, None]`, keeping each row's last `room` ids.
+
+    An empty row becomes `[start_id]`, as in `CausalLM.generate`.
+
+    Returns:
+        `(ids [B, P], mask [B, P])` int32, `P` the longest kept row.
+    """
+    ragged = tf.cast(ragged, tf.int32)
+    lengths = tf.cast(ragged.row_lengths(), tf.int32)
+    kept = tf.maximum(tf.minimum(lengths, room), 1)
+    width = tf.reduce_max(kept)
+    dense = ragged.to_tensor(default_value=0)
+    # One extra column so that the gather below has something to read even
+    # when every row is empty.
+    dense = tf.pad(dense, [[0, 0], [0, 1]])
+    column = tf.range(width)[None, :]
+    source = lengths[:, None] - width + column
+    mask = column >= (width - kept)[:, None]
+    ids = tf.gather(dense, tf.maximum(source, 0), batch_dims=1)
+    ids = tf.where((lengths == 0)[:, None], start_id, ids)
+    return tf.where(mask, ids, 0), tf.cast(mask, tf.int32)
+
+
+class ServingModule(tf.Module):
+    """Tracks a `CausalLM` and its tokenizer; exposes the signatures.
+
+    Args:
+        model: a `tflm.models.CausalLM`.
+        tokenizer: a `tflm.tokenizers.Tokenizer`.
+        jit_compile: run the decode loop under XLA (TF Serving then needs
+            `--xla_cpu_compilation_enabled=true`).
+    """
+
+    def __init__(self, model, tokenizer, jit_compile: bool = False):
+        super().__init__(name="tflm")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.context = int(model.backbone.max_sequence_length)
+        self._decode = tf.function(self._decode_graph, jit_compile=jit_compile)
+
+    def _forward(self, token_ids, cache, index, padding_mask, positions):
+        return self.model.backbone.call_with_cache(
+            token_ids, cache, index, padding_mask, positions
+        )
+
+    def _decode_graph(self, ids, mask, cache_length, settings):
+        cache = self.model.backbone.init_cache(tf.shape(ids)[0], cache_length)
+        return loop.generate(
+            self._forward,
+            self.model.logits_from_hidden,
+            cache,
+            ids,
+            mask,
+            settings,
+        )
+
+    def generate(self, prompt, max_new_tokens, temperature, top_k, top_p, seed):
+        batch = tf.shape(prompt)[0]
+        checks = _validate(max_new_tokens, temperature, top_k, top_p, batch)
+        with tf.control_dependencies(checks):
+            max_new = tf.minimum(max_new_tokens, self.context - 1)
+        ids, mask = left_pad(
+            self.tokenizer.tokenize(prompt),
+            self.context - max_new,
+            self.tokenizer.eos_id,
+        )
+        settings = {
+            "max_new_tokens": max_new,
+            "temperature": temperature,
+            "top_k": top_k,
+            "top_p": top_p,
+            "seed": seed,
+            "eos_id": tf.constant(self.tokenizer.eos_id, tf.int32),
+            "stop_ids": tf.zeros([0], tf.int32),
+            "pad_id": tf.constant(self.tokenizer.pad_id, tf.int32),
+        }
+        cache_length = tf.shape(ids)[1] + tf.maximum(tf.reduce_max(max_new), 1)
+        out = self._decode(ids, mask, cache_length, settings)
+        ragged = tf.RaggedTensor.from_tensor(
+            out["token_ids"], lengths=out["num_tokens"]
+        )
+        return {
+            "text": self.tokenizer.detokenize(ragged),
+            "token_ids": out["token_ids"],
+            "num_tokens": out["num_tokens"],
+            "stop_reason": tf.gather(STOP_REASONS, out["stop_reason"]),
+        }
+
+    def score(self, text):
+        """Log-likelihood of each text after an end-of-text start token."""
+        ragged = self.tokenizer.tokenize(text)
+        ragged = ragged[:, : self.context - 1]
+        start = tf.fill([ragged.nrows(), 1], self.tokenizer.eos_id)
+        full = tf.concat([tf.cast(start, ragged.dtype), ragged], axis=1)
+        ids = full.to_tensor(default_value=self.tokenizer.pad_id)
+        mask = tf.sequence_mask(full.row_lengths(), tf.shape(ids)[1], tf.int32)
+        logits = self.model({"token_ids": ids, "padding_mask": mask})
+        log_probs = tf.nn.log_softmax(logits[:, :-1], axis=-1)
+        picked = tf.gather(log_probs, ids[:, 1:], batch_dims=2)
+        weights = tf.cast(mask[:, 1:], tf.float32)
+        return {
+            "log_likelihood": tf.reduce_sum(picked * weights, axis=1),
+            "num_tokens": tf.cast(tf.reduce_sum(mask[:, 1:], axis=1), tf.int32),
+        }
+
+    def tokenize_text(self, text):
+        ragged = self.tokenizer.tokenize(text)
+        return {
+            "token_ids": ragged.to_tensor(default_value=self.tokenizer.pad_id),
+            "num_tokens": tf.cast(ragged.row_lengths(), tf.int32),
+        }
+
+    def detokenize_ids(self, token_ids, num_tokens):
+        ragged = tf.RaggedTensor.from_tensor(token_ids, lengths=num_tokens)
+        return {"text": self.tokenizer.detokenize(ragged)}
+
+    def signatures(self) -> dict:
+        """Concrete functions keyed by signature name."""
+        s, i, f = tf.string, tf.int32, tf.float32
+        spec = tf.TensorSpec
+        generate = tf.function(
+            self.generate,
+            input_signature=[
+                spec([None], s, "prompt"),
+                spec([None], i, "max_new_tokens"),
+                spec([None], f, "temperature"),
+                spec([None], i, "top_k"),
+                spec([None], f, "top_p"),
+                spec([None], i, "seed"),
+            ],
+        )
+        score = tf.function(
+            self.score, input_signature=[spec([None], s, "text")]
+        )
+        tokenize = tf.function(
+            self.tokenize_text, input_signature=[spec([None], s, "text")]
+        )
+        detokenize = tf.function(
+            self.detokenize_ids,
+            input_signature=[
+                spec([None, None], i, "token_ids"),
+                spec([None], i, "num_tokens"),
+            ],
+        )
+        return {
+            "serving_default": generate.get_concrete_function(),
+            "score": score.get_concrete_function(),
+            "tokenize": tokenize.get_concrete_function(),
+            "detokenize": detokenize.get_concrete_function(),
+        }

@@ -1,0 +1,81 @@
+"""TF Serving warm-up requests (`assets.extra/tf_serving_warmup_requests`).
+
+TF Serving replays these `PredictionLog` records when it loads a version, so
+the first real request does not pay for graph initialization.
+"""
+
+from __future__ import annotations
+
+import os
+
+import tensorflow as tf
+
+WARMUP_FILE = "tf_serving_warmup_requests"
+
+
+def _request(signature: str, inputs: dict):
+    from tensorflow_serving.apis import predict_pb2
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.signature_name = signature
+    for name, value in inputs.items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
+    return prediction_log_pb2.PredictionLog(
+        predict_log=prediction_log_pb2.PredictLog(request=request)
+    )
+
+
+def warmup_requests(max_new_tokens: int = 4) -> list:
+    """One small request per signature, batch 1 and a batch of 2."""
+    logs = []
+    for prompts in (["Hello"], ["Hello", "A longer prompt to warm up"]):
+        n = len(prompts)
+        logs.append(
+            _request(
+                "serving_default",
+                {
+                    "prompt": tf.constant(prompts),
+                    "max_new_tokens": tf.fill([n], max_new_tokens),
+                    "temperature": tf.zeros([n]),
+                    "top_k": tf.zeros([n], tf.int32),
+                    "top_p": tf.ones([n]),
+                    "seed": tf.zeros([n], tf.int32),
+                },
+            )
+        )
+    logs.append(_request("score", {"text": tf.constant(["Hello"])}))
+    logs.append(_request("tokenize", {"text": tf.constant(["Hello"])}))
+    logs.append(
+        _request(
+            "detokenize",
+            {
+                "token_ids": tf.constant([[0]], tf.int32),
+                "num_tokens": tf.constant([0], tf.int32),
+            },
+        )
+    )
+    return logs
+
+
+def write_warmup(saved_model_dir: str, max_new_tokens: int = 4) -> str:
+    """Writes the warm-up TFRecord file into `saved_model_dir`; returns it."""
+    directory = os.path.join(saved_model_dir, "assets.extra")
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, WARMUP_FILE)
+    with tf.io.TFRecordWriter(path) as writer:
+        for log in warmup_requests(max_new_tokens):
+            writer.write(log.SerializeToString())
+    return path
+
+
+def read_warmup(path: str) -> list:
+    """Parses a warm-up file back into `PredictionLog` messages."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    logs = []
+    for record in tf.data.TFRecordDataset(path):
+        log = prediction_log_pb2.PredictionLog()
+        log.ParseFromString(record.numpy())
+        logs.append(log)
+    return logs
