@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -47,12 +48,12 @@ def _target(base_dir: str, version: int | None, overwrite: bool) -> str:
     return target
 
 
-def _write_assets(directory: str, model) -> None:
+def _write_assets(directory: str, model, tokenizer) -> None:
     assets = os.path.join(directory, "assets")
     os.makedirs(assets, exist_ok=True)
     config = {
         "backbone": model.backbone.get_config(),
-        "tokenizer": model.tokenizer.get_config() if model.tokenizer else None,
+        "tokenizer": {"type": tokenizer.type_name, **tokenizer.get_config()},
     }
     with open(os.path.join(assets, CONFIG_ASSET), "w") as f:
         json.dump(config, f, indent=2)
@@ -60,12 +61,39 @@ def _write_assets(directory: str, model) -> None:
         f.write(tflm.__version__ + "\n")
 
 
+def _make_readable(directory: str) -> None:
+    # mkdtemp creates 0700; the server may run as another user. Respect the
+    # umask, as a plain mkdir would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(directory, 0o777 & ~umask)
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swaps two paths in one step (Linux renameat2); False if unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(
+        at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange
+    )
+    return result == 0
+
+
 def _move_into_place(tmp: str, target: str) -> None:
     if not os.path.exists(target):
         os.rename(tmp, target)
         return
-    # Overwrite: swap the old version aside under a non-numeric name (TF
-    # Serving ignores it), move the new one in, then delete the old one.
+    # Overwrite: swap the new version in and the old one out in one step
+    # where the OS allows it, so the version never goes missing; else move
+    # the old one aside under a non-numeric name (TF Serving ignores it)
+    # first. Then delete the old one.
+    if _exchange(tmp, target):
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
     old = tempfile.mkdtemp(prefix=".tflm-old-", dir=os.path.dirname(target))
     aside = os.path.join(old, "version")
     os.rename(target, aside)
@@ -115,12 +143,13 @@ def export(
     try:
         module = signatures_lib.ServingModule(model, tokenizer, jit_compile)
         tf.saved_model.save(module, tmp, signatures=module.signatures())
-        _write_assets(tmp, model)
+        _write_assets(tmp, model, tokenizer)
         if warmup:
             warmup_lib.write_warmup(tmp)
+        _make_readable(tmp)
         _move_into_place(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    logger.info("Exported SavedModel to %s", target)
+    logger.debug("Exported SavedModel to %s", target)
     return target

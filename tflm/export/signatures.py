@@ -13,33 +13,48 @@ import tensorflow as tf
 from tflm.generation import loop
 
 STOP_REASONS = tf.constant(loop.STOP_REASONS)
+GENERATE_INPUTS = (
+    "prompt",
+    "max_new_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "seed",
+)
 
 
 def _check(condition, message):
     return tf.debugging.Assert(condition, [message])
 
 
-def _validate(max_new_tokens, temperature, top_k, top_p, batch):
+def _validate(inputs, batch):
+    """Asserts on the generate inputs; each message names its input."""
     checks = [
         _check(
+            tf.equal(tf.shape(inputs[name])[0], batch),
+            f"{name} needs one value per prompt (the same dimension 0 as "
+            "prompt)",
+        )
+        for name in GENERATE_INPUTS[1:]
+    ]
+    checks += [
+        _check(
+            tf.reduce_all(inputs["max_new_tokens"] >= 0),
+            "max_new_tokens must be >= 0",
+        ),
+        _check(
             tf.reduce_all(
-                [
-                    tf.equal(tf.shape(t)[0], batch)
-                    for t in (max_new_tokens, temperature, top_k, top_p)
-                ]
+                (inputs["temperature"] >= 0.0)
+                & tf.math.is_finite(inputs["temperature"])
             ),
-            "every input needs one value per prompt (same dimension 0)",
+            "temperature must be finite and >= 0 (0 is greedy)",
         ),
         _check(
-            tf.reduce_all(max_new_tokens >= 0), "max_new_tokens must be >= 0"
+            tf.reduce_all(inputs["top_k"] >= 0),
+            "top_k must be >= 0 (0 is off)",
         ),
         _check(
-            tf.reduce_all(temperature >= 0.0),
-            "temperature must be >= 0 (0 is greedy)",
-        ),
-        _check(tf.reduce_all(top_k >= 0), "top_k must be >= 0 (0 is off)"),
-        _check(
-            tf.reduce_all((top_p > 0.0) & (top_p <= 1.0)),
+            tf.reduce_all((inputs["top_p"] > 0.0) & (inputs["top_p"] <= 1.0)),
             "top_p must be in (0, 1] (1 is off)",
         ),
     ]
@@ -57,7 +72,7 @@ def left_pad(ragged, room, start_id):
     ragged = tf.cast(ragged, tf.int32)
     lengths = tf.cast(ragged.row_lengths(), tf.int32)
     kept = tf.maximum(tf.minimum(lengths, room), 1)
-    width = tf.reduce_max(kept)
+    width = tf.maximum(tf.reduce_max(kept), 1)  # 1 for an empty batch
     dense = ragged.to_tensor(default_value=0)
     # One extra column so that the gather below has something to read even
     # when every row is empty.
@@ -82,10 +97,28 @@ class ServingModule(tf.Module):
 
     def __init__(self, model, tokenizer, jit_compile: bool = False):
         super().__init__(name="tflm")
-        self.model = model
+        self._keep_untracked(model)
         self.tokenizer = tokenizer
         self.context = int(model.backbone.max_sequence_length)
         self._decode = tf.function(self._decode_graph, jit_compile=jit_compile)
+        self._functions = self._signature_functions()
+        # Dict-in, dict-out twins of the signatures (the Keras convention),
+        # so that `keras.layers.TFSMLayer(path, call_endpoint=name)` can call
+        # them: it passes one positional argument, which signatures refuse.
+        for name, function in self._functions.items():
+            setattr(self, name, _dict_endpoint(function))
+        # The variables the functions read, tracked so that the SavedModel's
+        # checkpoint restores exactly those (see `_keep_untracked`).
+        self.serving_variables = _variables_of(self.signatures().values())
+
+    @tf.__internal__.tracking.no_automatic_dependency_tracking
+    def _keep_untracked(self, model):
+        # The SavedModel must not track the Keras model: a Keras variable
+        # exports a second copy of itself, and under TF1 loading (TF Serving)
+        # the checkpoint restores that copy while the functions read the
+        # original, which fails with "Could not find variable". The
+        # variables the functions use are tracked instead.
+        self.model = model
 
     def _forward(self, token_ids, cache, index, padding_mask, positions):
         return self.model.backbone.call_with_cache(
@@ -105,7 +138,16 @@ class ServingModule(tf.Module):
 
     def generate(self, prompt, max_new_tokens, temperature, top_k, top_p, seed):
         batch = tf.shape(prompt)[0]
-        checks = _validate(max_new_tokens, temperature, top_k, top_p, batch)
+        checks = _validate(
+            {
+                "max_new_tokens": max_new_tokens,
+                "temperature": temperature,
+                "top_k": top_k,
+                "top_p": top_p,
+                "seed": seed,
+            },
+            batch,
+        )
         with tf.control_dependencies(checks):
             max_new = tf.minimum(max_new_tokens, self.context - 1)
         ids, mask = left_pad(
@@ -135,7 +177,7 @@ class ServingModule(tf.Module):
             "stop_reason": tf.gather(STOP_REASONS, out["stop_reason"]),
         }
 
-    def score(self, text):
+    def score_text(self, text):
         """Log-likelihood of each text after an end-of-text start token."""
         ragged = self.tokenizer.tokenize(text)
         ragged = ragged[:, : self.context - 1]
@@ -163,23 +205,16 @@ class ServingModule(tf.Module):
         ragged = tf.RaggedTensor.from_tensor(token_ids, lengths=num_tokens)
         return {"text": self.tokenizer.detokenize(ragged)}
 
-    def signatures(self) -> dict:
-        """Concrete functions keyed by signature name."""
+    def _signature_functions(self) -> dict:
         s, i, f = tf.string, tf.int32, tf.float32
         spec = tf.TensorSpec
+        dtypes = dict(zip(GENERATE_INPUTS, (s, i, f, i, f, i), strict=True))
         generate = tf.function(
             self.generate,
-            input_signature=[
-                spec([None], s, "prompt"),
-                spec([None], i, "max_new_tokens"),
-                spec([None], f, "temperature"),
-                spec([None], i, "top_k"),
-                spec([None], f, "top_p"),
-                spec([None], i, "seed"),
-            ],
+            input_signature=[spec([None], dtypes[n], n) for n in dtypes],
         )
         score = tf.function(
-            self.score, input_signature=[spec([None], s, "text")]
+            self.score_text, input_signature=[spec([None], s, "text")]
         )
         tokenize = tf.function(
             self.tokenize_text, input_signature=[spec([None], s, "text")]
@@ -192,8 +227,34 @@ class ServingModule(tf.Module):
             ],
         )
         return {
-            "serving_default": generate.get_concrete_function(),
-            "score": score.get_concrete_function(),
-            "tokenize": tokenize.get_concrete_function(),
-            "detokenize": detokenize.get_concrete_function(),
+            "serving_default": generate,
+            "score": score,
+            "tokenize": tokenize,
+            "detokenize": detokenize,
         }
+
+    def signatures(self) -> dict:
+        """Concrete functions keyed by signature name."""
+        return {
+            name: function.get_concrete_function()
+            for name, function in self._functions.items()
+        }
+
+
+def _variables_of(concrete_functions) -> list:
+    seen, variables = set(), []
+    for function in concrete_functions:
+        for variable in function.variables:
+            if id(variable) not in seen:
+                seen.add(id(variable))
+                variables.append(variable)
+    return variables
+
+
+def _dict_endpoint(function):
+    """`function(**inputs)` as a tf.function of one dict argument."""
+    concrete = function.get_concrete_function()
+    specs = {t.name: t for t in concrete.structured_input_signature[0]}
+    return tf.function(
+        lambda inputs: function(**inputs), input_signature=[specs]
+    )

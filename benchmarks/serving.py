@@ -1,0 +1,271 @@
+"""Serving speed: the exported `serving_default` under TF Serving's
+conditions vs in-process generation.
+
+`bench-small` (random weights) with a vocab-8192 SentencePiece tokenizer
+trained on Tiny Shakespeare; prompts of exactly 64 tokens; greedy, 192 new
+tokens; batch 1 and 8. The export runs through `serving_check.Server` (TF1
+session, `saved_model.loader.load`, XLA disabled for the process, warm-up
+replayed): what stock TF Serving does, minus the network. It is timed in
+alternation with in-process `CausalLM.generate(jit_compile=False)`, so that
+load from other processes hits both alike. XLA rows (tflm, and keras-hub's
+`GPT2CausalLM.generate` built as in `benchmarks/generate.py`) run first,
+alternating with the same in-process graph run, before XLA is disabled.
+Prints export time and size, one JSON line per measurement (best of
+`--repeats`), then speed ratios (served / other; > 1 means served is
+faster).
+
+    python benchmarks/serving.py --batches 1,8 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SERVING_CHECK = os.path.join(ROOT, "tflm", "export", "serving_check.py")
+DATA = os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt")
+
+
+def train_tokenizer(data: str, workdir: str):
+    from tflm.tokenizers import SentencePieceTokenizer
+    from tflm.tokenizers import load_tokenizer
+
+    path = os.path.join(workdir, "tokenizer")
+    if os.path.isdir(path):
+        return load_tokenizer(path)
+    tokenizer = SentencePieceTokenizer.train([data], vocabulary_size=8192)
+    tokenizer.save(path)
+    return tokenizer
+
+
+def exact_prompts(tokenizer, data: str, count: int, length: int) -> list:
+    """`count` passages of the corpus that tokenize to exactly `length`."""
+    with open(data) as f:
+        text = f.read()
+    prompts, start = [], 0
+    while len(prompts) < count:
+        ids = tokenizer.tokenize(text[start : start + 40 * length])
+        piece = tokenizer.detokenize(ids[:length]).numpy().decode()
+        if len(tokenizer.tokenize(piece)) == length:
+            prompts.append(piece)
+        start += 4000
+    return prompts
+
+
+def build_model(tokenizer):
+    """bench-small with random weights; the end-of-text logit is pinned to
+    0 so that greedy decoding never stops early (other logits exceed it)."""
+    from tflm.models import CausalLM
+
+    model = CausalLM.from_preset("bench-small")
+    assert model.backbone.vocabulary_size == tokenizer.vocabulary_size
+    embedding = model.backbone.token_embedding
+    eos = tokenizer.eos_id
+    table = embedding.embeddings.numpy()
+    table[eos] = 0.0
+    embedding.embeddings.assign(table)
+    if getattr(embedding, "reverse_embeddings", None) is not None:
+        reverse = embedding.reverse_embeddings.numpy()
+        reverse[:, eos] = 0.0
+        embedding.reverse_embeddings.assign(reverse)
+    model.tokenizer = tokenizer
+    return model
+
+
+def export_model(model, workdir: str) -> tuple:
+    from tflm import export
+
+    start = time.perf_counter()
+    path = export.export(model, os.path.join(workdir, "export"))
+    seconds = time.perf_counter() - start
+    size = sum(
+        os.path.getsize(os.path.join(d, f))
+        for d, _, files in os.walk(path)
+        for f in files
+    )
+    return path, seconds, size / 1e6
+
+
+def load_serving_check():
+    """`tflm/export/serving_check.py` as a module (it is a script)."""
+    spec = importlib.util.spec_from_file_location(
+        "serving_check", SERVING_CHECK
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _feeds(prompts, new) -> dict:
+    n = len(prompts)
+    return {
+        "prompt": np.array([p.encode() for p in prompts], object),
+        "max_new_tokens": np.full([n], new, np.int32),
+        "temperature": np.zeros([n], np.float32),
+        "top_k": np.zeros([n], np.int32),
+        "top_p": np.ones([n], np.float32),
+        "seed": np.zeros([n], np.int32),
+    }
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def best_interleaved(runners: dict, repeats: int) -> dict:
+    """Best seconds of each runner, run round-robin after one warm-up each,
+    so that load from other processes hits them alike."""
+    for run in runners.values():
+        run()
+    times = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            times[name].append(_timed(run))
+    return {name: min(t) for name, t in times.items()}
+
+
+def tflm_runner(model, prompts, new, jit: bool):
+    def run():
+        out = model.generate(
+            prompts, max_new_tokens=new, jit_compile=jit, return_details=True
+        )
+        assert out["num_tokens"] == [new] * len(prompts), out["num_tokens"]
+
+    return run
+
+
+def served_runner(server, prompts, new):
+    feeds = _feeds(prompts, new)
+
+    def run():
+        out = server.run("serving_default", feeds)["outputs"]
+        assert out["num_tokens"].tolist() == [new] * len(prompts)
+
+    return run
+
+
+def keras_hub_model():
+    """keras-hub's GPT2CausalLM of bench-small's shape, greedy (XLA)."""
+    import keras_hub
+
+    from tflm.models import get_preset
+
+    c = get_preset("bench-small")
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=c["vocabulary_size"],
+        num_layers=c["num_layers"],
+        num_heads=c["num_heads"],
+        hidden_dim=c["hidden_dim"],
+        intermediate_dim=c["intermediate_dim"],
+        max_sequence_length=c["max_sequence_length"],
+        dropout=0.0,
+    )
+    model = keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)
+    model.compile(sampler="greedy")
+    return model
+
+
+def keras_hub_runner(model, batch, prompt_len, new):
+    ids = np.random.default_rng(0).integers(
+        3, model.backbone.vocabulary_size, size=(batch, prompt_len)
+    )
+    pad = np.zeros((batch, new), "int32")
+    inputs = {
+        "token_ids": np.concatenate([ids.astype("int32"), pad], 1),
+        "padding_mask": np.concatenate([np.ones_like(ids, "int32"), pad], 1),
+    }
+    return lambda: model.generate(
+        inputs, max_length=prompt_len + new, stop_token_ids=None
+    )
+
+
+def _line(**fields):
+    print(json.dumps(fields), flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--prompt", type=int, default=64)
+    parser.add_argument("--new", type=int, default=192)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--data", default=DATA)
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--no-keras-hub", action="store_true")
+    args = parser.parse_args()
+    workdir = args.workdir or tempfile.mkdtemp(prefix="tflm-serving-bench-")
+    batches = [int(b) for b in args.batches.split(",")]
+    tokenizer = train_tokenizer(args.data, workdir)
+    prompts = exact_prompts(tokenizer, args.data, max(batches), args.prompt)
+    model = build_model(tokenizer)
+    path, export_seconds, megabytes = export_model(model, workdir)
+    _line(
+        export_seconds=round(export_seconds, 2), export_MB=round(megabytes, 1)
+    )
+    hub = None if args.no_keras_hub else keras_hub_model()
+    # Phase 1, XLA allowed: in-process runs. Phase 2, TF Serving's
+    # conditions (XLA disabled for the whole process): the served signature.
+    # `tflm_graph` runs in both phases, so each ratio compares runs that
+    # alternated with each other (served vs XLA goes through tflm_graph).
+    best = {}
+    for batch in batches:
+        runners = {
+            "tflm_xla": tflm_runner(model, prompts[:batch], args.new, True),
+            "tflm_graph": tflm_runner(model, prompts[:batch], args.new, False),
+        }
+        if hub is not None:
+            runners["keras_hub_xla"] = keras_hub_runner(
+                hub, batch, args.prompt, args.new
+            )
+        for name, seconds in best_interleaved(runners, args.repeats).items():
+            best[1, name, batch] = seconds
+    serving_check = load_serving_check()
+    xla = serving_check.disable_xla()
+    assert xla["xla_disabled"], xla
+    server = serving_check.Server(path)
+    warmup = os.path.join(path, serving_check.WARMUP_FILE)
+    for signature, arrays in serving_check.warmup_requests(warmup):
+        server.run(signature, arrays)
+    for batch in batches:
+        runners = {
+            "served": served_runner(server, prompts[:batch], args.new),
+            "tflm_graph": tflm_runner(model, prompts[:batch], args.new, False),
+        }
+        for name, seconds in best_interleaved(runners, args.repeats).items():
+            best[2, name, batch] = seconds
+    for (phase, name, batch), seconds in sorted(best.items()):
+        speed = batch * args.new / seconds
+        _line(
+            phase=phase,
+            impl=name,
+            batch=batch,
+            new_tokens_per_s=round(speed, 1),
+        )
+    for batch in batches:
+        served = best[2, "served", batch]
+        ratios = {
+            "served_over_tflm_graph": best[2, "tflm_graph", batch] / served
+        }
+        for name in ("tflm_xla", "keras_hub_xla"):
+            if (1, name, batch) in best:
+                via_graph = best[1, name, batch] / best[1, "tflm_graph", batch]
+                ratios[f"served_over_{name}"] = (
+                    ratios["served_over_tflm_graph"] * via_graph
+                )
+        _line(batch=batch, **{k: round(v, 3) for k, v in ratios.items()})
+
+
+if __name__ == "__main__":
+    main()
