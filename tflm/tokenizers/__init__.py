@@ -4,11 +4,13 @@ from tflm.tokenizers.base import Tokenizer
 from tflm.tokenizers.base import is_tokenizer_directory
 from tflm.tokenizers.base import load_tokenizer
 from tflm.tokenizers.byte import ByteTokenizer
+from tflm.tokenizers.gpt2_bpe import GPT2BPETokenizer
 from tflm.tokenizers.sentencepiece import SentencePieceTokenizer
 from tflm.tokenizers.stats import chars_per_token
 
 __all__ = [
     "ByteTokenizer",
+    "GPT2BPETokenizer",
     "SentencePieceTokenizer",
     "Tokenizer",
     "chars_per_token",
