@@ -5,7 +5,7 @@ import hypothesis
 import hypothesis.strategies as st
 import pytest
 import tensorflow as tf
-from conftest import shared_data_path
+from shared_data import shared_data_path
 
 from tflm import tokenizers
 

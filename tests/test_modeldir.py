@@ -1,0 +1,195 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tflm import modeldir
+from tflm import tokenizers
+from tflm.models import CausalLM
+
+
+@pytest.fixture
+def model():
+    return CausalLM.from_preset("tiny")
+
+
+@pytest.fixture
+def saved(model, tmp_path):
+    out = tmp_path / "model"
+    modeldir.save(model, tokenizers.ByteTokenizer(), out)
+    return out
+
+
+def _inputs():
+    ids = np.arange(1, 9, dtype="int32")[None]
+    return {"token_ids": ids, "padding_mask": np.ones_like(ids)}
+
+
+def _hidden(folder):
+    return sorted(n for n in os.listdir(folder) if n.startswith("."))
+
+
+def test_save_and_load_round_trip(model, saved):
+    assert sorted(os.listdir(saved)) == [
+        "config.json",
+        "model.weights.h5",
+        "tokenizer",
+    ]
+    config = json.loads((saved / "config.json").read_text())
+    assert config["format_version"] == 1
+    assert config["tokenizer"]["type"] == "byte"
+    assert config["backbone"]["num_layers"] == 2
+    assert modeldir.is_model_dir(saved)
+    loaded = modeldir.load(saved)
+    np.testing.assert_allclose(loaded(_inputs()), model(_inputs()), atol=1e-6)
+    assert isinstance(loaded.tokenizer, tokenizers.ByteTokenizer)
+    assert _hidden(saved.parent) == []
+
+
+def test_load_in_another_precision(saved):
+    loaded = modeldir.load(saved, dtype="mixed_bfloat16")
+    assert loaded.backbone.token_embedding.dtype_policy.name == "mixed_bfloat16"
+
+
+def test_mixed_precision_model_is_saved_as_float32(tmp_path):
+    model = CausalLM.from_preset("tiny", dtype="mixed_bfloat16")
+    modeldir.save(model, tokenizers.ByteTokenizer(), tmp_path / "m")
+    config = modeldir.validate(tmp_path / "m")
+    assert config["backbone"]["dtype"] == "float32"
+
+
+def test_replacing_keeps_other_entries_and_drops_old_state(model, saved):
+    (saved / "logs").mkdir()
+    (saved / "logs" / "events").write_text("old")
+    (saved / "notes.txt").write_text("mine")
+    (saved / "train").mkdir()
+    (saved / "train" / "state.json").write_text("{}")
+    extra = {"train/other.json": "{}", "train/blob.bin": b"\x00"}
+    modeldir.save(model, tokenizers.ByteTokenizer(), saved, extra=extra)
+    assert (saved / "logs" / "events").read_text() == "old"
+    assert (saved / "notes.txt").read_text() == "mine"
+    assert sorted(os.listdir(saved / "train")) == ["blob.bin", "other.json"]
+    assert _hidden(saved.parent) == []
+
+
+def test_extra_can_be_a_writer_function(model, tmp_path):
+    def write(path):
+        np.save(path, np.arange(3))
+
+    out = tmp_path / "m"
+    modeldir.save(
+        model, tokenizers.ByteTokenizer(), out, extra={"train/a.npy": write}
+    )
+    np.testing.assert_array_equal(np.load(out / "train" / "a.npy"), [0, 1, 2])
+
+
+def test_a_failed_save_leaves_the_old_directory(model, saved):
+    before = (saved / "model.weights.h5").read_bytes()
+
+    def fail(path):
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        modeldir.save(
+            model, tokenizers.ByteTokenizer(), saved, extra={"train/x": fail}
+        )
+    assert (saved / "model.weights.h5").read_bytes() == before
+    assert _hidden(saved.parent) == []
+    with pytest.raises(ValueError, match="inside the model directory"):
+        modeldir.save(
+            model, tokenizers.ByteTokenizer(), saved, extra={"../x": "y"}
+        )
+    assert not (saved.parent / "x").exists()
+
+
+def test_refuses_folders_that_hold_something_else(model, tmp_path):
+    (tmp_path / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="no tflm model"):
+        modeldir.save(model, tokenizers.ByteTokenizer(), tmp_path)
+    assert os.listdir(tmp_path) == ["keep.txt"]
+    with pytest.raises(ValueError, match="is a file"):
+        modeldir.save(model, tokenizers.ByteTokenizer(), tmp_path / "keep.txt")
+    (tmp_path / "empty").mkdir()
+    modeldir.save(model, tokenizers.ByteTokenizer(), tmp_path / "empty")
+    assert modeldir.is_model_dir(tmp_path / "empty")
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda d: os.remove(d / "config.json"), "config.json is missing"),
+        (lambda d: (d / "config.json").write_text("{"), "not valid JSON"),
+        (
+            lambda d: (d / "config.json").write_text("{}"),
+            "lacks format_version",
+        ),
+        (
+            lambda d: (d / "config.json").write_text(
+                json.dumps(
+                    {"format_version": 9, "backbone": {}, "tokenizer": {}}
+                )
+            ),
+            "format_version=9",
+        ),
+        (lambda d: os.remove(d / "model.weights.h5"), "h5 is missing"),
+        (
+            lambda d: (d / "model.weights.h5").write_bytes(b"not hdf5"),
+            "not a readable weights file",
+        ),
+        (
+            lambda d: os.remove(d / "tokenizer" / "tokenizer.json"),
+            "tokenizer.json is missing",
+        ),
+    ],
+)
+def test_validate_names_the_bad_file(saved, damage, message):
+    damage(saved)
+    with pytest.raises(ValueError, match=message):
+        modeldir.validate(saved)
+    with pytest.raises(ValueError, match=message):
+        modeldir.load(saved)
+
+
+def test_truncated_weights_are_detected(saved):
+    path = saved / "model.weights.h5"
+    data = path.read_bytes()
+    for size in (len(data) // 2, len(data) - 100):
+        path.write_bytes(data[:size])
+        with pytest.raises(ValueError, match="model.weights.h5"):
+            modeldir.validate(saved)
+
+
+def test_weights_that_do_not_fit_the_config(saved):
+    config = json.loads((saved / "config.json").read_text())
+    config["backbone"]["hidden_dim"] = 16
+    (saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="does not fit config.json"):
+        modeldir.load(saved)
+
+
+def test_is_model_dir(saved, tmp_path):
+    assert modeldir.is_model_dir(saved)
+    assert not modeldir.is_model_dir(tmp_path / "missing")
+    assert not modeldir.is_model_dir(tmp_path)
+
+
+def test_recover_restores_a_directory_renamed_aside(saved):
+    aside = saved.parent / ".model.old-abc"
+    os.rename(saved, aside)
+    (saved.parent / ".model.tmp-abc").mkdir()
+    modeldir.recover(saved)
+    assert modeldir.is_model_dir(saved)
+    assert _hidden(saved.parent) == []
+
+
+def test_recover_moves_logs_out_of_an_old_directory(model, saved):
+    aside = saved.parent / ".model.old-abc"
+    modeldir.save(model, tokenizers.ByteTokenizer(), aside)
+    (aside / "logs").mkdir()
+    (aside / "logs" / "a").write_text("a")
+    (saved / "logs").mkdir()
+    (saved / "logs" / "b").write_text("b")
+    modeldir.recover(saved)
+    assert sorted(os.listdir(saved / "logs")) == ["a", "b"]
+    assert _hidden(saved.parent) == []

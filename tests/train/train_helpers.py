@@ -1,0 +1,94 @@
+"""Helpers shared by the training tests.
+
+No `conftest.py` here: a second module named `conftest` would shadow
+`tests/conftest.py` for `from conftest import ...` in later modules.
+"""
+
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+WORKER = os.path.join(os.path.dirname(__file__), "worker.py")
+
+
+def write_corpus(path, paragraphs=400, seed=0):
+    """A small corpus of short paragraphs (one document each)."""
+    rng = random.Random(seed)
+    words = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "théta"]
+    text = "\n\n".join(
+        " ".join(rng.choices(words, k=8)) for _ in range(paragraphs)
+    )
+    path.write_text(text + "\n", encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """A small corpus file (a fixture: assign it in the test module)."""
+    return write_corpus(tmp_path_factory.mktemp("data") / "corpus.txt")
+
+
+def tiny_config(corpus, out, **overrides):
+    """Keyword arguments of a `TrainConfig` that trains in seconds."""
+    config = dict(
+        data=[corpus],
+        out=str(out),
+        preset="tiny",
+        text_format="paragraph",
+        steps=6,
+        batch_size=8,
+        learning_rate=1e-2,
+        warmup_steps=2,
+        checkpoint_every=3,
+        validate_every=3,
+        jit_compile="off",
+        log_every=1,
+    )
+    config.update(overrides)
+    return config
+
+
+def subprocess_env(**extra):
+    """This environment for a child process, without `TF_CONFIG`."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    env.pop("TF_CONFIG", None)
+    env.update(extra)
+    return env
+
+
+def start_worker(spec, **env):
+    """Starts `worker.py` with `spec` (see its docstring)."""
+    return subprocess.Popen(
+        [sys.executable, WORKER, json.dumps(spec)],
+        env=subprocess_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(process, timeout=120):
+    """Waits for a child; fails the test with its output if it failed."""
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        raise AssertionError(
+            f"timed out after {timeout} s:\n{output}"
+        ) from None
+    assert process.returncode == 0, output[-4000:]
+    return output
+
+
+def step_losses(directory):
+    """`{step: loss}` from a model directory's metrics log."""
+    from tflm.train import state
+
+    return {
+        r["step"]: r["loss"] for r in state.read_log(directory) if "loss" in r
+    }

@@ -1,0 +1,27 @@
+"""Training: strategies, optimizer, `fit` with checkpoints and resume.
+
+Names are imported on first use, so that importing `tflm.train.config`
+(for the CLI flags) does not load TensorFlow.
+"""
+
+import importlib
+
+_EXPORTS = {
+    "AdamW": "tflm.train.optimizer",
+    "LMTrainer": "tflm.train.trainer",
+    "TrainConfig": "tflm.train.config",
+    "TrainResult": "tflm.train.fit",
+    "WarmupDecay": "tflm.train.optimizer",
+    "evaluate": "tflm.train.evaluate",
+    "make_optimizer": "tflm.train.optimizer",
+    "resolve_strategy": "tflm.train.strategy",
+    "train": "tflm.train.fit",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tflm.train' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

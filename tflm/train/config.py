@@ -1,0 +1,209 @@
+"""`TrainConfig`: every training option, and the CLI flags made from it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any
+
+# This module imports no TensorFlow, so that `tflm --help` stays fast.
+STRATEGIES = (
+    "auto",
+    "default",
+    "one_device",
+    "mirrored",
+    "multi_worker",
+    "tpu",
+)
+SCHEDULES = ("cosine", "linear", "constant")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+TEXT_FORMATS = ("document", "paragraph", "line")
+JIT_CHOICES = ("auto", "on", "off")
+
+
+def _option(default, help: str, **metadata) -> Any:
+    return dataclasses.field(
+        default=default, metadata={"help": help, **metadata}
+    )
+
+
+def _required(help: str, **metadata) -> Any:
+    return dataclasses.field(metadata={"help": help, **metadata})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Training options. Each field is also a `tflm train` flag.
+
+    Args:
+        data: text files, folders or globs (`.txt`, `.jsonl`).
+        out: the model directory to write (and to resume from).
+        preset: architecture, a name in `tflm.models.PRESETS`.
+        (see each field's `help` metadata for the others.)
+    """
+
+    data: tuple[str, ...] = _required(
+        "training text: files, folders or quoted globs (.txt, .jsonl)",
+        metavar="PATH",
+    )
+    out: str = _required("model directory to write and resume", metavar="DIR")
+    preset: str = _required("architecture preset, e.g. tiny, nano-char")
+    tokenizer: str = _option(
+        "byte",
+        "'byte', a tokenizer directory, or 'sentencepiece:N' to train an "
+        "N-id SentencePiece model on --data",
+        metavar="SPEC",
+    )
+    validation_data: tuple[str, ...] = _option(
+        (),
+        "held-out text; default: a share of --data's documents",
+        metavar="PATH",
+    )
+    validation_fraction: float = _option(
+        0.1,
+        "share of --data's documents held out when no "
+        "--validation-data is given (0: no validation)",
+    )
+    text_format: str = _option(
+        "document", "what a document is in .txt files", choices=TEXT_FORMATS
+    )
+    jsonl_field: str = _option("text", "text field of .jsonl lines")
+    steps: int | None = _option(None, "optimizer updates (default: 1 epoch)")
+    epochs: float | None = _option(None, "passes over the training data")
+    batch_size: int = _option(32, "global batch, in sequences")
+    sequence_length: int | None = _option(
+        None, "tokens per sequence (default: the preset's context)"
+    )
+    accumulation_steps: int = _option(
+        1, "micro-batches per update (same update, less memory)"
+    )
+    learning_rate: float = _option(3e-4, "peak learning rate")
+    min_learning_rate: float | None = _option(
+        None, "final learning rate (default: learning_rate / 10)"
+    )
+    warmup_steps: int = _option(100, "linear warm-up steps")
+    schedule: str = _option("cosine", "decay after warm-up", choices=SCHEDULES)
+    weight_decay: float = _option(0.1, "AdamW weight decay")
+    beta_1: float = _option(0.9, "AdamW beta 1")
+    beta_2: float = _option(0.95, "AdamW beta 2")
+    clip_norm: float = _option(1.0, "global gradient-norm clip (0: off)")
+    dropout: float | None = _option(None, "dropout (default: the preset's)")
+    precision: str = _option("float32", "dtype policy", choices=PRECISIONS)
+    strategy: str = _option("auto", "distribution strategy", choices=STRATEGIES)
+    checkpoint_every: int = _option(
+        500, "steps between checkpoints (0: only at the end)"
+    )
+    validate_every: int = _option(
+        500, "steps between validations (0: only at the end)"
+    )
+    eval_batches: int = _option(
+        0, "validation batches per validation (0: the whole split)"
+    )
+    seed: int = _option(0, "seed for initialization and data order")
+    jit_compile: str = _option(
+        "auto", "XLA (auto: on unless distributed)", choices=JIT_CHOICES
+    )
+    log_every: int = _option(10, "steps between TensorBoard points")
+
+    def __post_init__(self):
+        for name in ("data", "validation_data"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, (value,))
+            else:
+                object.__setattr__(self, name, tuple(value))
+        if not self.data:
+            raise ValueError("data must name at least one file.")
+        for field in dataclasses.fields(self):
+            choices = field.metadata.get("choices")
+            value = getattr(self, field.name)
+            if choices and value not in choices:
+                raise ValueError(
+                    f"{field.name} must be one of {', '.join(choices)}. "
+                    f"Received: {field.name}={value!r}."
+                )
+        _check_ranges(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict of the fields."""
+        config = dataclasses.asdict(self)
+        config["data"] = list(self.data)
+        config["validation_data"] = list(self.validation_data)
+        return config
+
+
+def _check_ranges(config: TrainConfig) -> None:
+    positive = ["batch_size", "accumulation_steps", "log_every"]
+    positive += [
+        name
+        for name in ("steps", "epochs", "sequence_length")
+        if getattr(config, name) is not None
+    ]
+    non_negative = [
+        "warmup_steps",
+        "checkpoint_every",
+        "validate_every",
+        "eval_batches",
+        "weight_decay",
+        "clip_norm",
+    ]
+    checks = [(name, 0, False) for name in positive]
+    checks += [(name, 0, True) for name in non_negative]
+    for name, bound, inclusive in checks:
+        value = getattr(config, name)
+        if value < bound or (value == bound and not inclusive):
+            relation = ">= 0" if inclusive else "> 0"
+            raise ValueError(
+                f"{name} must be {relation}. Received: {name}={value}."
+            )
+    if not 0 <= config.validation_fraction < 1:
+        raise ValueError(
+            "validation_fraction must be in [0, 1). Received: "
+            f"validation_fraction={config.validation_fraction}."
+        )
+    if config.steps is not None and config.epochs is not None:
+        raise ValueError("Give steps or epochs, not both.")
+
+
+def _base_type(hint) -> tuple[type, bool]:
+    """(element type, is_tuple) of a field's type hint."""
+    if isinstance(hint, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is tuple:
+        return typing.get_args(hint)[0], True
+    return hint, False
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds one `--flag` per `TrainConfig` field to `parser`."""
+    hints = typing.get_type_hints(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        kind, many = _base_type(hints[field.name])
+        flag = "--" + field.name.replace("_", "-")
+        kwargs: dict[str, Any] = {
+            "dest": field.name,
+            "help": field.metadata["help"],
+        }
+        if "choices" in field.metadata:
+            kwargs["choices"] = field.metadata["choices"]
+        else:
+            default = {int: "N", float: "X", str: "NAME"}[kind]
+            kwargs["metavar"] = field.metadata.get("metavar", default)
+        if many:
+            kwargs["nargs"] = "+"
+        kwargs["type"] = kind
+        if field.default is dataclasses.MISSING:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = field.default
+            if field.default not in (None, ()):
+                kwargs["help"] += f" (default: {field.default})"
+        parser.add_argument(flag, **kwargs)
+
+
+def from_namespace(args: argparse.Namespace) -> TrainConfig:
+    """Builds a `TrainConfig` from parsed `add_arguments` flags."""
+    names = [field.name for field in dataclasses.fields(TrainConfig)]
+    return TrainConfig(**{name: getattr(args, name) for name in names})

@@ -1,0 +1,134 @@
+"""`evaluate`: loss, perplexity and bits per character of a model directory."""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+from tflm import data
+from tflm import modeldir
+from tflm import tokenizers
+from tflm.data import pipeline
+from tflm.train import strategy as strategy_lib
+from tflm.train import trainer as trainer_lib
+
+
+def count_tokens_and_characters(
+    paths: str | os.PathLike | Sequence[str],
+    tokenizer: tokenizers.Tokenizer,
+    *,
+    split: str = "all",
+    validation_fraction: float = 0.1,
+    text_format: str = "document",
+    jsonl_field: str = "text",
+) -> tuple[int, int]:
+    """Tokens (with one end-of-text per document) and characters of a split.
+
+    Returns:
+        `(tokens, characters)`, characters counted as Unicode code points.
+    """
+    files = data.find_files(paths)
+    docs = data.read_document_batches(
+        files, text_format=text_format, jsonl_field=jsonl_field
+    )
+    docs = pipeline.select_split(docs, split, validation_fraction)
+    characters = docs.reduce(
+        tf.constant(0, tf.int64),
+        lambda n, d: (
+            n
+            + tf.reduce_sum(
+                tf.cast(tf.strings.length(d, unit="UTF8_CHAR"), tf.int64)
+            )
+        ),
+    )
+    tokens = data.token_stream(docs, tokenizer).reduce(
+        tf.constant(0, tf.int64), lambda n, ids: n + tf.size(ids, tf.int64)
+    )
+    return int(tokens), int(characters)
+
+
+def evaluate(
+    directory: str | os.PathLike,
+    paths: str | os.PathLike | Sequence[str],
+    *,
+    batch_size: int = 8,
+    sequence_length: int | None = None,
+    split: str = "all",
+    validation_fraction: float = 0.1,
+    text_format: str = "document",
+    jsonl_field: str = "text",
+    precision: str | None = None,
+    strategy: str = "auto",
+) -> dict[str, float]:
+    """Evaluates a model directory on text.
+
+    Every window of `sequence_length + 1` tokens in the split is scored
+    once (the tail shorter than a window is left out).
+
+    Args:
+        directory: a model directory.
+        paths: text files, folders or globs.
+        batch_size: sequences per batch.
+        sequence_length: tokens per sequence; defaults to the context.
+        split: `"all"`, `"train"` or `"validation"` documents of `paths`.
+        validation_fraction: the share that defines the splits.
+        text_format: what a document is in `.txt` files.
+        jsonl_field: the text field of `.jsonl` records.
+        precision: dtype policy to run in; defaults to the saved one.
+        strategy: a name for `resolve_strategy`.
+
+    Returns:
+        `loss` (nats per token), `perplexity`, `bits_per_character`,
+        `tokens` (scored) and `characters` (of the split).
+    """
+    trainer = _trainer(directory, precision, strategy)
+    tokenizer = trainer.lm.tokenizer
+    context = trainer.lm.backbone.max_sequence_length
+    if (sequence_length or context) > context:
+        raise ValueError(
+            f"sequence_length={sequence_length} exceeds the model's context "
+            f"of {context} tokens."
+        )
+    common = dict(
+        split=split,
+        validation_fraction=validation_fraction,
+        text_format=text_format,
+        jsonl_field=jsonl_field,
+    )
+    dataset = data.make_dataset(
+        paths,
+        tokenizer,
+        sequence_length=sequence_length or context,
+        batch_size=batch_size,
+        shuffle=False,
+        drop_remainder=False,
+        **common,
+    )
+    with warnings.catch_warnings():
+        # Keras warns when a dataset of unknown length ends; this one does.
+        warnings.filterwarnings("ignore", "Your input ran out of data")
+        loss = float(
+            trainer.evaluate(dataset, verbose=0, return_dict=True)["loss"]
+        )
+    tokens, characters = count_tokens_and_characters(paths, tokenizer, **common)
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "bits_per_character": loss * tokens / max(characters, 1) / math.log(2),
+        "tokens": int(trainer.weight_total.result()),
+        "characters": characters,
+    }
+
+
+def _trainer(directory, precision, strategy) -> trainer_lib.LMTrainer:
+    """The saved model in an `LMTrainer`, built in the strategy's scope."""
+    distribution = strategy_lib.resolve_strategy(strategy)
+    with distribution.scope():
+        model = modeldir.load(directory, dtype=precision)
+        trainer = trainer_lib.LMTrainer(model)
+        trainer.compile(jit_compile=strategy_lib.is_default(distribution))
+    return trainer

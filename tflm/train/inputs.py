@@ -1,0 +1,212 @@
+"""The tokenizer and datasets a training run uses."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import tensorflow as tf
+
+from tflm import data
+from tflm import modeldir
+from tflm import tokenizers
+from tflm.train import config as config_lib
+
+logger = logging.getLogger(__name__)
+
+_SENTENCEPIECE = "sentencepiece:"
+
+
+def make_tokenizer(
+    config: config_lib.TrainConfig,
+    saved_in: str | None = None,
+    multi_worker: bool = False,
+) -> tokenizers.Tokenizer:
+    """The tokenizer `config.tokenizer` names, trained now if asked.
+
+    Args:
+        config: `tokenizer` is `"byte"`, a tokenizer directory, or
+            `"sentencepiece:N"` (train an N-id model on `data`).
+        saved_in: a model directory being resumed: its tokenizer is used,
+            after checking that it is the one `config` names.
+        multi_worker: several workers would each train their own
+            SentencePiece model, so that is refused.
+
+    Raises:
+        ValueError: a bad name, or one that does not match `saved_in`.
+    """
+    if saved_in:
+        return _saved_tokenizer(config, saved_in)
+    spec = config.tokenizer
+    if spec == "byte":
+        return tokenizers.ByteTokenizer()
+    if spec.startswith(_SENTENCEPIECE):
+        size = spec[len(_SENTENCEPIECE) :]
+        if not size.isdigit():
+            raise ValueError(
+                "tokenizer 'sentencepiece:N' needs an integer N. Received: "
+                f"tokenizer={spec!r}."
+            )
+        if multi_worker:
+            raise ValueError(
+                "Several workers cannot train a tokenizer on the fly: train "
+                "it once with `tflm tokenizer train` and pass its directory."
+            )
+        return _train_sentencepiece(config, int(size))
+    if os.path.isdir(spec):
+        return tokenizers.load_tokenizer(spec)
+    raise ValueError(
+        "tokenizer must be 'byte', 'sentencepiece:N' or a tokenizer "
+        f"directory. Received: tokenizer={spec!r} (no such directory)."
+    )
+
+
+def _train_sentencepiece(
+    config: config_lib.TrainConfig, size: int
+) -> tokenizers.Tokenizer:
+    files = data.find_files(config.data)
+    text_files = [f for f in files if not f.endswith(".jsonl")]
+    jsonl_files = [f for f in files if f.endswith(".jsonl")]
+    records = None
+    if jsonl_files:
+        records = data.iter_documents(
+            jsonl_files, config.text_format, config.jsonl_field
+        )
+    logger.info("Training a SentencePiece tokenizer of %d ids.", size)
+    return tokenizers.SentencePieceTokenizer.train(
+        text_files, texts=records, vocabulary_size=size
+    )
+
+
+def _saved_tokenizer(config, directory: str) -> tokenizers.Tokenizer:
+    saved = tokenizers.load_tokenizer(
+        os.path.join(directory, modeldir.TOKENIZER_DIR)
+    )
+    spec = config.tokenizer
+    if spec.startswith(_SENTENCEPIECE):
+        wanted = f"sentencepiece with {spec[len(_SENTENCEPIECE) :]} ids"
+        same = saved.type_name == "sentencepiece" and spec == (
+            f"{_SENTENCEPIECE}{saved.vocabulary_size}"
+        )
+    else:
+        requested = make_tokenizer(config)
+        wanted = f"{requested.type_name} from {spec!r}"
+        same = _signature(requested) == _signature(saved)
+    if not same:
+        raise ValueError(
+            f"{directory} was trained with another tokenizer (saved: "
+            f"{saved.type_name} with {saved.vocabulary_size} ids; asked: "
+            f"{wanted}). Resume with the same --tokenizer, or name a new "
+            "--out."
+        )
+    return saved
+
+
+def _signature(tokenizer: tokenizers.Tokenizer):
+    return (
+        tokenizer.type_name,
+        tokenizer.get_config(),
+        getattr(tokenizer, "model_proto", None),
+    )
+
+
+def _common(config: config_lib.TrainConfig, tokenizer, sequence_length):
+    return dict(
+        tokenizer=tokenizer,
+        sequence_length=sequence_length,
+        text_format=config.text_format,
+        jsonl_field=config.jsonl_field,
+    )
+
+
+def _train_split(config: config_lib.TrainConfig) -> dict:
+    if config.validation_data or config.validation_fraction == 0:
+        return dict(split="all")
+    return dict(split="train", validation_fraction=config.validation_fraction)
+
+
+def train_dataset(
+    config: config_lib.TrainConfig,
+    tokenizer: tokenizers.Tokenizer,
+    sequence_length: int,
+    skip: int = 0,
+) -> tf.data.Dataset:
+    """Global batches in a fixed, seeded order, repeated, `skip` dropped.
+
+    The order depends only on the data, `seed` and the global seed, so a
+    resumed run that skips the batches it already used sees the same
+    batches as an uninterrupted one.
+    """
+    dataset = data.make_dataset(
+        config.data,
+        batch_size=config.batch_size,
+        shuffle=True,
+        seed=config.seed,
+        repeat=True,
+        drop_remainder=True,
+        **_train_split(config),
+        **_common(config, tokenizer, sequence_length),
+    )
+    return dataset.skip(skip) if skip else dataset
+
+
+def batches_per_epoch(
+    config: config_lib.TrainConfig,
+    tokenizer: tokenizers.Tokenizer,
+    sequence_length: int,
+) -> int:
+    """Full global batches in one pass over the training split."""
+    dataset = data.make_dataset(
+        config.data,
+        batch_size=config.batch_size,
+        shuffle=False,
+        **_train_split(config),
+        **_common(config, tokenizer, sequence_length),
+    )
+    return int(dataset.reduce(0, lambda n, _: n + 1))
+
+
+def total_steps(
+    config: config_lib.TrainConfig,
+    tokenizer: tokenizers.Tokenizer,
+    sequence_length: int,
+) -> int:
+    """`config.steps`, or the steps `config.epochs` (default 1) take."""
+    if config.steps is not None:
+        return config.steps
+    epochs = 1.0 if config.epochs is None else config.epochs
+    per_epoch = batches_per_epoch(config, tokenizer, sequence_length)
+    return max(1, math.ceil(epochs * per_epoch))
+
+
+def validation_dataset(
+    config: config_lib.TrainConfig,
+    tokenizer: tokenizers.Tokenizer,
+    sequence_length: int,
+) -> tuple[tf.data.Dataset | None, int]:
+    """The validation batches, repeated, and how many make one validation.
+
+    Returns:
+        `(dataset, steps)`; `(None, 0)` when the run has no validation.
+    """
+    if config.validation_data:
+        paths, split = config.validation_data, dict(split="all")
+    elif config.validation_fraction > 0:
+        paths = config.data
+        split = dict(
+            split="validation", validation_fraction=config.validation_fraction
+        )
+    else:
+        return None, 0
+    kwargs = dict(
+        batch_size=config.batch_size,
+        shuffle=False,
+        drop_remainder=False,
+        **split,
+        **_common(config, tokenizer, sequence_length),
+    )
+    once = data.make_dataset(paths, **kwargs)
+    steps = config.eval_batches or int(once.reduce(0, lambda n, _: n + 1))
+    # Repeated after batching: every pass has the same batches.
+    return once.repeat(), steps
