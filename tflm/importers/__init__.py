@@ -1,0 +1,86 @@
+"""Published checkpoints to tflm model directories.
+
+`import_checkpoint(path, out_dir)` reads a GPT-2 checkpoint directory, in
+the Hugging Face layout or as a keras-hub preset, and writes a model
+directory that `tflm generate`, `finetune`, `eval` and `export` take.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from tflm import modeldir
+from tflm.importers import gpt2
+from tflm.importers import keras_hub_gpt2
+from tflm.importers import weights
+
+logger = logging.getLogger(__name__)
+
+HUGGING_FACE = "huggingface"
+KERAS_HUB = "keras_hub"
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """`"huggingface"` or `"keras_hub"`, from the directory's `config.json`.
+
+    Raises:
+        ValueError: `path` is not a checkpoint directory of either layout.
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise ValueError(f"{path} is not a directory.")
+    config_path = os.path.join(path, gpt2.CONFIG_FILE)
+    config = weights.read_json(config_path)
+    if keras_hub_gpt2.is_keras_hub_preset(config):
+        return KERAS_HUB
+    if "model_type" in config:
+        return HUGGING_FACE
+    raise ValueError(
+        f"{config_path} is neither a Hugging Face config (no model_type) nor "
+        "a keras-hub preset config (no class_name)."
+    )
+
+
+def load_checkpoint(path: str | os.PathLike, **overrides):
+    """`(CausalLM, tokenizer)` from a checkpoint directory of either layout.
+
+    Args:
+        path: a Hugging Face GPT-2 directory or a keras-hub GPT-2 preset.
+        **overrides: `Backbone` arguments to change, such as `dropout`.
+    """
+    if detect_format(path) == KERAS_HUB:
+        return keras_hub_gpt2.load_keras_hub_gpt2(path, **overrides)
+    return gpt2.load_hf_gpt2(path, **overrides)
+
+
+def import_checkpoint(
+    path: str | os.PathLike, out_dir: str | os.PathLike, **overrides
+) -> str:
+    """Turns a GPT-2 checkpoint directory into a tflm model directory.
+
+    Args:
+        path: a Hugging Face GPT-2 directory (`config.json`,
+            `model.safetensors`, `vocab.json`, `merges.txt`) or a keras-hub
+            GPT-2 preset directory.
+        out_dir: the model directory to write (see `tflm.modeldir.save`).
+        **overrides: `Backbone` arguments to change, such as `dropout`.
+
+    Returns:
+        The absolute path of the model directory.
+
+    Raises:
+        ValueError: naming the file (and tensor) that is wrong.
+    """
+    model, tokenizer = load_checkpoint(path, **overrides)
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    modeldir.save(model, tokenizer, out_dir)
+    logger.info("Imported %s to %s.", os.fspath(path), out_dir)
+    return out_dir
+
+
+__all__ = [
+    "detect_format",
+    "import_checkpoint",
+    "load_checkpoint",
+]

@@ -1,0 +1,227 @@
+"""Pretrained GPT-2 from local files: Hugging Face or keras-hub layout.
+
+A Hugging Face checkpoint directory holds `config.json` (`model_type:
+gpt2`), `model.safetensors` (or shards listed in
+`model.safetensors.index.json`), `vocab.json` and `merges.txt`. Tensors are
+read one at a time, a few MiB per copy, straight into the variables of a
+`CausalLM` built from the config, so memory stays near one copy of the
+weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from tflm import tokenizers
+from tflm.importers import keras_hub_gpt2
+from tflm.importers import safetensors
+from tflm.importers import weights
+from tflm.models import backbone as backbone_lib
+from tflm.models import causal_lm
+from tflm.tokenizers import gpt2_bpe
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+# Hugging Face names of GELU with the tanh approximation.
+TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+# Buffers and duplicates that are not weights of the model.
+IGNORED = ("attn.bias", "attn.masked_bias", "lm_head.weight")
+# Config values other than GPT-2's that tflm's GPT-2 cannot express.
+_REQUIRED = {
+    "scale_attn_weights": True,
+    "scale_attn_by_inverse_layer_idx": False,
+    "add_cross_attention": False,
+    "tie_word_embeddings": True,
+}
+
+load_keras_hub_gpt2 = keras_hub_gpt2.load_keras_hub_gpt2
+
+
+def backbone_args(config: dict[str, Any], path: str) -> dict[str, Any]:
+    """`Backbone` arguments from a Hugging Face GPT-2 `config.json`.
+
+    Args:
+        config: the parsed `config.json`.
+        path: its path, for errors.
+
+    Raises:
+        ValueError: naming `path` and the value, for another model type or
+            a GPT-2 variant that tflm cannot run exactly.
+    """
+    model_type = config.get("model_type")
+    if model_type != "gpt2":
+        raise ValueError(
+            f"{path}: model_type is {model_type!r}; tflm imports GPT-2 "
+            "checkpoints (model_type 'gpt2') only."
+        )
+    activation = config.get("activation_function", "gelu_new")
+    if activation not in TANH_GELU:
+        raise ValueError(
+            f"{path}: activation_function is {activation!r}; tflm's GPT-2 "
+            f"uses GELU with the tanh approximation ({', '.join(TANH_GELU)})."
+        )
+    for key, value in _REQUIRED.items():
+        if config.get(key, value) != value:
+            raise ValueError(
+                f"{path}: {key} is {config[key]!r}; tflm imports GPT-2 with "
+                f"{key}={value} only."
+            )
+    try:
+        hidden = int(config["n_embd"])
+        context = config.get("n_positions") or config["n_ctx"]
+        args = dict(
+            vocabulary_size=int(config["vocab_size"]),
+            num_layers=int(config["n_layer"]),
+            num_heads=int(config["n_head"]),
+            hidden_dim=hidden,
+            intermediate_dim=int(config.get("n_inner") or 4 * hidden),
+            max_sequence_length=int(context),
+        )
+    except KeyError as err:
+        raise ValueError(f"{path} lacks {err.args[0]!r}.") from None
+    return dict(
+        args,
+        norm="layernorm",
+        activation="gelu",
+        position_embedding="learned",
+        use_bias=True,
+        fused_qkv=True,
+        tie_embeddings=True,
+        layer_norm_epsilon=float(config.get("layer_norm_epsilon", 1e-5)),
+        dropout=float(config.get("resid_pdrop", 0.1)),
+    )
+
+
+def hf_variables(backbone: backbone_lib.Backbone) -> dict[str, Any]:
+    """Hugging Face GPT-2 tensor names (no prefix) to backbone variables.
+
+    Conv1D weights are stored input-major, as Keras `Dense` kernels, and
+    `c_attn` is `[q | k | v]` as `query_key_value`: nothing is transposed.
+    """
+    norm = backbone.final_norm
+    names = {
+        "wte.weight": backbone.token_embedding.embeddings,
+        "wpe.weight": backbone.position_embedding.embeddings,
+        "ln_f.weight": norm.gamma,
+        "ln_f.bias": norm.beta,
+    }
+    for i, block in enumerate(backbone.blocks):
+        layers = {
+            "ln_1": block.attention_norm,
+            "ln_2": block.mlp_norm,
+            "attn.c_attn": block.attention.query_key_value,
+            "attn.c_proj": block.attention.output_dense,
+            "mlp.c_fc": block.mlp_in,
+            "mlp.c_proj": block.mlp_out,
+        }
+        for hf_name, layer in layers.items():
+            is_norm = hf_name.startswith("ln")
+            names[f"h.{i}.{hf_name}.weight"] = (
+                layer.gamma if is_norm else layer.kernel
+            )
+            names[f"h.{i}.{hf_name}.bias"] = (
+                layer.beta if is_norm else layer.bias
+            )
+    return names
+
+
+class _Checkpoint:
+    """The safetensors file(s) of a checkpoint directory, by tensor name."""
+
+    def __init__(self, directory: str):
+        index = os.path.join(directory, INDEX_FILE)
+        if os.path.isfile(index):
+            weight_map = weights.read_json(index).get("weight_map") or {}
+            files = sorted(set(weight_map.values()))
+        elif os.path.isfile(os.path.join(directory, WEIGHTS_FILE)):
+            files = [WEIGHTS_FILE]
+        else:
+            raise FileNotFoundError(
+                f"{os.path.join(directory, WEIGHTS_FILE)} is missing (PyTorch "
+                "`.bin` files are not read; download the `.safetensors` one)."
+            )
+        self.files = []
+        try:
+            for f in files:
+                path = os.path.join(directory, f)
+                self.files.append(safetensors.SafetensorsFile(path))
+        except BaseException:
+            self.close()
+            raise
+        self.where = {name: f for f in self.files for name in f.keys()}
+        suffixes = [n for n in self.where if n.endswith("wte.weight")]
+        self.prefix = suffixes[0][: -len("wte.weight")] if suffixes else ""
+
+    def copy_into(self, variables: dict[str, Any]) -> None:
+        for name, variable in variables.items():
+            full = self.prefix + name
+            if full not in self.where:
+                raise ValueError(
+                    f"{self.files[0].path}: tensor {full!r} is missing; the "
+                    "file does not hold the GPT-2 that config.json describes."
+                )
+            file = self.where[full]
+            if not file.dtype(full).startswith(("F", "BF")):
+                raise ValueError(
+                    f"{file.path}: tensor {full!r} is {file.dtype(full)}, "
+                    "not floating point."
+                )
+            weights.assign(
+                variable, file.shape(full), file.chunks(full), file.path, full
+            )
+        known = {self.prefix + n for n in variables}
+        extra = [
+            n for n in self.where if n not in known and not n.endswith(IGNORED)
+        ]
+        if extra:
+            logger.warning(
+                "Ignored %d tensors that GPT-2 does not have: %s",
+                len(extra),
+                ", ".join(extra[:5]),
+            )
+
+    def close(self) -> None:
+        for file in self.files:
+            file.close()
+
+
+def load_hf_gpt2(
+    path: str | os.PathLike, **overrides
+) -> tuple[causal_lm.CausalLM, tokenizers.Tokenizer]:
+    """Builds a `CausalLM` and its tokenizer from a Hugging Face GPT-2 dir.
+
+    Args:
+        path: a directory with `config.json`, `model.safetensors`,
+            `vocab.json` and `merges.txt`.
+        **overrides: `Backbone` arguments to change, such as `dropout`
+            (defaults to the checkpoint's `resid_pdrop`).
+
+    Returns:
+        `(model, tokenizer)`; `model.tokenizer` is set too.
+
+    Raises:
+        ValueError: naming the file (and tensor) that is wrong: another
+            model type, a truncated or foreign weights file, a tensor whose
+            shape does not fit the config.
+    """
+    path = os.fspath(path)
+    config_path = os.path.join(path, CONFIG_FILE)
+    args = backbone_args(weights.read_json(config_path), config_path)
+    weights.log_architecture(args, config_path)
+    tokenizer = gpt2_bpe.GPT2BPETokenizer.from_directory(path)
+    weights.check_vocabulary(tokenizer, args["vocabulary_size"], config_path)
+    checkpoint = _Checkpoint(path)
+    try:
+        model = causal_lm.CausalLM(
+            backbone_lib.Backbone(**{**args, **overrides})
+        )
+        checkpoint.copy_into(hf_variables(model.backbone))
+    finally:
+        checkpoint.close()
+    model.tokenizer = tokenizer
+    return model, tokenizer
