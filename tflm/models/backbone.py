@@ -186,10 +186,13 @@ class Backbone(keras.Model):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.head_dim = hidden_dim // num_heads
 
-    def _embed(self, token_ids, position_ids, training=None):
+    def _embed(self, token_ids, position_ids, training=None, decode=False):
         x = self.token_embedding(token_ids)
         if self.position_embedding is not None:
-            x = x + self.position_embedding(position_ids)
+            if decode:
+                x = x + self.position_embedding.lookup(position_ids)
+            else:
+                x = x + self.position_embedding(position_ids)
         return self.embedding_dropout(x, training=training)
 
     def init_cache(self, batch_size, cache_length=None):
@@ -222,7 +225,7 @@ class Backbone(keras.Model):
         position_ids = keras.ops.clip(
             position_ids, 0, self.max_sequence_length - 1
         )
-        x = self._embed(token_ids, position_ids)
+        x = self._embed(token_ids, position_ids, decode=True)
         # One mask for all layers (not one per layer): fewer ops per step.
         attention_mask = masks.attention_mask(
             keras.ops.shape(token_ids)[1],
