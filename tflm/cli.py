@@ -154,6 +154,95 @@ def _save_atomically(tokenizer, out: str) -> None:
         raise
 
 
+def _add_train(subparsers) -> None:
+    from tflm.train import config as train_config
+
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model; rerunning the same command resumes it",
+        description="Train a GPT-style model on text files and write a model "
+        "directory. Checkpoints go to --out; running the same command again "
+        "continues from the last one, and does nothing once finished.",
+    )
+    train_config.add_arguments(parser)
+    parser.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from tflm.train import config as train_config
+    from tflm.train import fit
+
+    result = fit.train(train_config.from_namespace(args))
+    if result.start_step == result.step:
+        print(f"already trained to step {result.step}: {result.directory}")
+        return 0
+    print(f"trained steps {result.start_step + 1}-{result.step}")
+    if result.validation_loss is not None:
+        print(f"validation loss: {result.validation_loss:.4f}")
+    print(f"written to: {result.directory}")
+    return 0
+
+
+def _add_eval(subparsers) -> None:
+    from tflm.train import config as train_config
+
+    parser = subparsers.add_parser(
+        "eval",
+        help="loss, perplexity and bits per character of a model, as JSON",
+    )
+    parser.add_argument("model_dir", metavar="MODEL_DIR")
+    parser.add_argument(
+        "--data", nargs="+", required=True, metavar="PATH", help="text files"
+    )
+    parser.add_argument("--batch-size", type=int, default=8, metavar="N")
+    parser.add_argument(
+        "--sequence-length",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tokens per sequence (default: the model's context)",
+    )
+    parser.add_argument(
+        "--split",
+        choices=("all", "train", "validation"),
+        default="all",
+        help="which documents of --data to score (default: all)",
+    )
+    parser.add_argument("--validation-fraction", type=float, default=0.1)
+    parser.add_argument(
+        "--text-format", choices=train_config.TEXT_FORMATS, default="document"
+    )
+    parser.add_argument("--jsonl-field", default="text")
+    parser.add_argument(
+        "--precision", choices=train_config.PRECISIONS, default=None
+    )
+    parser.add_argument(
+        "--strategy", choices=train_config.STRATEGIES, default="auto"
+    )
+    parser.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from tflm.train import evaluate
+
+    result = evaluate.evaluate(
+        args.model_dir,
+        args.data,
+        batch_size=args.batch_size,
+        sequence_length=args.sequence_length,
+        split=args.split,
+        validation_fraction=args.validation_fraction,
+        text_format=args.text_format,
+        jsonl_field=args.jsonl_field,
+        precision=args.precision,
+        strategy=args.strategy,
+    )
+    print(json.dumps(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tflm",
@@ -163,9 +252,49 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="show debug logs"
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_version, _add_tokenizer):
+    from tflm import commands
+
+    for add in (
+        _add_version,
+        _add_tokenizer,
+        _add_train,
+        _add_eval,
+        commands.add_generate,
+        commands.add_export,
+        commands.add_import,
+        commands.add_quickstart,
+    ):
         add(subparsers)
     return parser
+
+
+def _quiet_tensorflow() -> None:
+    """Imports TensorFlow with its start-up chatter hidden.
+
+    TensorFlow's C++ start-up lines (oneDNN, CUDA probing, absl's notice)
+    ignore `TF_CPP_MIN_LOG_LEVEL`, so standard error is pointed at a
+    temporary file during the import and replayed only if the import fails.
+    Python-side TensorFlow logging (SavedModel notices) is raised to ERROR.
+    """
+    import tempfile
+
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()  # device probing logs too
+        except BaseException:
+            os.dup2(saved, 2)
+            capture.seek(0)
+            sys.stderr.write(capture.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+    tf.get_logger().setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if not args.verbose:
+        _quiet_tensorflow()
     try:
         return int(args.func(args) or 0)
     except (CLIError, ValueError, FileNotFoundError) as err:
