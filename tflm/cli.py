@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         _quiet_tensorflow()
     try:
         return int(args.func(args) or 0)
-    except (CLIError, ValueError, FileNotFoundError) as err:
+    except (CLIError, ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"tflm {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,81 @@
+"""The model-directory commands: generate, export, quickstart."""
+
+import io
+import os
+import random
+
+import pytest
+
+from tflm import cli
+from tflm import export
+from tflm import modeldir
+from tflm.models import CausalLM
+from tflm.tokenizers import ByteTokenizer
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    lm = CausalLM.from_preset(
+        "tiny", vocabulary_size=259, max_sequence_length=32
+    )
+    path = str(tmp_path_factory.mktemp("cmd") / "model")
+    modeldir.save(lm, ByteTokenizer(), path)
+    return path
+
+
+def test_generate_prints_what_generate_returns(model_dir, capsys):
+    expected = modeldir.load(model_dir).generate(
+        ["ab", "xyz"], 6, jit_compile=False
+    )
+    argv = ["generate", model_dir, "--prompt", "ab", "--prompt", "xyz"]
+    assert cli.main(argv + ["--max-new-tokens", "6", "--no-xla"]) == 0
+    out = capsys.readouterr().out
+    assert out == (f"--- 1: ab\n{expected[0]}\n--- 2: xyz\n{expected[1]}\n")
+
+
+def test_generate_reads_prompts_from_stdin_and_streams(
+    model_dir, capsys, monkeypatch
+):
+    expected = modeldir.load(model_dir).generate("hi", 5)
+    monkeypatch.setattr("sys.stdin", io.StringIO("hi\n"))
+    argv = ["generate", model_dir, "--max-new-tokens", "5", "--stream"]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out == expected + "\n"
+
+
+def test_generate_bad_input_exits_2(model_dir, capsys):
+    argv = ["generate", model_dir, "--prompt", "a", "--top-p", "0"]
+    assert cli.main(argv) == 2
+    assert "top_p" in capsys.readouterr().err
+    assert cli.main(["generate", str(model_dir) + "-missing", "--prompt", "a"])
+
+
+def test_export_writes_numbered_versions_and_refuses_overwrite(
+    model_dir, tmp_path, capsys
+):
+    base = str(tmp_path / "serving")
+    assert cli.main(["export", model_dir, "--out", base]) == 0
+    assert cli.main(["export", model_dir, "--out", base]) == 0
+    assert export.existing_versions(base) == [1, 2]
+    assert f"exported: {os.path.join(base, '2')}" in capsys.readouterr().out
+    assert cli.main(["export", model_dir, "--out", base, "--version", "1"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert export.existing_versions(base) == [1, 2]
+
+
+def test_quickstart_trains_exports_and_serves(tmp_path, capsys):
+    rng = random.Random(0)
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog"]
+    paragraphs = [" ".join(rng.choices(words, k=12)) + "\n" for _ in range(400)]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(paragraphs))
+    out = tmp_path / "qs"
+    argv = ["quickstart", "--data", str(corpus), "--out", str(out)]
+    argv += ["--preset", "tiny", "--steps", "4", "--max-new-tokens", "4"]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "[4/4] served answers" in printed
+    assert modeldir.is_model_dir(out / "model")
+    assert export.existing_versions(str(out / "serving")) == [1]
+    served = printed.split("[4/4]")[1].splitlines()[1:3]
+    assert all(line.startswith("  ") and " -> " in line for line in served)
