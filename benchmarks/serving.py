@@ -205,6 +205,9 @@ def main():
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--no-keras-hub", action="store_true")
     args = parser.parse_args()
+    if not os.path.exists(args.data):
+        _line(skipped=f"{args.data} not found (../shared/data)")
+        return
     workdir = args.workdir or tempfile.mkdtemp(prefix="tflm-serving-bench-")
     batches = [int(b) for b in args.batches.split(",")]
     tokenizer = train_tokenizer(args.data, workdir)

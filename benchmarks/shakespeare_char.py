@@ -242,6 +242,11 @@ def main() -> None:
         "--torch-only", action="store_true", help=argparse.SUPPRESS
     )
     args = parser.parse_args()
+    if not os.path.exists(args.data):
+        print(
+            json.dumps({"skipped": f"{args.data} not found (../shared/data)"})
+        )
+        return
     with tempfile.TemporaryDirectory() as folder:
         train_path, val_path = split_by_position(args.data, folder)
         if args.torch_only:
