@@ -137,7 +137,8 @@ def _swap(temp: str, directory: str) -> None:
     if not os.path.exists(directory):
         os.rename(temp, directory)
         return
-    old = temp.replace(".tmp-", ".old-")
+    parent, name = os.path.split(temp)
+    old = os.path.join(parent, name.replace(".tmp-", ".old-", 1))
     os.rename(directory, old)
     os.rename(temp, directory)
     _carry_over(old, directory)

@@ -400,3 +400,19 @@ def test_default_max_new_tokens_fits_a_short_context():
 def test_seed_out_of_range_raises(plain):
     with pytest.raises(ValueError, match="seed"):
         plain.generate([5, 6], 2, seed=2**31, jit_compile=False)
+
+
+def test_stream_rejects_bad_chunk_and_unknown_settings(plain):
+    tok = ByteTokenizer()
+    with pytest.raises(ValueError, match="chunk"):
+        list(plain.stream("hi", 3, chunk=0, tokenizer=tok))
+    with pytest.raises(TypeError):
+        list(plain.stream("hi", 3, temprature=0.5, tokenizer=tok))
+
+
+def test_tensor_of_ids_is_one_prompt(plain):
+    import tensorflow as tf
+
+    ids = [5, 6, 7]
+    expected = plain.generate(ids, 4, jit_compile=False)
+    assert plain.generate(tf.constant(ids), 4, jit_compile=False) == expected

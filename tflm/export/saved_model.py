@@ -97,7 +97,11 @@ def _move_into_place(tmp: str, target: str) -> None:
     old = tempfile.mkdtemp(prefix=".tflm-old-", dir=os.path.dirname(target))
     aside = os.path.join(old, "version")
     os.rename(target, aside)
-    os.rename(tmp, target)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        os.rename(aside, target)  # put the old version back
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -183,7 +183,9 @@ class ServingModule(tf.Module):
         ragged = ragged[:, : self.context - 1]
         start = tf.fill([ragged.nrows(), 1], self.tokenizer.eos_id)
         full = tf.concat([tf.cast(start, ragged.dtype), ragged], axis=1)
-        ids = full.to_tensor(default_value=self.tokenizer.pad_id)
+        # Padding is masked out; 0 is a valid index whatever `pad_id` is
+        # (SentencePiece models made elsewhere may have `pad_id == -1`).
+        ids = full.to_tensor(default_value=0)
         mask = tf.sequence_mask(full.row_lengths(), tf.shape(ids)[1], tf.int32)
         logits = self.model({"token_ids": ids, "padding_mask": mask})
         log_probs = tf.nn.log_softmax(logits[:, :-1], axis=-1)

@@ -29,6 +29,10 @@ def _tokenizer(model, tokenizer):
 
 def _rows(prompts, tokenizer) -> tuple[list[list[int]], bool, bool]:
     """Returns `(id lists, single, is_text)`."""
+    if hasattr(prompts, "numpy") and not isinstance(prompts, np.ndarray):
+        prompts = prompts.numpy()  # a tf.Tensor of ids or strings
+        if prompts.dtype == object:
+            prompts = [p.decode("utf-8") for p in prompts.reshape(-1)]
     if isinstance(prompts, str):
         prompts, single = [prompts], True
     elif isinstance(prompts, np.ndarray) and prompts.ndim == 1:
@@ -218,26 +222,33 @@ def stream(
     prompt: str,
     max_new_tokens: int | None = None,
     *,
+    temperature=0.0,
+    top_k=0,
+    top_p=1.0,
+    seed=0,
+    stop=None,
+    tokenizer=None,
     chunk: int = 1,
-    **kwargs,
 ) -> Iterator[str]:
     """Yields pieces of one prompt's continuation as they are produced.
 
-    Joined, the pieces equal `generate(prompt, ...)` with the same settings.
+    Runs the plain graph (no XLA): joined, the pieces equal
+    `generate(prompt, ..., jit_compile=False)` with the same settings.
     Pieces end on whole characters: bytes of a character split across tokens
-    wait for the rest.
+    wait for the rest. `chunk` is the number of tokens decoded per piece.
     """
-    kwargs.pop("jit_compile", None)
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ValueError(f"chunk must be an int >= 1. Received: {chunk!r}.")
     gen, inputs, _, _, tok = _setup(
         model,
         prompt,
         max_new_tokens,
-        kwargs.get("temperature", 0.0),
-        kwargs.get("top_k", 0),
-        kwargs.get("top_p", 1.0),
-        kwargs.get("seed", 0),
-        kwargs.get("stop"),
-        kwargs.get("tokenizer"),
+        temperature,
+        top_k,
+        top_p,
+        seed,
+        stop,
+        tokenizer,
         False,
     )
     if tok is None or not isinstance(prompt, str):
