@@ -20,6 +20,7 @@ from tflm.importers import safetensors
 from tflm.importers import weights
 from tflm.models import backbone as backbone_lib
 from tflm.models import causal_lm
+from tflm.models import presets
 from tflm.tokenizers import gpt2_bpe
 
 logger = logging.getLogger(__name__)
@@ -85,13 +86,8 @@ def backbone_args(config: dict[str, Any], path: str) -> dict[str, Any]:
     except KeyError as err:
         raise ValueError(f"{path} lacks {err.args[0]!r}.") from None
     return dict(
-        args,
-        norm="layernorm",
-        activation="gelu",
-        position_embedding="learned",
-        use_bias=True,
-        fused_qkv=True,
-        tie_embeddings=True,
+        presets.GPT2_BLOCK,
+        **args,
         layer_norm_epsilon=float(config.get("layer_norm_epsilon", 1e-5)),
         dropout=float(config.get("resid_pdrop", 0.1)),
     )

@@ -19,6 +19,7 @@ from tflm import tokenizers
 from tflm.importers import weights
 from tflm.models import backbone as backbone_lib
 from tflm.models import causal_lm
+from tflm.models import presets
 from tflm.tokenizers import gpt2_bpe
 
 CONFIG_FILE = "config.json"
@@ -59,13 +60,8 @@ def backbone_args(config: dict[str, Any], path: str) -> dict[str, Any]:
     except KeyError as err:
         raise ValueError(f"{path} lacks {err.args[0]!r}.") from None
     return dict(
-        args,
-        norm="layernorm",
-        activation="gelu",
-        position_embedding="learned",
-        use_bias=True,
-        fused_qkv=True,
-        tie_embeddings=True,
+        presets.GPT2_BLOCK,
+        **args,
         layer_norm_epsilon=LAYER_NORM_EPSILON,
         dropout=float(inner.get("dropout", 0.1)),
     )

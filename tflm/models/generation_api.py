@@ -208,13 +208,7 @@ def generate(
 def _ragged(ids):
     import tensorflow as tf
 
-    return (
-        tf.ragged.constant(ids, dtype=tf.int32, ragged_rank=1)
-        if any(ids)
-        else tf.RaggedTensor.from_row_lengths(
-            tf.zeros([0], tf.int32), [len(r) for r in ids]
-        )
-    )
+    return tf.ragged.constant(ids, dtype=tf.int32, ragged_rank=1)
 
 
 def stream(

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-_GPT2 = dict(
-    vocabulary_size=50257,
-    max_sequence_length=1024,
+# GPT-2's block, whatever its size: the importers map checkpoints onto it.
+GPT2_BLOCK = dict(
     norm="layernorm",
     activation="gelu",
     position_embedding="learned",
     use_bias=True,
+    fused_qkv=True,
     tie_embeddings=True,
     layer_norm_epsilon=1e-5,
 )
+
+_GPT2 = dict(GPT2_BLOCK, vocabulary_size=50257, max_sequence_length=1024)
 
 PRESETS: dict[str, dict] = {
     # For tests and docs: runs in milliseconds.
