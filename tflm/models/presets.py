@@ -34,6 +34,15 @@ PRESETS: dict[str, dict] = {
         intermediate_dim=512,
         max_sequence_length=64,
     ),
+    # `tflm quickstart`: learns the shape of a 0.5 MB corpus in minutes.
+    "mini": dict(
+        vocabulary_size=1024,
+        num_layers=4,
+        num_heads=4,
+        hidden_dim=192,
+        intermediate_dim=768,
+        max_sequence_length=128,
+    ),
     # The shape every benchmark uses.
     "bench-small": dict(
         vocabulary_size=8192,

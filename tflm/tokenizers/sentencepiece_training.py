@@ -16,6 +16,8 @@ from typing import IO
 
 import sentencepiece
 
+from tflm import errors
+
 logger = logging.getLogger(__name__)
 
 # U+2581 is SentencePiece's whitespace marker, so a literal one in the text
@@ -104,8 +106,13 @@ def train_model_proto(
     seed: int,
 ) -> bytes:
     """Trains a model and returns its serialized proto; see `train`."""
+    if not isinstance(vocabulary_size, int) or vocabulary_size < 1:
+        raise errors.InputError(
+            "vocabulary_size must be a positive number of ids (at least "
+            f"about 300). Received: vocabulary_size={vocabulary_size!r}."
+        )
     if model_type not in MODEL_TYPES:
-        raise ValueError(
+        raise errors.InputError(
             f"model_type must be one of {MODEL_TYPES}. "
             f"Received: model_type={model_type!r}"
         )
@@ -127,7 +134,7 @@ def train_model_proto(
     except RuntimeError as err:
         raise _explain(err, stream, vocabulary_size) from None
     if not stream.count:
-        raise ValueError(_empty_message(stream))
+        raise errors.InputError(_empty_message(stream))
     logger.debug("trained on %d sentences", stream.count)
     return model.getvalue()
 
@@ -151,24 +158,24 @@ def _empty_message(stream: _SentenceStream) -> str:
 
 def _explain(
     err: RuntimeError, stream: _SentenceStream, vocabulary_size: int
-) -> ValueError:
+) -> errors.InputError:
     """Turns SentencePiece's internal errors into a message with a fix."""
     text = str(err)
     if not stream.count:
-        return ValueError(_empty_message(stream))
+        return errors.InputError(_empty_message(stream))
     too_high = re.search(r"value <= (\d+)", text)
     if too_high:
-        return ValueError(
+        return errors.InputError(
             f"vocabulary_size={vocabulary_size} is more than the text in "
             f"{_names(stream)} supports (at most {too_high.group(1)}). Use a "
             "smaller vocabulary size or train on more text."
         )
     too_low = re.search(r"required_chars\. (\d+) vs (\d+)", text)
     if too_low:
-        return ValueError(
+        return errors.InputError(
             f"vocabulary_size={vocabulary_size} is too small for "
             f"{_names(stream)}: it needs at least {too_low.group(2)} ids "
             "(256 byte pieces, 5 special pieces and the characters that "
             "cover the text). Use a larger vocabulary size."
         )
-    return ValueError(f"SentencePiece training failed: {text}")
+    return errors.InputError(f"SentencePiece training failed: {text}")

@@ -72,9 +72,10 @@ def test_quickstart_trains_exports_and_serves(tmp_path, capsys):
     out = tmp_path / "qs"
     argv = ["quickstart", "--data", str(corpus), "--out", str(out)]
     argv += ["--preset", "tiny", "--steps", "4", "--max-new-tokens", "4"]
+    argv += ["--vocabulary-size", "280", "--prompt", "the", "--prompt", "a"]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
-    assert "[4/4] served answers" in printed
+    assert "[4/4] served" in printed
     assert modeldir.is_model_dir(out / "model")
     assert export.existing_versions(str(out / "serving")) == [1]
     served = printed.split("[4/4]")[1].splitlines()[1:3]

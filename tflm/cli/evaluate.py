@@ -1,0 +1,65 @@
+"""`tflm eval`: loss, perplexity and bits per character, as JSON."""
+
+from __future__ import annotations
+
+import argparse
+
+from tflm.cli import common
+
+
+def add(subparsers) -> None:
+    from tflm.train import config
+
+    parser = common.add_command(
+        subparsers,
+        "eval",
+        help="loss, perplexity and bits per character of a model, as JSON",
+        example="tflm eval models/book --data heldout.txt",
+    )
+    parser.add_argument("model_dir", metavar="MODEL_DIR")
+    parser.add_argument(
+        "--data", nargs="+", required=True, metavar="PATH", help="text files"
+    )
+    parser.add_argument("--batch-size", type=int, default=8, metavar="N")
+    parser.add_argument(
+        "--sequence-length",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tokens per sequence (default: the model's context)",
+    )
+    parser.add_argument(
+        "--split",
+        choices=("all", "train", "validation"),
+        default="all",
+        help="which part of --data to score (default: all)",
+    )
+    parser.add_argument("--validation-fraction", type=float, default=0.1)
+    parser.add_argument(
+        "--text-format", choices=config.TEXT_FORMATS, default="document"
+    )
+    parser.add_argument("--jsonl-field", default="text")
+    parser.add_argument("--precision", choices=config.PRECISIONS, default=None)
+    parser.add_argument("--strategy", choices=config.STRATEGIES, default="auto")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from tflm.train import evaluate
+
+    result = evaluate.evaluate(
+        args.model_dir,
+        args.data,
+        batch_size=args.batch_size,
+        sequence_length=args.sequence_length,
+        split=args.split,
+        validation_fraction=args.validation_fraction,
+        text_format=args.text_format,
+        jsonl_field=args.jsonl_field,
+        precision=args.precision,
+        strategy=args.strategy,
+    )
+    print(json.dumps(result, allow_nan=False))
+    return 0

@@ -1,0 +1,103 @@
+"""`tflm export`: write a versioned SavedModel that TF Serving serves."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from tflm.cli import common
+
+
+def add(subparsers) -> None:
+    parser = common.add_command(
+        subparsers,
+        "export",
+        help="write a SavedModel that TF Serving serves",
+        description="Write BASE/<version>/: a SavedModel with the signatures "
+        "serving_default (generate), score, tokenize and detokenize, the "
+        "tokenizer, and TF Serving warm-up requests. Written atomically.",
+        example="tflm export models/book --out serving/book",
+    )
+    parser.add_argument("model_dir", metavar="MODEL_DIR")
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="BASE",
+        help="the model's base path as TF Serving sees it",
+    )
+    parser.add_argument(
+        "--version",
+        type=int,
+        default=None,
+        metavar="N",
+        help="default: one more than the latest version",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing version"
+    )
+    parser.add_argument(
+        "--xla",
+        action="store_true",
+        help="compile the decode loop with XLA (TF Serving "
+        "then needs --xla_cpu_compilation_enabled=true)",
+    )
+    parser.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="skip assets.extra/tf_serving_warmup_requests",
+    )
+    parser.set_defaults(func=run)
+
+
+def serve_commands(base: str, name: str = "tflm") -> list[str]:
+    """The `docker run` and `curl` commands that serve export base `base`.
+
+    Example:
+    >>> print(serve_commands("/tmp/my models/x")[0])  # doctest: +ELLIPSIS
+    docker run --rm -p 8501:8501 -v '/tmp/my models/x:/models/tflm' ...
+    """
+    import json
+    import shlex
+
+    body = json.dumps(
+        {
+            "instances": [
+                {
+                    "prompt": "Hello",
+                    "max_new_tokens": 32,
+                    "temperature": 0.8,
+                    "top_k": 0,
+                    "top_p": 0.95,
+                    "seed": 0,
+                }
+            ]
+        }
+    )
+    volume = shlex.quote(f"{os.path.abspath(base)}:/models/{name}")
+    return [
+        f"docker run --rm -p 8501:8501 -v {volume} -e MODEL_NAME={name} "
+        "tensorflow/serving:2.21.0",
+        f"curl -s localhost:8501/v1/models/{name}:predict -d "
+        + shlex.quote(body),
+    ]
+
+
+def run(args: argparse.Namespace) -> int:
+    from tflm import export
+    from tflm import modeldir
+
+    model = modeldir.load(args.model_dir)
+    path = export.export(
+        model,
+        args.out,
+        version=args.version,
+        overwrite=args.overwrite,
+        jit_compile=args.xla,
+        warmup=not args.no_warmup,
+    )
+    print(f"exported: {path} ({common.size_mb(path):.1f} MB)")
+    print("signatures: serving_default, score, tokenize, detokenize")
+    print("serve it:")
+    for command in serve_commands(os.path.dirname(path)):
+        print(f"  {command}")
+    return 0

@@ -1,0 +1,89 @@
+"""`tflm generate`: continue prompts with a trained model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tflm.cli import common
+
+
+def add(subparsers) -> None:
+    parser = common.add_command(
+        subparsers,
+        "generate",
+        help="continue prompts with a trained model",
+        description="Print the continuation of each prompt. Prompts come "
+        "from --prompt, or from standard input, one per line.",
+        example='tflm generate models/book --prompt "ROMEO:" --temperature '
+        "0.8 --top-p 0.95 --stream",
+    )
+    parser.add_argument("model_dir", metavar="MODEL_DIR")
+    parser.add_argument(
+        "--prompt",
+        action="append",
+        metavar="TEXT",
+        help="a prompt; repeat for a batch",
+    )
+    common.sampling_flags(parser)
+    parser.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TOKEN",
+        help="extra one-token stop string",
+    )
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="print text as it is produced (one prompt)",
+    )
+    parser.add_argument(
+        "--no-xla",
+        action="store_true",
+        help="run the plain graph (as TF Serving does)",
+    )
+    parser.set_defaults(func=run)
+
+
+def _prompts(args: argparse.Namespace) -> list[str]:
+    from tflm.errors import InputError
+
+    prompts = args.prompt
+    if prompts is None:
+        prompts = [line.rstrip("\n") for line in sys.stdin]
+    if not prompts:
+        raise InputError("no prompt: pass --prompt TEXT or lines on stdin.")
+    if args.stream and len(prompts) != 1:
+        raise InputError(
+            f"--stream takes exactly one prompt. Received: {len(prompts)}."
+        )
+    return prompts
+
+
+def run(args: argparse.Namespace) -> int:
+    from tflm import modeldir
+
+    prompts = _prompts(args)
+    model = modeldir.load(args.model_dir)
+    settings = dict(
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=args.stop,
+    )
+    if args.stream:
+        for piece in model.stream(prompts[0], args.max_new_tokens, **settings):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return 0
+    outputs = model.generate(
+        prompts, args.max_new_tokens, jit_compile=not args.no_xla, **settings
+    )
+    for i, text in enumerate(outputs):
+        if len(outputs) > 1:
+            print(f"--- {i + 1}: {prompts[i]}")
+        print(text)
+    return 0

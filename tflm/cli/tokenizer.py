@@ -1,0 +1,124 @@
+"""`tflm tokenizer train`: a SentencePiece tokenizer for your corpus."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from tflm.cli import common
+
+
+def add(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "tokenizer", help="train tokenizers", parents=[common.SHARED]
+    )
+    commands = parser.add_subparsers(
+        dest="tokenizer_command", metavar="COMMAND", required=True
+    )
+    train = common.add_command(
+        commands,
+        "train",
+        help="train a SentencePiece tokenizer on text files",
+        example="tflm tokenizer train --data corpus/ --vocab-size 8192 "
+        "--out tok/",
+    )
+    train.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="text files, folders or quoted globs (.txt, .jsonl)",
+    )
+    train.add_argument(
+        "--vocab-size",
+        type=int,
+        required=True,
+        metavar="N",
+        help="number of ids, for example 8192 (at least about 300)",
+    )
+    train.add_argument(
+        "--out", required=True, metavar="DIR", help="tokenizer directory"
+    )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the tokenizer already in --out",
+    )
+    train.add_argument(
+        "--model-type", choices=("bpe", "unigram"), default="bpe"
+    )
+    train.add_argument(
+        "--text-format",
+        choices=("document", "paragraph", "line"),
+        default="document",
+        help="how .jsonl records are split (text is trained on by line)",
+    )
+    train.add_argument(
+        "--jsonl-field", default="text", help="text field of .jsonl lines"
+    )
+    train.add_argument("--character-coverage", type=float, default=0.9995)
+    train.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import time
+
+    from tflm import tokenizers
+    from tflm.data import tokenizer_corpus
+
+    out = os.path.abspath(args.out)
+    _check_out(out, tokenizers.is_tokenizer_directory)
+    start = time.perf_counter()
+    tokenizer = tokenizer_corpus.train_sentencepiece(
+        args.data,
+        vocabulary_size=args.vocab_size,
+        model_type=args.model_type,
+        character_coverage=args.character_coverage,
+        text_format=args.text_format,
+        jsonl_field=args.jsonl_field,
+    )
+    seconds = time.perf_counter() - start
+    _save_atomically(tokenizer, out)
+    ratio, chars = tokenizer_corpus.characters_per_token(
+        tokenizer, args.data, args.jsonl_field
+    )
+    print(f"vocabulary size: {tokenizer.vocabulary_size}")
+    print(f"characters per token: {ratio:.2f} (first {chars:,} characters)")
+    print(f"training time: {seconds:.1f} s")
+    print(f"written to: {out}")
+    return 0
+
+
+def _check_out(out: str, is_tokenizer_directory) -> None:
+    from tflm.errors import InputError
+
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InputError(f"--out {out} is a file; name a folder.")
+    if os.path.isdir(out) and os.listdir(out):
+        if not is_tokenizer_directory(out):
+            raise InputError(
+                f"--out {out} is not empty and holds no tokenizer; name a new "
+                "or empty folder, or an existing tokenizer folder to replace."
+            )
+
+
+def _save_atomically(tokenizer, out: str) -> None:
+    import shutil
+    import tempfile
+
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    temp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
+    try:
+        tokenizer.save(temp)
+        os.chmod(temp, 0o755)
+        if os.path.isdir(out):
+            old = f"{temp}.old"
+            os.rename(out, old)
+            os.rename(temp, out)
+            shutil.rmtree(old)
+        else:
+            os.rename(temp, out)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
