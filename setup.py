@@ -1,4 +1,4 @@
-"""Shim so that `pip install -e .` works with older tooling; metadata is in setup.cfg."""
+"""Shim for `pip install -e .` with older tooling; metadata: setup.cfg."""
 
 import setuptools
 

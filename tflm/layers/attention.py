@@ -102,7 +102,8 @@ class CausalSelfAttention(keras.layers.Layer):
         `(B, T, D)`, or `(output, cache)` when a cache was passed in.
 
     Example:
-    >>> CausalSelfAttention(num_heads=2)(np.zeros((1, 4, 8))).shape
+    >>> import numpy as np
+    >>> tuple(CausalSelfAttention(num_heads=2)(np.zeros((1, 4, 8))).shape)
     (1, 4, 8)
     """
 

@@ -57,8 +57,9 @@ class DecoderBlock(keras.layers.Layer):
         `(B, T, D)`, or `(x, cache)` when a cache was passed in.
 
     Example:
+    >>> import numpy as np
     >>> block = DecoderBlock(num_heads=2, intermediate_dim=16)
-    >>> block(np.zeros((1, 4, 8))).shape
+    >>> tuple(block(np.zeros((1, 4, 8))).shape)
     (1, 4, 8)
     """
 

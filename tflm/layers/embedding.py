@@ -23,7 +23,8 @@ class PositionEmbedding(keras.layers.Layer):
         float `(B, T, D)`.
 
     Example:
-    >>> PositionEmbedding(8, 4)(np.zeros((1, 3), "int32")).shape
+    >>> import numpy as np
+    >>> tuple(PositionEmbedding(8, 4)(np.zeros((1, 3), "int32")).shape)
     (1, 3, 4)
     """
 

@@ -64,6 +64,7 @@ class Backbone(keras.Model):
         Hidden states `(B, T, D)` in the compute dtype.
 
     Example:
+    >>> import numpy as np
     >>> backbone = Backbone.from_preset("tiny")
     >>> x = {"token_ids": np.ones((1, 4), "int32"),
     ...      "padding_mask": np.ones((1, 4), "int32")}

@@ -44,6 +44,7 @@ class CausalLM(keras.Model):
         float32 logits `(B, T, V)`, whatever the dtype policy.
 
     Example:
+    >>> import numpy as np
     >>> lm = CausalLM.from_preset("tiny")
     >>> x = {"token_ids": np.ones((1, 4), "int32"),
     ...      "padding_mask": np.ones((1, 4), "int32")}

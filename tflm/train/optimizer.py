@@ -32,7 +32,7 @@ class WarmupDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     Example:
     >>> schedule = WarmupDecay(1e-3, 100, 2000, 1e-4)
-    >>> round(float(schedule(99)), 6), round(float(schedule(2000)), 6)
+    >>> round(float(schedule(100)), 6), round(float(schedule(2000)), 6)
     (0.001, 0.0001)
     """
 

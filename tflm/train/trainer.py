@@ -61,6 +61,8 @@ class LMTrainer(keras.Model):
         update's). From `evaluate`: `loss`, the token-weighted mean.
 
     Example:
+    >>> import keras
+    >>> from tflm.models import CausalLM
     >>> trainer = LMTrainer(CausalLM.from_preset("tiny"))
     >>> trainer.compile(optimizer=keras.optimizers.AdamW())
     """
