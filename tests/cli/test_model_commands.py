@@ -80,3 +80,19 @@ def test_quickstart_trains_exports_and_serves(tmp_path, capsys):
     assert export.existing_versions(str(out / "serving")) == [1]
     served = printed.split("[4/4]")[1].splitlines()[1:3]
     assert all(line.startswith("  ") and " -> " in line for line in served)
+
+
+def test_generate_refuses_a_prompt_that_is_not_utf8(model_dir, capsys):
+    bad = b"caf\xe9".decode("utf-8", "surrogateescape")  # as argv gives it
+    assert cli.main(["generate", model_dir, "--prompt", bad]) == 2
+    err = capsys.readouterr().err
+    assert "prompt 1 is not valid UTF-8" in err
+    assert "caf\\xe9" in err
+
+
+def test_generate_multi_token_stop_string_names_a_fix(model_dir, capsys):
+    argv = ["generate", model_dir, "--prompt", "a", "--stop", "king"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "'king'" in err and "one token" in err
+    assert "token ids instead" not in err

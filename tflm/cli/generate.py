@@ -51,7 +51,21 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 
     prompts = args.prompt
     if prompts is None:
-        prompts = [line.rstrip("\n") for line in sys.stdin]
+        try:
+            prompts = [line.rstrip("\n") for line in sys.stdin]
+        except UnicodeDecodeError as err:
+            raise InputError(
+                f"standard input is not UTF-8 text ({err.reason} at byte "
+                f"{err.start}); convert it, e.g. with iconv -t UTF-8."
+            ) from None
+    for i, prompt in enumerate(prompts):
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(
+                f"prompt {i + 1} is not valid UTF-8 text. Received: "
+                f"{prompt.encode('utf-8', 'surrogateescape')!r}."
+            ) from None
     if not prompts:
         raise InputError("no prompt: pass --prompt TEXT or lines on stdin.")
     if args.stream and len(prompts) != 1:

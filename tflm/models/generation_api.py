@@ -13,13 +13,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from tflm import errors
 from tflm.models import generator as generator_lib
 
 
 def _tokenizer(model, tokenizer):
     tokenizer = tokenizer or getattr(model, "tokenizer", None)
     if tokenizer is None:
-        raise ValueError(
+        raise errors.InputError(
             "Text prompts need a tokenizer: load the model with "
             "`tflm.modeldir.load(...)`, set `model.tokenizer`, pass "
             "`tokenizer=`, or give token ids instead of strings."
@@ -53,7 +54,7 @@ def _rows(prompts, tokenizer) -> tuple[list[list[int]], bool, bool]:
         return rows, single, True
     rows = [np.asarray(p, dtype=np.int64).reshape(-1).tolist() for p in prompts]
     if any(not r for r in rows):
-        raise ValueError(
+        raise errors.InputError(
             "A prompt of token ids is empty. Give at least one id (e.g. the "
             "end-of-text id to start a new document)."
         )
@@ -66,10 +67,11 @@ def _stop_ids(stop, tokenizer) -> list[int]:
         if isinstance(item, str):
             pieces = tokenizer.tokenize(item).numpy().tolist()
             if len(pieces) != 1:
-                raise ValueError(
+                raise errors.InputError(
                     f"A stop string must be exactly one token. Received: "
-                    f"{item!r}, which is {len(pieces)} tokens {pieces}. Pass "
-                    "token ids instead."
+                    f"{item!r}, which is {len(pieces)} tokens {pieces}. Choose "
+                    "a stop string that is one token (a newline, a "
+                    "punctuation mark), or pass its token id in Python."
                 )
             ids.extend(pieces)
         else:
@@ -107,7 +109,7 @@ def _setup(
     rows, single, is_text = _rows(prompts, tok)
     vocab = model.backbone.vocabulary_size
     if any(not 0 <= i < vocab for r in rows for i in r):
-        raise ValueError(f"Token ids must be in [0, {vocab}).")
+        raise errors.InputError(f"Token ids must be in [0, {vocab}).")
     key = bool(jit_compile)
     if key not in model._generators:
         model._generators[key] = generator_lib.Generator(model, jit_compile=key)
@@ -232,7 +234,9 @@ def stream(
     wait for the rest. `chunk` is the number of tokens decoded per piece.
     """
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk must be an int >= 1. Received: {chunk!r}.")
+        raise errors.InputError(
+            f"chunk must be an int >= 1. Received: {chunk!r}."
+        )
     gen, inputs, _, _, tok = _setup(
         model,
         prompt,
@@ -246,7 +250,9 @@ def stream(
         False,
     )
     if tok is None or not isinstance(prompt, str):
-        raise ValueError("stream takes one text prompt and needs a tokenizer.")
+        raise errors.InputError(
+            "stream takes one text prompt and needs a tokenizer."
+        )
     sent = ""
     for token_ids, num_tokens in gen.stream(*inputs, chunk=chunk):
         text = tok.detokenize(token_ids[0, : num_tokens[0]]).numpy()

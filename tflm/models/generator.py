@@ -14,6 +14,7 @@ import logging
 import numpy as np
 import tensorflow as tf
 
+from tflm import errors
 from tflm.generation import loop
 
 logger = logging.getLogger("tflm")
@@ -34,14 +35,14 @@ def _per_row(value, batch, name, dtype):
     array = np.asarray(value)
     if dtype == np.int32 and np.issubdtype(array.dtype, np.integer):
         if (array < -(2**31)).any() or (array >= 2**31).any():
-            raise ValueError(
+            raise errors.InputError(
                 f"{name} must fit in 32 bits. Received: {name}={value}."
             )
     array = array.astype(dtype)
     if array.ndim == 0:
         array = np.full([batch], array, dtype=dtype)
     if array.shape != (batch,):
-        raise ValueError(
+        raise errors.InputError(
             f"{name} must be a scalar or one value per prompt. Received: "
             f"{name} of shape {array.shape} for {batch} prompts."
         )
@@ -51,23 +52,23 @@ def _per_row(value, batch, name, dtype):
 def check_settings(max_new_tokens, temperature, top_k, top_p, context):
     """Validates per-row sampler settings (numpy arrays); raises ValueError."""
     if (max_new_tokens < 0).any() or (max_new_tokens >= context).any():
-        raise ValueError(
+        raise errors.InputError(
             f"max_new_tokens must be in [0, {context - 1}] (the context is "
             f"{context} tokens and a prompt needs at least one). Received: "
             f"max_new_tokens={max_new_tokens.tolist()}."
         )
     if (temperature < 0).any() or not np.isfinite(temperature).all():
-        raise ValueError(
+        raise errors.InputError(
             "temperature must be >= 0 (0 means greedy). Received: "
             f"temperature={temperature.tolist()}."
         )
     if (top_k < 0).any():
-        raise ValueError(
+        raise errors.InputError(
             "top_k must be >= 0 (0 means off). Received: "
             f"top_k={top_k.tolist()}."
         )
     if ((top_p <= 0) | (top_p > 1) | ~np.isfinite(top_p)).any():
-        raise ValueError(
+        raise errors.InputError(
             "top_p must be in (0, 1] (1 means off). Received: "
             f"top_p={top_p.tolist()}."
         )
@@ -169,7 +170,7 @@ class Generator:
         settings = {k: tf.constant(v) for k, v in settings.items()}
         settings["eos_id"] = tf.constant(eos_id, tf.int32)
         if len(stop_ids) > MAX_STOP_IDS:
-            raise ValueError(
+            raise errors.InputError(
                 f"At most {MAX_STOP_IDS} stop ids are supported. Received: "
                 f"{len(stop_ids)}."
             )
