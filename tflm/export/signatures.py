@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tflm.export import clipping
 from tflm.generation import loop
+from tflm.tokenizers import byte
 
 STOP_REASONS = tf.constant(loop.STOP_REASONS)
 GENERATE_INPUTS = (
@@ -59,30 +61,6 @@ def _validate(inputs, batch):
         ),
     ]
     return checks
-
-
-def left_pad(ragged, room, start_id):
-    """Left-pads ragged ids `[B, None]`, keeping each row's last `room` ids.
-
-    An empty row becomes `[start_id]`, as in `CausalLM.generate`.
-
-    Returns:
-        `(ids [B, P], mask [B, P])` int32, `P` the longest kept row.
-    """
-    ragged = tf.cast(ragged, tf.int32)
-    lengths = tf.cast(ragged.row_lengths(), tf.int32)
-    kept = tf.maximum(tf.minimum(lengths, room), 1)
-    width = tf.maximum(tf.reduce_max(kept), 1)  # 1 for an empty batch
-    dense = ragged.to_tensor(default_value=0)
-    # One extra column so that the gather below has something to read even
-    # when every row is empty.
-    dense = tf.pad(dense, [[0, 0], [0, 1]])
-    column = tf.range(width)[None, :]
-    source = lengths[:, None] - width + column
-    mask = column >= (width - kept)[:, None]
-    ids = tf.gather(dense, tf.maximum(source, 0), batch_dims=1)
-    ids = tf.where((lengths == 0)[:, None], start_id, ids)
-    return tf.where(mask, ids, 0), tf.cast(mask, tf.int32)
 
 
 class ServingModule(tf.Module):
@@ -150,9 +128,10 @@ class ServingModule(tf.Module):
         )
         with tf.control_dependencies(checks):
             max_new = tf.minimum(max_new_tokens, self.context - 1)
-        ids, mask = left_pad(
-            self.tokenizer.tokenize(prompt),
-            self.context - max_new,
+        room = self.context - max_new
+        ids, mask = clipping.left_pad(
+            self._tokenize_clipped(prompt, room, from_end=True),
+            room,
             self.tokenizer.eos_id,
         )
         settings = {
@@ -179,8 +158,7 @@ class ServingModule(tf.Module):
 
     def score_text(self, text):
         """Log-likelihood of each text after an end-of-text start token."""
-        ragged = self.tokenizer.tokenize(text)
-        ragged = ragged[:, : self.context - 1]
+        ragged = self._tokenize_clipped(text, self.context - 1, False)
         start = tf.fill([ragged.nrows(), 1], self.tokenizer.eos_id)
         full = tf.concat([tf.cast(start, ragged.dtype), ragged], axis=1)
         # Padding is masked out; 0 is a valid index whatever `pad_id` is
@@ -197,15 +175,44 @@ class ServingModule(tf.Module):
         }
 
     def tokenize_text(self, text):
-        ragged = self.tokenizer.tokenize(text)
+        """Each text's first `context` ids (`num_tokens` counts those)."""
+        ragged = self._tokenize_clipped(text, self.context, from_end=False)
         return {
             "token_ids": ragged.to_tensor(default_value=self.tokenizer.pad_id),
             "num_tokens": tf.cast(ragged.row_lengths(), tf.int32),
         }
 
     def detokenize_ids(self, token_ids, num_tokens):
+        shape = tf.shape(token_ids)
+        checks = [
+            _check(
+                tf.equal(tf.shape(num_tokens)[0], shape[0]),
+                "num_tokens needs one value per row of token_ids (the same "
+                "dimension 0)",
+            ),
+            _check(
+                tf.reduce_all((num_tokens >= 0) & (num_tokens <= shape[1])),
+                "num_tokens must be in [0, T], T the width of token_ids",
+            ),
+        ]
+        with tf.control_dependencies(checks):
+            token_ids = tf.identity(token_ids)
         ragged = tf.RaggedTensor.from_tensor(token_ids, lengths=num_tokens)
         return {"text": self.tokenizer.detokenize(ragged)}
+
+    def _tokenize_clipped(self, text, keep, from_end: bool):
+        """Ids of each text, cut to its last (or first) `keep` ids.
+
+        The byte tokenizer makes one id per byte, so cutting the bytes first
+        is exact and bounds the work by `keep` bytes a row. Other tokenizers
+        see the whole text: a token can depend on text far from it (BPE
+        merges within a word of any length), so no cut of the text is
+        provably exact; their work grows with the request's bytes, and only
+        their ids are cut.
+        """
+        if isinstance(self.tokenizer, byte.ByteTokenizer):
+            text = clipping.clip_bytes(text, keep, from_end)
+        return clipping.clip_rows(self.tokenizer.tokenize(text), keep, from_end)
 
     def _signature_functions(self) -> dict:
         s, i, f = tf.string, tf.int32, tf.float32
