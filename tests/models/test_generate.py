@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+from tflm import errors
 from tflm.models.causal_lm import CausalLM
 from tflm.tokenizers.byte import ByteTokenizer
 
@@ -206,30 +207,41 @@ def test_stop_token_truncates_and_padded_rows_stop_changing(varied):
     assert out["stop_reason"] == ["stop_token", "length"]
 
     # The padded outputs: the stopped row holds pad after its last token.
-    gen = varied._generators[False]
+    gen = varied.generator(jit_compile=False)
+    raw = gen.run(_prepare(gen, [PROMPT, OTHER], stop_ids=[token]), False)
     tok = varied.tokenizer
-    inputs = gen.prepare(
-        [PROMPT, OTHER],
-        STEPS,
-        0.0,
-        0,
-        1.0,
-        0,
-        [token],
-        tok.eos_id,
-        tok.pad_id,
-    )
-    raw = gen.run(*inputs)
-    assert raw["token_ids"].shape == (2, STEPS)
-    assert raw["token_ids"][0, :k].tolist() == expected[:k]
-    assert (raw["token_ids"][0, k:] == tok.pad_id).all()
-    assert raw["token_ids"][1].tolist() == other
+    padded = raw["token_ids"].numpy()
+    assert padded.shape[0] == 2 and padded.shape[1] >= STEPS
+    assert padded[0, :k].tolist() == expected[:k]
+    assert (padded[0, k:] == tok.pad_id).all()
+    assert padded[1, :STEPS].tolist() == other
 
-    # The same with a one-character stop string, when the token is ASCII.
+    # A one-character stop string, when the token is ASCII: matched on text,
+    # so the ids keep the token that completed it.
     text = tok.detokenize([token]).numpy().decode("utf-8", "replace")
     if len(text) == 1 and ord(text) < 128:
         again = _details(varied, [PROMPT], max_new_tokens=STEPS, stop=[text])
-        assert again["outputs"] == [expected[:k]]
+        assert again["outputs"] == [expected[: k + 1]]
+        assert again["stop_reason"] == ["stop_string"]
+
+
+def _prepare(gen, rows, stop_ids=()):
+    import tensorflow as tf
+
+    from tflm.generation import settings
+
+    values = {
+        s.name: tf.fill([len(rows)], tf.constant(s.default, s.dtype))
+        for s in settings.SPEC
+    }
+    values["max_new_tokens"] = tf.fill([len(rows)], STEPS)
+    ids = list(stop_ids) + [-1] * (settings.MAX_STOP_IDS - len(stop_ids))
+    return gen.prepare(
+        tf.ragged.constant(rows, tf.int32),
+        values,
+        tf.fill([len(rows), settings.MAX_STOP_STRINGS], ""),
+        tf.constant([ids] * len(rows), tf.int32),
+    )
 
 
 def test_end_of_text_stops_a_row(varied):
@@ -264,14 +276,14 @@ def test_no_retrace_within_a_prompt_bucket(jit_compile):
         ids = list(range(3, 3 + length))
         kwargs.setdefault("max_new_tokens", 8)
         lm.generate(ids, jit_compile=jit_compile, **kwargs)
-        return lm._generators[jit_compile].trace_count
+        return lm.generator(jit_compile).trace_count
 
     first = run(9)  # prompt bucket 16, cache bucket 32
     assert first >= 1
     assert run(12) == first
     assert run(16, temperature=0.5, top_k=3, seed=5, max_new_tokens=10) == first
     assert run(20) > first  # prompt bucket 32
-    assert set(lm._generators) == {jit_compile}
+    assert len(lm._generators) == 1
 
 
 # Streaming
@@ -303,15 +315,27 @@ def test_stream_joins_to_generate(varied, settings):
         ({"top_p": 1.5}, "top_p"),
         ({"top_k": -1}, "top_k"),
         ({"top_k": [0, -2]}, "top_k"),
-        ({"max_new_tokens": CONTEXT}, "max_new_tokens"),
-        ({"max_new_tokens": -1}, "max_new_tokens"),
-        ({"max_new_tokens": [4, CONTEXT + 3]}, "max_new_tokens"),
+        ({"max_new_tokens": -2}, "max_new_tokens"),
+        ({"max_new_tokens": 4, "max_length": 9}, "max_length"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty"),
+        ({"repetition_penalty": [1.0, -1.0]}, "repetition_penalty"),
+        ({"no_repeat_ngram_size": -1}, "no_repeat_ngram_size"),
+        ({"min_new_tokens": -1}, "min_new_tokens"),
+        ({"num_return_sequences": 0}, "num_return_sequences"),
+        ({"num_return_sequences": [1, 2]}, "num_return_sequences"),
         ({"seed": [1, 2, 3]}, "seed"),
     ],
 )
 def test_bad_settings_raise(plain, kwargs, name):
-    with pytest.raises(ValueError, match=name):
+    with pytest.raises(errors.InputError, match=name):
         plain.generate(["ab", "cd"], **{"max_new_tokens": 4, **kwargs})
+
+
+def test_max_new_tokens_is_capped_at_context_minus_one(plain):
+    # The same rule as the export: capped, never an error.
+    out = _details(plain, [[5, 6]], max_new_tokens=CONTEXT + 3)
+    assert out["num_tokens"] == [CONTEXT - 1]
+    assert out["stop_reason"] == ["length"]
 
 
 def test_empty_batch_returns_empty_list(plain):
@@ -371,10 +395,12 @@ def test_text_without_tokenizer_raises(varied):
 
 
 def test_bad_ids_and_stop_strings_raise(plain):
-    with pytest.raises(ValueError, match="stop string"):
-        plain.generate("hello", 4, stop=["ab"])
-    with pytest.raises(ValueError, match="stop string"):
+    with pytest.raises(errors.InputError, match="stop string"):
         plain.generate("hello", 4, stop=[""])
+    with pytest.raises(errors.InputError, match="stop string"):
+        plain.generate("hello", 4, stop=["x" * 65])
+    with pytest.raises(errors.InputError, match="stop strings"):
+        plain.generate("hello", 4, stop=[str(i) for i in range(9)])
     with pytest.raises(ValueError, match="Token ids"):
         plain.generate([5, 259], 4)
     with pytest.raises(ValueError, match="stop ids"):

@@ -13,8 +13,12 @@ The loop imports no model: it takes two callables,
     to_logits(hidden [B, D]) -> float32 logits [B, V]
 
 and `cache`, a list of tensors `(2, B, K, S, H)` that `forward` updates.
-`generate` runs everything in one call; `prefill`, `decode` and `finish`
-split it so that a caller can stream tokens a few steps at a time.
+The decoding strategy (`samplers.Sampling` by default) chooses each token
+from the logits and keeps its own state. An optional `text_stop(tokens,
+num_tokens) -> bool [B]` ends a row on text (stop strings; it needs the
+plain graph, for it detokenizes). `generate` runs everything in one call;
+`prefill`, `decode` and `finish` split it so that a caller can stream
+tokens a few steps at a time.
 """
 
 from __future__ import annotations
@@ -24,20 +28,28 @@ import tensorflow as tf
 from tflm.generation import samplers
 
 # Why each row stopped (the exported signature maps these to strings).
-STOP_LENGTH, STOP_EOS, STOP_TOKEN = 0, 1, 2
-STOP_REASONS = ("length", "eos", "stop_token")
+STOP_LENGTH, STOP_EOS, STOP_TOKEN, STOP_STRING = 0, 1, 2, 3
+STOP_REASONS = ("length", "eos", "stop_token", "stop_string")
 
 
 def _stopped_by(token, eos_id, stop_ids):
     """int32 `[B]`: `STOP_EOS`, `STOP_TOKEN` or 0 (keep going)."""
     is_eos = tf.equal(token, eos_id)
-    is_stop = tf.reduce_any(
-        tf.equal(token[:, None], tf.reshape(stop_ids, [1, -1])), axis=1
-    )
+    if stop_ids.shape.rank == 1:  # shared by every row
+        stop_ids = stop_ids[None, :]
+    is_stop = tf.reduce_any(tf.equal(token[:, None], stop_ids), axis=1)
     return tf.where(is_eos, STOP_EOS, tf.where(is_stop, STOP_TOKEN, 0))
 
 
-def prefill(forward, to_logits, cache, prompt_ids, prompt_mask, settings):
+def prefill(
+    forward,
+    to_logits,
+    cache,
+    prompt_ids,
+    prompt_mask,
+    settings,
+    strategy=None,
+):
     """Runs the prompts once and returns the loop state.
 
     Args:
@@ -48,8 +60,12 @@ def prefill(forward, to_logits, cache, prompt_ids, prompt_mask, settings):
         settings: dict of per-row `[B]` tensors `max_new_tokens` (int32),
             `temperature` (float32, 0 = greedy), `top_k` (int32, 0 = off),
             `top_p` (float32, 1 = off), `seed` (int32); plus `eos_id` (int32
-            scalar, -1 for none), `stop_ids` (int32 `[N]`, may be empty) and
-            `pad_id` (int32 scalar, written after a row stopped).
+            scalar, -1 for none), `stop_ids` (int32 `[N]` or per row
+            `[B, N]`, -1 pads) and `pad_id` (int32 scalar, written after a
+            row stopped); and what the strategy reads (for `Sampling`:
+            `min_new_tokens`, `repetition_penalty`, `no_repeat_ngram_size`,
+            each optional).
+        strategy: the decoding strategy; `samplers.Sampling()` if `None`.
 
     Returns:
         The state dict that `decode` advances and `finish` reads.
@@ -70,9 +86,15 @@ def prefill(forward, to_logits, cache, prompt_ids, prompt_mask, settings):
     )
     limit = tf.minimum(max_new, steps)
     pad_id = tf.cast(settings["pad_id"], tf.int32)
+    logits = to_logits(hidden[:, -1])
+    strategy = strategy or samplers.Sampling()
+    own = strategy.init(
+        prompt_ids, prompt_mask, settings, tf.shape(logits)[-1]
+    )
     return {
         "step": tf.constant(0),
-        "logits": to_logits(hidden[:, -1]),
+        "logits": logits,
+        "strategy": own,
         "cache": cache,
         "done": limit <= 0,
         "num_tokens": tf.zeros([batch], tf.int32),
@@ -88,12 +110,10 @@ def prefill(forward, to_logits, cache, prompt_ids, prompt_mask, settings):
     }
 
 
-def _step(forward, to_logits, state):
+def _step(forward, to_logits, strategy, text_stop, state):
     s = state["settings"]
     i, done = state["step"], state["done"]
-    token = samplers.sample(
-        state["logits"], s["temperature"], s["top_k"], s["top_p"], s["seed"], i
-    )
+    token = strategy.next_token(state["logits"], state)
     stop = _stopped_by(token, s["eos_id"], s["stop_ids"])
     emit = tf.logical_and(tf.logical_not(done), tf.equal(stop, 0))
     batch = tf.shape(token)[0]
@@ -103,6 +123,9 @@ def _step(forward, to_logits, state):
         tf.where(emit, token, s["pad_id"]),
     )
     num_tokens = state["num_tokens"] + tf.cast(emit, tf.int32)
+    if text_stop is not None:
+        on_text = emit & text_stop(tokens, num_tokens)
+        stop = tf.where(on_text, STOP_STRING, stop)
     hidden, cache = forward(
         token[:, None],
         state["cache"],
@@ -114,6 +137,7 @@ def _step(forward, to_logits, state):
         **state,
         "step": i + 1,
         "logits": to_logits(hidden[:, 0]),
+        "strategy": strategy.update(state["strategy"], token),
         "cache": cache,
         "done": done | (stop > 0) | (num_tokens >= state["limit"]),
         "num_tokens": num_tokens,
@@ -122,8 +146,19 @@ def _step(forward, to_logits, state):
     }
 
 
-def decode(forward, to_logits, state, max_steps=None):
-    """Advances `state` until every row stopped, or by `max_steps` steps."""
+def decode(
+    forward,
+    to_logits,
+    state,
+    max_steps=None,
+    strategy=None,
+    text_stop=None,
+):
+    """Advances `state` until every row stopped, or by `max_steps` steps.
+
+    `strategy` must be the one `prefill` got (`None` for the default).
+    """
+    strategy = strategy or samplers.Sampling()
     end = state["steps"]
     if max_steps is not None:
         end = tf.minimum(end, state["step"] + max_steps)
@@ -133,9 +168,13 @@ def decode(forward, to_logits, state, max_steps=None):
             state["step"] < end, tf.logical_not(tf.reduce_all(state["done"]))
         )
 
-    (state,) = tf.while_loop(
-        cond, lambda state: (_step(forward, to_logits, state),), (state,)
-    )
+    def body(state):
+        new = _step(forward, to_logits, strategy, text_stop, state)
+        # Shapes the step lost (a stop check's text ops) are the same.
+        tf.nest.map_structure(lambda n, o: n.set_shape(o.shape), new, state)
+        return (new,)
+
+    (state,) = tf.while_loop(cond, body, (state,))
     return state
 
 
@@ -148,8 +187,9 @@ def finished(state):
 
 def finish(state, trim: bool = True):
     """The outputs: `token_ids` int32 `[B, M]` (padded), `num_tokens` int32
-    `[B]`, `stop_reason` int32 `[B]` (index into `STOP_REASONS`). The stop
-    token itself is not part of the output.
+    `[B]`, `stop_reason` int32 `[B]` (index into `STOP_REASONS`). A stop
+    token is not part of the output; the token that completed a stop string
+    is.
 
     With `trim=False`, `M` is the static `S - P` (what XLA needs); else the
     longest row's length.
@@ -165,9 +205,21 @@ def finish(state, trim: bool = True):
     }
 
 
-def generate(forward, to_logits, cache, prompt_ids, prompt_mask, settings):
+def generate(
+    forward,
+    to_logits,
+    cache,
+    prompt_ids,
+    prompt_mask,
+    settings,
+    strategy=None,
+    text_stop=None,
+    trim: bool = True,
+):
     """Prefill, decode to the end, and return `finish`'s outputs."""
+    strategy = strategy or samplers.Sampling()
     state = prefill(
-        forward, to_logits, cache, prompt_ids, prompt_mask, settings
+        forward, to_logits, cache, prompt_ids, prompt_mask, settings, strategy
     )
-    return finish(decode(forward, to_logits, state))
+    state = decode(forward, to_logits, state, None, strategy, text_stop)
+    return finish(state, trim)

@@ -130,17 +130,82 @@ class CausalLM(keras.Model):
         )
         return self.logits_from_hidden(hidden), hidden, cache
 
-    def generate(self, prompts, max_new_tokens: int | None = None, **kwargs):
-        """Continues prompts; see `tflm.models.generation_api.generate`."""
-        from tflm.models import generation_api
+    def generator(self, jit_compile: bool = True, tokenizer=None):
+        """This model's compiled `tflm.generation.api.Generator`, cached
+        per `(jit_compile, tokenizer)` (default tokenizer: `self.tokenizer`).
+        """
+        from tflm.generation import api
 
-        return generation_api.generate(self, prompts, max_new_tokens, **kwargs)
+        tokenizer = tokenizer or self.tokenizer
+        key = (bool(jit_compile), tokenizer)
+        if key not in self._generators:
+            self._generators[key] = api.Generator(
+                self.backbone.call_with_cache,
+                self.logits_from_hidden,
+                self.backbone.init_cache,
+                context=self.backbone.max_sequence_length,
+                vocabulary_size=self.backbone.vocabulary_size,
+                tokenizer=tokenizer,
+                jit_compile=jit_compile,
+            )
+        return self._generators[key]
 
-    def stream(self, prompt, max_new_tokens: int | None = None, **kwargs):
-        """Yields text pieces as they are produced; see `generate`."""
-        from tflm.models import generation_api
+    def generate(
+        self,
+        prompts,
+        max_new_tokens: int | None = None,
+        *,
+        tokenizer=None,
+        jit_compile: bool = True,
+        **kwargs,
+    ):
+        """Continues prompts, with Hugging Face's names for the controls.
 
-        return generation_api.stream(self, prompt, max_new_tokens, **kwargs)
+        Args:
+            prompts: a string, a list of strings, a list of ids, or a list
+                of id lists (of different lengths).
+            max_new_tokens: int, or one per prompt. Default: 64, or
+                `context - 1` if smaller; capped at `context - 1`.
+            tokenizer: overrides `self.tokenizer`.
+            jit_compile: compile the loop with XLA (not with stop strings).
+            **kwargs: `max_length` (prompt + new tokens; not with
+                `max_new_tokens`), `min_new_tokens`, `temperature` (0:
+                greedy), `top_k` (0: off), `top_p` (1: off), `seed`,
+                `repetition_penalty` (1: off), `no_repeat_ngram_size` (0:
+                off), `num_return_sequences` (copy `j` uses `seed + j`),
+                each a scalar or one per prompt; `stop`: stop strings
+                (matched on text, not returned) and stop ids;
+                `return_details`: also return `token_ids`, `num_tokens`,
+                `stop_reason` and `prompt_index` per sequence. See
+                `tflm.generation.settings` for the rules.
+
+        Returns:
+            The continuations (without the prompt): strings for text
+            prompts, id lists for id prompts; one item for a single prompt
+            and one sequence, else a flat list, prompt by prompt.
+        """
+        from tflm.generation import interface
+
+        generator = self.generator(jit_compile, tokenizer)
+        return interface.generate(generator, prompts, max_new_tokens, **kwargs)
+
+    def stream(
+        self,
+        prompt,
+        max_new_tokens: int | None = None,
+        *,
+        tokenizer=None,
+        **kwargs,
+    ):
+        """Yields text pieces of one prompt's continuation as they are made.
+
+        Takes `generate`'s settings and `chunk` (tokens per piece); runs the
+        plain graph, and the pieces join to `generate`'s text.
+        """
+        from tflm.generation import interface
+
+        generator = self.generator(False, tokenizer)
+        return interface.stream(generator, prompt, max_new_tokens, **kwargs)
 
     def get_config(self):
         return {

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tflm.export import clipping
+from tflm.generation import clipping
 
 ROWS = [[1, 2, 3, 4, 5], [], [6], [7, 8]]
 

@@ -1,4 +1,4 @@
-"""Cutting served inputs to the context before anything is made dense.
+"""Cutting generation inputs to the context before anything is made dense.
 
 A request may hold one huge prompt beside thousands of empty ones. Padding
 the tokenized batch to its longest row would make a `[B, longest]` tensor
@@ -45,12 +45,19 @@ def clip_bytes(strings, keep, from_end: bool):
     return tf.strings.substr(strings, start, keep, unit="BYTE")
 
 
-def left_pad(ragged, room, start_id):
+def left_pad(ragged, room, start_id, width_fn=None):
     """Left-pads ragged ids `[B, None]`, keeping each row's last `room` ids.
 
     Rows are cut before anything is made dense, so the result, like every
-    tensor made on the way, is at most `[B, max(room)]` whatever the rows'
-    lengths. An empty row becomes `[start_id]`, as in `CausalLM.generate`.
+    tensor made on the way, is at most `[B, max(room)]` (or `width_fn`'s
+    width) whatever the rows' lengths. An empty row becomes `[start_id]`.
+
+    Args:
+        ragged: ids `[B, None]`.
+        room: int scalar or `[B]`, the most ids each row keeps.
+        start_id: the id an empty row starts from.
+        width_fn: maps the longest kept row's length (int32 scalar) to the
+            width `P` to pad to (a length bucket); `None` keeps it.
 
     Returns:
         `(ids [B, P], mask [B, P])` int32, `P` the longest kept row.
@@ -59,6 +66,8 @@ def left_pad(ragged, room, start_id):
     lengths = tf.cast(ragged.row_lengths(), tf.int32)
     kept = tf.maximum(lengths, 1)
     width = tf.maximum(tf.reduce_max(kept), 1)  # 1 for an empty batch
+    if width_fn is not None:
+        width = width_fn(width)
     dense = ragged.to_tensor(default_value=0)
     # One extra column so that the gather below has something to read even
     # when every row is empty.

@@ -1,0 +1,100 @@
+"""Logits processors with Hugging Face's semantics, per row, in the graph.
+
+Each is a pure function of `[B, V]` float32 logits and `[B]` settings, and
+leaves the logits bit for bit unchanged where its setting is off, so a call
+that uses none of them gives what a loop without them gives. They run before
+temperature, top-k and top-p, in Hugging Face's order: repetition penalty,
+no-repeat n-grams, minimum new tokens.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+NEG_INF = float("-inf")
+
+
+def seen_tokens(prompt_ids, prompt_mask, vocabulary_size):
+    """bool `[B, V]`: the ids that occur in each row's (real) prompt."""
+    batch = tf.shape(prompt_ids)[0]
+    rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(prompt_ids))
+    keep = tf.cast(prompt_mask, tf.bool) & (prompt_ids >= 0)
+    keep &= prompt_ids < vocabulary_size
+    index = tf.stack([rows[keep], prompt_ids[keep]], axis=1)
+    return tf.tensor_scatter_nd_update(
+        tf.zeros([batch, vocabulary_size], tf.bool),
+        index,
+        tf.ones([tf.shape(index)[0]], tf.bool),
+    )
+
+
+def mark_seen(seen, token):
+    """`seen` with each row's `token` `[B]` set."""
+    batch = tf.shape(token)[0]
+    index = tf.stack([tf.range(batch), token], axis=1)
+    return tf.tensor_scatter_nd_update(seen, index, tf.ones([batch], tf.bool))
+
+
+def repetition_penalty(logits, seen, penalty):
+    """Seen tokens' logits: divided by `penalty` if > 0, else multiplied."""
+    p = penalty[:, None]
+    penalized = tf.where(logits > 0, logits / p, logits * p)
+    return tf.where(seen & (p != 1.0), penalized, logits)
+
+
+def no_repeat_ngram(logits, history, start, end, size):
+    """Bans each token that would repeat an n-gram of the row's history.
+
+    Args:
+        logits: float32 `[B, V]`.
+        history: int32 `[B, S]`; row `b`'s sequence is `history[b,
+            start[b]:end[b]]` (prompt and generated ids, contiguous).
+        start, end: int32 `[B]`.
+        size: int32 `[B]`, the n-gram size (`0` is off).
+    """
+    batch, length = tf.shape(history)[0], tf.shape(history)[1]
+    n = size[:, None]
+    j = tf.range(length)[None, :]  # where a candidate n-gram starts
+    # The last n - 1 ids of each row, compared with every window.
+    match = (n > 0) & (j >= start[:, None]) & (j + n <= end[:, None])
+    match &= (end - start >= n[:, 0])[:, None]
+
+    def body(k, match):
+        here = tf.gather(history, tf.minimum(j + k, length - 1), batch_dims=1)
+        last_at = tf.clip_by_value(end - n[:, 0] + 1 + k, 0, length - 1)
+        last = tf.gather(history, last_at[:, None], batch_dims=1)
+        return k + 1, match & ((k >= n - 1) | tf.equal(here, last))
+
+    _, match = tf.while_loop(
+        lambda k, _: k < tf.reduce_max(size) - 1, body, (0, match)
+    )
+    banned = tf.gather(
+        history, tf.minimum(j + n - 1, length - 1), batch_dims=1
+    )
+    rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(banned))
+    index = tf.stack([rows[match], banned[match]], axis=1)
+    vocab = tf.shape(logits)[1]
+    mask = tf.tensor_scatter_nd_update(
+        tf.zeros([batch, vocab], tf.bool),
+        index,
+        tf.ones([tf.shape(index)[0]], tf.bool),
+    )
+    return tf.where(mask, NEG_INF, logits)
+
+
+def min_new_tokens(logits, step, minimum, eos_id, stop_ids):
+    """Bans end-of-text and stop ids `[B, N]` (-1 pads) while `step <
+    minimum` (per row)."""
+    batch, vocab = tf.shape(logits)[0], tf.shape(logits)[1]
+    stops = tf.concat(
+        [tf.fill([batch, 1], tf.cast(eos_id, tf.int32)), stop_ids], axis=1
+    )
+    rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(stops))
+    keep = (stops >= 0) & (stops < vocab) & (step < minimum)[:, None]
+    index = tf.stack([rows[keep], stops[keep]], axis=1)
+    banned = tf.tensor_scatter_nd_update(
+        tf.zeros([batch, vocab], tf.bool),
+        index,
+        tf.ones([tf.shape(index)[0]], tf.bool),
+    )
+    return tf.where(banned, NEG_INF, logits)

@@ -1,0 +1,218 @@
+"""The generation settings: one spec, checked in Python and in the graph.
+
+Each per-row setting has a name, a dtype, a default and a rule written once
+as a TensorFlow predicate. `CausalLM.generate` runs the rule eagerly on the
+user's values and raises `InputError`; an exported signature runs the same
+rule in its graph (`tf.debugging.Assert`), so a bad request fails with an
+`InvalidArgument` error whose message names the input. Names and meanings
+follow Hugging Face `generate` where it has the control.
+
+Length rule (in-process and served alike): `max_new_tokens` or
+`max_length` (prompt tokens + new tokens, as in Hugging Face), never both;
+neither gives `min(DEFAULT_MAX_NEW_TOKENS, context - 1)`. The result is
+capped at `context - 1`, and a prompt that does not fit beside it is cut
+from the left.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import tensorflow as tf
+
+from tflm import errors
+
+DEFAULT_MAX_NEW_TOKENS = 64
+MAX_STOP_STRINGS = 8  # per row
+MAX_STOP_BYTES = 64  # per stop string
+MAX_STOP_IDS = 16  # per row
+UNSET = -1  # `max_new_tokens` / `max_length` not given
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One per-row control: int32 or float32 `[B]`."""
+
+    name: str
+    dtype: tf.DType
+    default: float | int
+    valid: Callable  # tensor -> bool tensor, true where valid
+    rule: str  # what `valid` means, for messages
+
+
+def _finite(x):
+    return tf.math.is_finite(x)
+
+
+SPEC = (
+    Setting(
+        "max_new_tokens", tf.int32, UNSET, lambda x: x >= UNSET,
+        ">= 0 (-1: not given)",
+    ),
+    Setting(
+        "max_length", tf.int32, UNSET, lambda x: x >= UNSET,
+        ">= 0, prompt tokens included (-1: not given)",
+    ),
+    Setting(
+        "min_new_tokens", tf.int32, 0, lambda x: x >= 0,
+        ">= 0 (end-of-text and stop ids are banned before it)",
+    ),
+    Setting(
+        "temperature", tf.float32, 0.0, lambda x: (x >= 0) & _finite(x),
+        "finite and >= 0 (0 is greedy)",
+    ),
+    Setting("top_k", tf.int32, 0, lambda x: x >= 0, ">= 0 (0 is off)"),
+    Setting(
+        "top_p", tf.float32, 1.0, lambda x: (x > 0) & (x <= 1),
+        "in (0, 1] (1 is off)",
+    ),
+    Setting("seed", tf.int32, 0, lambda x: tf.ones_like(x, tf.bool), "int32"),
+    Setting(
+        "repetition_penalty", tf.float32, 1.0,
+        lambda x: (x > 0) & _finite(x), "finite and > 0 (1 is off)",
+    ),
+    Setting(
+        "no_repeat_ngram_size", tf.int32, 0, lambda x: x >= 0,
+        ">= 0 (0 is off)",
+    ),
+    Setting(
+        "num_return_sequences", tf.int32, 1, lambda x: x >= 1,
+        ">= 1, the same for every prompt",
+    ),
+)  # fmt: skip
+BY_NAME = {s.name: s for s in SPEC}
+# The settings `serving_default` takes (its inputs never change).
+SERVING_DEFAULT = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")
+
+
+def cross_checks(values: dict) -> list[tuple]:
+    """`(bool scalar, input names, message)` for rules across settings."""
+    n = values["num_return_sequences"]
+    both = (values["max_new_tokens"] != UNSET) & (
+        values["max_length"] != UNSET
+    )
+    return [
+        (
+            tf.logical_not(tf.reduce_any(both)),
+            "max_new_tokens, max_length",
+            "max_new_tokens and max_length are both given; give one of them "
+            f"(the other {UNSET})",
+        ),
+        (
+            tf.reduce_all(tf.equal(n, n[:1])),
+            "num_return_sequences",
+            "num_return_sequences must be the same for every prompt",
+        ),
+    ]
+
+
+def graph_checks(values: dict, stop, stop_ids, batch) -> list:
+    """In-graph asserts on batched inputs; every message names its input."""
+    checks = []
+    for name, value in values.items():
+        checks.append(
+            _assert(
+                tf.equal(tf.shape(value)[0], batch),
+                f"{name} needs one value per prompt (the same dimension 0 "
+                "as prompt)",
+            )
+        )
+    with tf.control_dependencies(checks):
+        checks += [
+            _assert(
+                tf.reduce_all(s.valid(values[s.name])),
+                f"{s.name} must be {s.rule}",
+            )
+            for s in SPEC
+            if s.name in values
+        ]
+        if "max_length" in values:
+            checks += [_assert(ok, msg) for ok, _, msg in cross_checks(values)]
+    if stop is not None:
+        checks += _stop_checks(stop, stop_ids, batch)
+    return checks
+
+
+def _stop_checks(stop, stop_ids, batch):
+    lengths = tf.strings.length(stop)
+    return [
+        _assert(
+            tf.equal(tf.shape(stop)[0], batch),
+            "stop needs one row per prompt (the same dimension 0 as prompt)",
+        ),
+        _assert(
+            tf.shape(stop)[1] <= MAX_STOP_STRINGS,
+            f"stop takes at most {MAX_STOP_STRINGS} strings a row",
+        ),
+        _assert(
+            tf.reduce_all(lengths <= MAX_STOP_BYTES),
+            f"stop strings must be at most {MAX_STOP_BYTES} bytes",
+        ),
+        _assert(
+            tf.equal(tf.shape(stop_ids)[0], batch),
+            "stop_ids needs one row per prompt (the same dimension 0 as "
+            "prompt)",
+        ),
+        _assert(
+            tf.shape(stop_ids)[1] <= MAX_STOP_IDS,
+            f"stop_ids takes at most {MAX_STOP_IDS} ids a row (-1 pads)",
+        ),
+    ]
+
+
+def _assert(condition, message):
+    return tf.debugging.Assert(condition, [message])
+
+
+def fill_defaults(values: dict, batch) -> dict:
+    """Every setting of `SPEC`, the missing ones at their default `[B]`."""
+    out = {}
+    for s in SPEC:
+        if s.name in values:
+            out[s.name] = tf.cast(values[s.name], s.dtype)
+        else:
+            out[s.name] = tf.fill([batch], tf.constant(s.default, s.dtype))
+    return out
+
+
+def max_new_tokens(values: dict, prompt_lengths, context: int):
+    """int32 `[B]`: the new tokens each row may make (see the module doc).
+
+    Args:
+        values: the settings, `max_new_tokens` and `max_length` `[B]`.
+        prompt_lengths: int32 `[B]`, each prompt's tokens before any cut
+            (an empty prompt counts its start token).
+        context: the model's context length.
+    """
+    default = min(DEFAULT_MAX_NEW_TOKENS, context - 1)
+    asked = values["max_new_tokens"]
+    from_length = tf.maximum(values["max_length"] - prompt_lengths, 0)
+    new = tf.where(
+        asked != UNSET,
+        asked,
+        tf.where(values["max_length"] != UNSET, from_length, default),
+    )
+    return tf.clip_by_value(new, 0, context - 1)
+
+
+def check(values: dict) -> None:
+    """Raises `InputError` where `graph_checks` would fail a request.
+
+    Args:
+        values: setting name -> `[B]` tensor (eager), as `fill_defaults`
+            gives.
+    """
+    for s in SPEC:
+        ok = s.valid(values[s.name])
+        if not bool(tf.reduce_all(ok)):
+            raise errors.InputError(
+                f"{s.name} must be {s.rule}. Received: "
+                f"{s.name}={values[s.name].numpy().tolist()}."
+            )
+    for ok, names, message in cross_checks(values):
+        if not bool(ok):
+            received = ", ".join(
+                f"{n}={values[n].numpy().tolist()}" for n in names.split(", ")
+            )
+            raise errors.InputError(f"{message}. Received: {received}.")
