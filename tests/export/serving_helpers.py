@@ -49,6 +49,36 @@ CONTRACT = {
             "stop_reason": ("DT_STRING", [-1]),
         },
     ),
+    # The full-control signature: every setting of `settings.SPEC`.
+    "generate": (
+        {
+            "prompt": ("DT_STRING", [-1]),
+            **{
+                name: ("DT_FLOAT" if kind == "f" else "DT_INT32", [-1])
+                for name, kind in (
+                    ("max_new_tokens", "i"),
+                    ("max_length", "i"),
+                    ("min_new_tokens", "i"),
+                    ("temperature", "f"),
+                    ("top_k", "i"),
+                    ("top_p", "f"),
+                    ("seed", "i"),
+                    ("repetition_penalty", "f"),
+                    ("no_repeat_ngram_size", "i"),
+                    ("num_return_sequences", "i"),
+                )
+            },
+            "stop": ("DT_STRING", [-1, -1]),
+            "stop_ids": ("DT_INT32", [-1, -1]),
+        },
+        {
+            "text": ("DT_STRING", [-1]),
+            "token_ids": ("DT_INT32", [-1, -1]),
+            "num_tokens": ("DT_INT32", [-1]),
+            "stop_reason": ("DT_STRING", [-1]),
+            "prompt_index": ("DT_INT32", [-1]),
+        },
+    ),
     "score": (
         {"text": ("DT_STRING", [-1])},
         {
@@ -169,6 +199,39 @@ def columnar(rows, signature: str = "serving_default") -> dict:
     for name, values in zip(SETTINGS, columns[1:], strict=True):
         inputs[name] = list(values)
     return {"signature_name": signature, "inputs": inputs}
+
+
+FULL_DEFAULTS = dict(
+    max_new_tokens=-1,
+    max_length=-1,
+    min_new_tokens=0,
+    temperature=0.0,
+    top_k=0,
+    top_p=1.0,
+    seed=0,
+    repetition_penalty=1.0,
+    no_repeat_ngram_size=0,
+    num_return_sequences=1,
+)
+
+
+def full_request(rows: list[dict]) -> dict:
+    """A columnar body for the `generate` signature from per-row dicts
+    (`prompt`, any settings, `stop` a list of strings, `stop_ids`)."""
+    width = max([len(r.get("stop", [])) for r in rows] + [1])
+    id_width = max([len(r.get("stop_ids", [])) for r in rows] + [1])
+    inputs = {"prompt": [r["prompt"] for r in rows]}
+    for name, default in FULL_DEFAULTS.items():
+        inputs[name] = [r.get(name, default) for r in rows]
+    inputs["stop"] = [
+        r.get("stop", []) + [""] * (width - len(r.get("stop", [])))
+        for r in rows
+    ]
+    inputs["stop_ids"] = [
+        r.get("stop_ids", []) + [-1] * (id_width - len(r.get("stop_ids", [])))
+        for r in rows
+    ]
+    return {"signature_name": "generate", "inputs": inputs}
 
 
 def generate(lm: CausalLM, rows, jit_compile: bool = False) -> dict:

@@ -30,8 +30,29 @@ def add(subparsers) -> None:
         "--stop",
         action="append",
         default=[],
-        metavar="TOKEN",
-        help="extra one-token stop string",
+        metavar="TEXT",
+        help="stop string (any length, not printed); repeat for several",
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        metavar="N",
+        help="prompt + new tokens (instead of --max-new-tokens)",
+    )
+    parser.add_argument("--min-new-tokens", type=int, default=0, metavar="N")
+    parser.add_argument(
+        "--repetition-penalty", type=float, default=1.0, help="1 is off"
+    )
+    parser.add_argument(
+        "--no-repeat-ngram-size", type=int, default=0, help="0 is off"
+    )
+    parser.add_argument(
+        "--num-return-sequences",
+        type=int,
+        default=1,
+        metavar="N",
+        help="samples per prompt (copy j uses seed + j)",
     )
     parser.add_argument(
         "--stream",
@@ -86,6 +107,11 @@ def run(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         seed=args.seed,
         stop=args.stop,
+        max_length=args.max_length,
+        min_new_tokens=args.min_new_tokens,
+        repetition_penalty=args.repetition_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
+        num_return_sequences=args.num_return_sequences,
     )
     if args.stream:
         for piece in model.stream(prompts[0], args.max_new_tokens, **settings):
@@ -96,8 +122,11 @@ def run(args: argparse.Namespace) -> int:
     outputs = model.generate(
         prompts, args.max_new_tokens, jit_compile=not args.no_xla, **settings
     )
+    n = args.num_return_sequences
+    outputs = [outputs] if isinstance(outputs, str) else outputs
     for i, text in enumerate(outputs):
         if len(outputs) > 1:
-            print(f"--- {i + 1}: {prompts[i]}")
+            label = f"{i // n + 1}" + (f".{i % n + 1}" if n > 1 else "")
+            print(f"--- {label}: {prompts[i // n]}")
         print(text)
     return 0

@@ -10,57 +10,24 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tflm.export import clipping
+from tflm.generation import clipping
+from tflm.generation import frontend
 from tflm.generation import loop
-from tflm.tokenizers import byte
+from tflm.generation import samplers
+from tflm.generation import settings as settings_lib
 
-STOP_REASONS = tf.constant(loop.STOP_REASONS)
-GENERATE_INPUTS = (
+GENERATE_INPUTS = ("prompt", *settings_lib.SERVING_DEFAULT)
+# The full-control `generate` signature: every setting, then the stops.
+FULL_INPUTS = (
     "prompt",
-    "max_new_tokens",
-    "temperature",
-    "top_k",
-    "top_p",
-    "seed",
+    *(s.name for s in settings_lib.SPEC),
+    "stop",
+    "stop_ids",
 )
 
 
 def _check(condition, message):
     return tf.debugging.Assert(condition, [message])
-
-
-def _validate(inputs, batch):
-    """Asserts on the generate inputs; each message names its input."""
-    checks = [
-        _check(
-            tf.equal(tf.shape(inputs[name])[0], batch),
-            f"{name} needs one value per prompt (the same dimension 0 as "
-            "prompt)",
-        )
-        for name in GENERATE_INPUTS[1:]
-    ]
-    checks += [
-        _check(
-            tf.reduce_all(inputs["max_new_tokens"] >= 0),
-            "max_new_tokens must be >= 0",
-        ),
-        _check(
-            tf.reduce_all(
-                (inputs["temperature"] >= 0.0)
-                & tf.math.is_finite(inputs["temperature"])
-            ),
-            "temperature must be finite and >= 0 (0 is greedy)",
-        ),
-        _check(
-            tf.reduce_all(inputs["top_k"] >= 0),
-            "top_k must be >= 0 (0 is off)",
-        ),
-        _check(
-            tf.reduce_all((inputs["top_p"] > 0.0) & (inputs["top_p"] <= 1.0)),
-            "top_p must be in (0, 1] (1 is off)",
-        ),
-    ]
-    return checks
 
 
 class ServingModule(tf.Module):
@@ -79,6 +46,7 @@ class ServingModule(tf.Module):
         self.tokenizer = tokenizer
         self.context = int(model.backbone.max_sequence_length)
         self._decode = tf.function(self._decode_graph, jit_compile=jit_compile)
+        self._decode_text = tf.function(self._decode_graph)
         self._functions = self._signature_functions()
         # Dict-in, dict-out twins of the signatures (the Keras convention),
         # so that `keras.layers.TFSMLayer(path, call_endpoint=name)` can call
@@ -98,63 +66,100 @@ class ServingModule(tf.Module):
         # variables the functions use are tracked instead.
         self.model = model
 
-    def _forward(self, token_ids, cache, index, padding_mask, positions):
-        return self.model.backbone.call_with_cache(
-            token_ids, cache, index, padding_mask, positions
-        )
-
-    def _decode_graph(self, ids, mask, cache_length, settings):
+    def _decode_graph(self, ids, mask, cache_length, settings, stop=None):
         cache = self.model.backbone.init_cache(tf.shape(ids)[0], cache_length)
         return loop.generate(
-            self._forward,
+            self.model.backbone.call_with_cache,
             self.model.logits_from_hidden,
             cache,
             ids,
             mask,
             settings,
+            samplers.Sampling(),
+            frontend.text_stop(self.tokenizer.detokenize, stop),
+            trim=True,
         )
 
+    def _run(self, prompt, values, stop, stop_ids):
+        """`prepare -> loop -> finish`, as `CausalLM.generate` runs them."""
+        ragged, lengths = frontend.tokenize(
+            self.tokenizer, prompt, self.context
+        )
+        config = {
+            "context": self.context,
+            "start_id": self.tokenizer.eos_id,
+            "eos_id": self.tokenizer.eos_id,
+            "pad_id": self.tokenizer.pad_id,
+            "bucket": False,
+        }
+        prepared = frontend.prepare(
+            ragged, lengths, values, stop, stop_ids, config
+        )
+        args = (
+            prepared["ids"],
+            prepared["mask"],
+            prepared["cache_length"],
+            prepared["settings"],
+        )
+        if stop is None:
+            out = self._decode(*args)
+        else:  # stop strings detokenize in the loop: never XLA
+            out = self._decode_text(*args, prepared["stop"])
+        result = frontend.finish(
+            self.tokenizer.detokenize, out, prepared["stop"]
+        )
+        return result, prepared["prompt_index"]
+
     def generate(self, prompt, max_new_tokens, temperature, top_k, top_p, seed):
+        """`serving_default`: the contract's inputs and outputs, unchanged."""
         batch = tf.shape(prompt)[0]
-        checks = _validate(
-            {
-                "max_new_tokens": max_new_tokens,
-                "temperature": temperature,
-                "top_k": top_k,
-                "top_p": top_p,
-                "seed": seed,
-            },
-            batch,
-        )
-        with tf.control_dependencies(checks):
-            max_new = tf.minimum(max_new_tokens, self.context - 1)
-        room = self.context - max_new
-        ids, mask = clipping.left_pad(
-            self._tokenize_clipped(prompt, room, from_end=True),
-            room,
-            self.tokenizer.eos_id,
-        )
-        settings = {
-            "max_new_tokens": max_new,
+        given = {
+            "max_new_tokens": max_new_tokens,
             "temperature": temperature,
             "top_k": top_k,
             "top_p": top_p,
             "seed": seed,
-            "eos_id": tf.constant(self.tokenizer.eos_id, tf.int32),
-            "stop_ids": tf.zeros([0], tf.int32),
-            "pad_id": tf.constant(self.tokenizer.pad_id, tf.int32),
         }
-        cache_length = tf.shape(ids)[1] + tf.maximum(tf.reduce_max(max_new), 1)
-        out = self._decode(ids, mask, cache_length, settings)
-        ragged = tf.RaggedTensor.from_tensor(
-            out["token_ids"], lengths=out["num_tokens"]
+        checks = settings_lib.graph_checks(given, None, None, batch)
+        checks.append(
+            _check(
+                tf.reduce_all(max_new_tokens >= 0),
+                "max_new_tokens must be >= 0",
+            )
         )
-        return {
-            "text": self.tokenizer.detokenize(ragged),
-            "token_ids": out["token_ids"],
-            "num_tokens": out["num_tokens"],
-            "stop_reason": tf.gather(STOP_REASONS, out["stop_reason"]),
-        }
+        with tf.control_dependencies(checks):
+            given = {k: tf.identity(v) for k, v in given.items()}
+        values = settings_lib.fill_defaults(given, batch)
+        stop_ids = tf.fill([batch, 0], -1)
+        result, _ = self._run(prompt, values, None, stop_ids)
+        return result
+
+    def generate_full(
+        self,
+        prompt,
+        max_new_tokens,
+        max_length,
+        min_new_tokens,
+        temperature,
+        top_k,
+        top_p,
+        seed,
+        repetition_penalty,
+        no_repeat_ngram_size,
+        num_return_sequences,
+        stop,
+        stop_ids,
+    ):
+        """`generate`: every control, each a required batched input."""
+        given = dict(locals())
+        batch = tf.shape(prompt)[0]
+        inputs = {k: given[k] for k in settings_lib.BY_NAME}
+        checks = settings_lib.graph_checks(inputs, stop, stop_ids, batch)
+        with tf.control_dependencies(checks):
+            inputs = {k: tf.identity(v) for k, v in inputs.items()}
+            stop, stop_ids = tf.identity(stop), tf.identity(stop_ids)
+        result, index = self._run(prompt, inputs, stop, stop_ids)
+        return {**result, "prompt_index": index}
 
     def score_text(self, text):
         """Log-likelihood of each text after an end-of-text start token."""
@@ -201,16 +206,13 @@ class ServingModule(tf.Module):
         return {"text": self.tokenizer.detokenize(ragged)}
 
     def _tokenize_clipped(self, text, keep, from_end: bool):
-        """Ids of each text, cut to its last (or first) `keep` ids.
+        """Each text's ids, cut to its last (or first) `keep` ids.
 
-        The byte tokenizer makes one id per byte, so cutting the bytes first
-        is exact and bounds the work by `keep` bytes a row. Other tokenizers
-        see the whole text: a token can depend on text far from it (BPE
-        merges within a word of any length), so no cut of the text is
-        provably exact; their work grows with the request's bytes, and only
-        their ids are cut.
+        The byte tokenizer's text is cut first (exact: one id per byte), so
+        its work is bounded by `keep` bytes a row; other tokenizers see the
+        whole text and only their ids are cut (see `frontend.tokenize`).
         """
-        if isinstance(self.tokenizer, byte.ByteTokenizer):
+        if getattr(self.tokenizer, "one_id_per_byte", False):
             text = clipping.clip_bytes(text, keep, from_end)
         return clipping.clip_rows(self.tokenizer.tokenize(text), keep, from_end)
 
@@ -228,6 +230,15 @@ class ServingModule(tf.Module):
         tokenize = tf.function(
             self.tokenize_text, input_signature=[spec([None], s, "text")]
         )
+        full_specs = [spec([None], s, "prompt")]
+        full_specs += [spec([None], x.dtype, x.name) for x in settings_lib.SPEC]
+        full_specs += [
+            spec([None, None], s, "stop"),
+            spec([None, None], i, "stop_ids"),
+        ]
+        generate_full = tf.function(
+            self.generate_full, input_signature=full_specs
+        )
         detokenize = tf.function(
             self.detokenize_ids,
             input_signature=[
@@ -237,6 +248,7 @@ class ServingModule(tf.Module):
         )
         return {
             "serving_default": generate,
+            "generate": generate_full,
             "score": score,
             "tokenize": tokenize,
             "detokenize": detokenize,

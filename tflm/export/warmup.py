@@ -44,6 +44,7 @@ def warmup_requests(max_new_tokens: int = 4) -> list:
                 },
             )
         )
+    logs.append(_request("generate", full_request(["Hello"], max_new_tokens)))
     logs.append(_request("score", {"text": tf.constant(["Hello"])}))
     logs.append(_request("tokenize", {"text": tf.constant(["Hello"])}))
     logs.append(
@@ -56,6 +57,21 @@ def warmup_requests(max_new_tokens: int = 4) -> list:
         )
     )
     return logs
+
+
+def full_request(prompts, max_new_tokens: int = 4) -> dict:
+    """Inputs of the `generate` signature: every control at its default,
+    `max_new_tokens` given, one stop string and no stop ids."""
+    from tflm.generation import settings
+
+    n = len(prompts)
+    inputs = {"prompt": tf.constant(prompts)}
+    for spec in settings.SPEC:
+        inputs[spec.name] = tf.fill([n], tf.constant(spec.default, spec.dtype))
+    inputs["max_new_tokens"] = tf.fill([n], max_new_tokens)
+    inputs["stop"] = tf.fill([n, 1], "\n\n")
+    inputs["stop_ids"] = tf.fill([n, 1], -1)
+    return inputs
 
 
 def write_warmup(saved_model_dir: str, max_new_tokens: int = 4) -> str:

@@ -20,8 +20,7 @@ from tflm.generation import samplers
 from tflm.generation import settings as settings_lib
 
 _SPECS = {
-    s.name: tf.TensorSpec([None], s.dtype, s.name)
-    for s in settings_lib.SPEC
+    s.name: tf.TensorSpec([None], s.dtype, s.name) for s in settings_lib.SPEC
 }
 _STOP_SPEC = tf.TensorSpec([None, None], tf.string, "stop")
 _STOP_IDS_SPEC = tf.TensorSpec([None, None], tf.int32, "stop_ids")
@@ -183,4 +182,3 @@ class Generator:
     def finish(self, out, has_stop: bool, prepared) -> dict:
         """`frontend.finish` on loop outputs."""
         return self._finish(out, prepared["stop"] if has_stop else None)
-

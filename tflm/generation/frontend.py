@@ -92,12 +92,8 @@ def prepare(ragged, lengths, values, stop, stop_ids, config):
     """
     context = config["context"]
     batch = tf.shape(lengths)[0]
-    n = tf.cond(
-        batch > 0, lambda: values["num_return_sequences"][0], lambda: 1
-    )
-    new = settings_lib.max_new_tokens(
-        values, tf.maximum(lengths, 1), context
-    )
+    n = tf.cond(batch > 0, lambda: values["num_return_sequences"][0], lambda: 1)
+    new = settings_lib.max_new_tokens(values, tf.maximum(lengths, 1), context)
     index = tf.repeat(tf.range(batch), n)
     rows = {k: tf.gather(v, index) for k, v in values.items()}
     rows["seed"] += tf.tile(tf.range(n), [batch])

@@ -88,9 +88,7 @@ def prefill(
     pad_id = tf.cast(settings["pad_id"], tf.int32)
     logits = to_logits(hidden[:, -1])
     strategy = strategy or samplers.Sampling()
-    own = strategy.init(
-        prompt_ids, prompt_mask, settings, tf.shape(logits)[-1]
-    )
+    own = strategy.init(prompt_ids, prompt_mask, settings, tf.shape(logits)[-1])
     return {
         "step": tf.constant(0),
         "logits": logits,

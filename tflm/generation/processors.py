@@ -54,7 +54,8 @@ def no_repeat_ngram(logits, history, start, end, size):
     """
     batch, length = tf.shape(history)[0], tf.shape(history)[1]
     n = size[:, None]
-    j = tf.range(length)[None, :]  # where a candidate n-gram starts
+    # Where each candidate n-gram starts.
+    j = tf.broadcast_to(tf.range(length)[None, :], [batch, length])
     # The last n - 1 ids of each row, compared with every window.
     match = (n > 0) & (j >= start[:, None]) & (j + n <= end[:, None])
     match &= (end - start >= n[:, 0])[:, None]
@@ -69,7 +70,7 @@ def no_repeat_ngram(logits, history, start, end, size):
         lambda k, _: k < tf.reduce_max(size) - 1, body, (0, match)
     )
     banned = tf.gather(
-        history, tf.minimum(j + n - 1, length - 1), batch_dims=1
+        history, tf.clip_by_value(j + n - 1, 0, length - 1), batch_dims=1
     )
     rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(banned))
     index = tf.stack([rows[match], banned[match]], axis=1)

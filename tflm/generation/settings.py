@@ -89,9 +89,7 @@ SERVING_DEFAULT = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")
 def cross_checks(values: dict) -> list[tuple]:
     """`(bool scalar, input names, message)` for rules across settings."""
     n = values["num_return_sequences"]
-    both = (values["max_new_tokens"] != UNSET) & (
-        values["max_length"] != UNSET
-    )
+    both = (values["max_new_tokens"] != UNSET) & (values["max_length"] != UNSET)
     return [
         (
             tf.logical_not(tf.reduce_any(both)),
