@@ -50,6 +50,39 @@ def test_generate_bad_input_exits_2(model_dir, capsys):
     assert cli.main(["generate", str(model_dir) + "-missing", "--prompt", "a"])
 
 
+@pytest.mark.parametrize(
+    "flags, name",
+    [
+        (["--repetition-penalty", "0"], "repetition_penalty"),
+        (["--num-return-sequences", "0"], "num_return_sequences"),
+        (["--no-repeat-ngram-size", "-1"], "no_repeat_ngram_size"),
+        (["--stop", ""], "stop string"),
+        (["--stop"] * 0 + sum((["--stop", str(i)] for i in range(9)), []),
+         "stop strings"),
+        (["--max-new-tokens", "3", "--max-length", "9"], "max_length"),
+    ],
+)  # fmt: skip
+def test_generate_bad_controls_exit_2(model_dir, capsys, flags, name):
+    argv = ["generate", model_dir, "--prompt", "a", "--no-xla", *flags]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert name in err and len(err.strip().splitlines()) == 1
+
+
+def test_generate_controls_and_samples(model_dir, capsys):
+    lm = modeldir.load(model_dir)
+    kwargs = dict(temperature=2.0, seed=3, repetition_penalty=1.3)
+    expected = lm.generate(
+        "ab", 6, num_return_sequences=2, jit_compile=False, **kwargs
+    )
+    argv = ["generate", model_dir, "--prompt", "ab", "--max-new-tokens", "6"]
+    argv += ["--temperature", "2", "--seed", "3", "--no-xla"]
+    argv += ["--repetition-penalty", "1.3", "--num-return-sequences", "2"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out == f"--- 1.1: ab\n{expected[0]}\n--- 1.2: ab\n{expected[1]}\n"
+
+
 def test_export_writes_numbered_versions_and_refuses_overwrite(
     model_dir, tmp_path, capsys
 ):
@@ -90,9 +123,9 @@ def test_generate_refuses_a_prompt_that_is_not_utf8(model_dir, capsys):
     assert "caf\\xe9" in err
 
 
-def test_generate_multi_token_stop_string_names_a_fix(model_dir, capsys):
+def test_generate_multi_token_stop_string(model_dir, capsys):
+    lm = modeldir.load(model_dir)
+    expected = lm.generate("a", 8, stop=["king"], jit_compile=False)
     argv = ["generate", model_dir, "--prompt", "a", "--stop", "king"]
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err
-    assert "'king'" in err and "one token" in err
-    assert "token ids instead" not in err
+    assert cli.main(argv + ["--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out == expected + "\n"

@@ -442,3 +442,51 @@ def test_tensor_of_ids_is_one_prompt(plain):
     ids = [5, 6, 7]
     expected = plain.generate(ids, 4, jit_compile=False)
     assert plain.generate(tf.constant(ids), 4, jit_compile=False) == expected
+
+
+@pytest.mark.parametrize("prompt", ["Hello", "你好，世界", "🙂🚀 ok"])
+def test_stream_joins_to_generate_for_multibyte_text(varied, prompt):
+    settings = dict(temperature=1.5, seed=4, repetition_penalty=1.2)
+    pieces = list(varied.stream(prompt, 24, chunk=3, **settings))
+    whole = varied.generate(prompt, 24, jit_compile=False, **settings)
+    assert "".join(pieces) == whole
+    # A piece never ends inside a character (no piece ends in U+FFFD unless
+    # the whole text has it there).
+    assert all(p for p in pieces)
+
+
+def test_stream_honours_stop_strings(varied):
+    settings = dict(temperature=1.5, seed=2)
+    full = varied.generate("Hi", 30, jit_compile=False, **settings)
+    ids = varied.generate(
+        "Hi", 30, jit_compile=False, return_details=True, **settings
+    )["token_ids"][0]
+    raw = bytes(i - 3 for i in ids)
+    for k in range(2, len(raw) - 3):
+        stop = raw[k : k + 3]
+        try:
+            text = stop.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        if stop not in raw[: k + 2]:
+            break
+    else:
+        pytest.skip("no usable stop string in the sampled text")
+    stopped = varied.generate(
+        "Hi", 30, jit_compile=False, stop=[text], **settings
+    )
+    assert len(stopped) < len(full) and text not in stopped
+    pieces = list(varied.stream("Hi", 30, stop=[text], **settings))
+    assert "".join(pieces) == stopped
+
+
+def test_num_return_sequences_in_process(varied):
+    out = varied.generate(
+        "Hey", 12, temperature=2.0, seed=10, num_return_sequences=3,
+        jit_compile=False,
+    )  # fmt: skip
+    assert len(out) == 3 and len(set(out)) == 3
+    for j in range(3):
+        assert out[j] == varied.generate(
+            "Hey", 12, temperature=2.0, seed=10 + j, jit_compile=False
+        )

@@ -164,7 +164,7 @@ class Generator:
         return self._finish(out, stop)
 
     def steps(self, prepared, has_stop: bool, chunk: int):
-        """Yields `(state, loop outputs)` after every `chunk` steps."""
+        """Yields `(loop outputs, finished)` after every `chunk` steps."""
         stop = prepared["stop"] if has_stop else None
         state = self._prefill(
             prepared["ids"],
@@ -175,8 +175,9 @@ class Generator:
         chunk = tf.constant(chunk)
         while True:
             state, out = self._decode(state, chunk, stop)
-            yield state, out
-            if bool(loop.finished(state)):
+            finished = bool(loop.finished(state))
+            yield out, finished
+            if finished:
                 return
 
     def finish(self, out, has_stop: bool, prepared) -> dict:

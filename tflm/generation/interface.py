@@ -220,7 +220,9 @@ def stream(
     hold = max((len(s) for s in strings), default=1) - 1
     text = _Incremental(generator.tokenizer)
     sent, out = "", None
-    for _, out in generator.steps(prepared, bool(strings), chunk):
+    for out, finished in generator.steps(prepared, bool(strings), chunk):
+        if finished:
+            break  # the rest comes from `finish`, cut at a stop string
         n = int(out["num_tokens"][0])
         ready = text.update(out["token_ids"][0, :n].numpy())
         ready = ready[: len(ready) - hold] if hold else ready
