@@ -56,6 +56,9 @@ def _requests():
         "bytes_prompt": helpers.columnar([(BYTES_PROMPT, 6, 0.0, 0, 1.0, 0)]),
         "cap": helpers.columnar([("cap", 1000, 0.0, 0, 1.0, 0)]),
         "empty_batch": helpers.columnar([]),
+        "generate": helpers.full_request(
+            [{"prompt": t, "max_new_tokens": 4} for t in TEXTS]
+        ),
         "score": {"signature_name": "score", "inputs": {"text": TEXTS}},
         "tokenize": {"signature_name": "tokenize", "inputs": {"text": TEXTS}},
         "detokenize": {

@@ -63,6 +63,8 @@ def _example(name):
 
 
 def _json_value(value):
+    if isinstance(value, list):  # a row of a [B, K] input
+        return [_json_value(v) for v in value]
     if isinstance(value, bytes):
         return {"b64": base64.b64encode(value).decode("ascii")}
     return value
