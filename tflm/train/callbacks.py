@@ -18,6 +18,8 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
+from tflm.train import divergence
+
 
 def epoch_length(
     checkpoint_every: int, validate_every: int, start: int, total: int
@@ -59,6 +61,23 @@ def write_scalar(name: str, value: float) -> None:
 
 def _perplexity(loss: float) -> float:
     return math.exp(min(float(loss), 50.0))
+
+
+class NonFiniteLossGuard(_StepCallback):
+    """Raises `divergence.TrainingDiverged` after a non-finite step loss.
+
+    Put it first in the callback list: Keras calls callbacks in order, so
+    the ones after it (checkpoints, logs) never see the bad step.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        loss = logs.get("step_loss", logs.get("loss"))
+        if loss is not None and not math.isfinite(float(loss)):
+            step = self.step(batch)
+            raise divergence.TrainingDiverged(
+                step, f"the loss is {float(loss)}", step - 1
+            )
 
 
 class ProgressLogger(_StepCallback):

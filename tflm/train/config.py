@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import types
 import typing
 from typing import Any
+
+from tflm import errors
+from tflm.train import validation
 
 # This module imports no TensorFlow, so that `tflm --help` stays fast.
 STRATEGIES = (
@@ -88,7 +92,7 @@ class TrainConfig:
     weight_decay: float = _option(0.1, "AdamW weight decay")
     beta_1: float = _option(0.9, "AdamW beta 1")
     beta_2: float = _option(0.95, "AdamW beta 2")
-    clip_norm: float = _option(1.0, "global gradient-norm clip (0: off)")
+    clip_norm: float | None = _option(1.0, "global gradient-norm clip (0: off)")
     dropout: float | None = _option(None, "dropout (default: the preset's)")
     precision: str = _option("float32", "dtype policy", choices=PRECISIONS)
     strategy: str = _option("auto", "distribution strategy", choices=STRATEGIES)
@@ -115,16 +119,17 @@ class TrainConfig:
             else:
                 object.__setattr__(self, name, tuple(value))
         if not self.data:
-            raise ValueError("data must name at least one file.")
+            raise errors.InputError(
+                "--data must name at least one file. Received: data=()."
+            )
         for field in dataclasses.fields(self):
             choices = field.metadata.get("choices")
             value = getattr(self, field.name)
             if choices and value not in choices:
-                raise ValueError(
-                    f"{field.name} must be one of {', '.join(choices)}. "
-                    f"Received: {field.name}={value!r}."
+                raise validation.fail(
+                    field.name, value, f"one of {', '.join(choices)}"
                 )
-        _check_ranges(self)
+        validation.check_config(self, _optional_fields())
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of the fields."""
@@ -134,37 +139,15 @@ class TrainConfig:
         return config
 
 
-def _check_ranges(config: TrainConfig) -> None:
-    positive = ["batch_size", "accumulation_steps", "log_every"]
-    positive += [
+@functools.cache
+def _optional_fields() -> frozenset[str]:
+    """The fields whose type allows `None`."""
+    hints = typing.get_type_hints(TrainConfig)
+    return frozenset(
         name
-        for name in ("steps", "epochs", "sequence_length")
-        if getattr(config, name) is not None
-    ]
-    non_negative = [
-        "warmup_steps",
-        "checkpoint_every",
-        "validate_every",
-        "eval_batches",
-        "weight_decay",
-        "clip_norm",
-    ]
-    checks = [(name, 0, False) for name in positive]
-    checks += [(name, 0, True) for name in non_negative]
-    for name, bound, inclusive in checks:
-        value = getattr(config, name)
-        if value < bound or (value == bound and not inclusive):
-            relation = ">= 0" if inclusive else "> 0"
-            raise ValueError(
-                f"{name} must be {relation}. Received: {name}={value}."
-            )
-    if not 0 <= config.validation_fraction < 1:
-        raise ValueError(
-            "validation_fraction must be in [0, 1). Received: "
-            f"validation_fraction={config.validation_fraction}."
-        )
-    if config.steps is not None and config.epochs is not None:
-        raise ValueError("Give steps or epochs, not both.")
+        for name, hint in hints.items()
+        if type(None) in typing.get_args(hint)
+    )
 
 
 def _base_type(hint) -> tuple[type, bool]:

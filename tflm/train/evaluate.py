@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import warnings
@@ -15,6 +16,9 @@ from tflm import tokenizers
 from tflm.data import pipeline
 from tflm.train import strategy as strategy_lib
 from tflm.train import trainer as trainer_lib
+from tflm.train import validation
+
+logger = logging.getLogger(__name__)
 
 
 def count_tokens_and_characters(
@@ -83,15 +87,25 @@ def evaluate(
 
     Returns:
         `loss` (nats per token), `perplexity`, `bits_per_character`,
-        `tokens` (scored) and `characters` (of the split).
+        `tokens` (scored) and `characters` (of the split). The three
+        metrics are `None` where not finite (broken weights), so that the
+        result is always valid JSON.
+
+    Raises:
+        InputError: a `batch_size` or `sequence_length` below 1, or a
+            `sequence_length` beyond the model's context.
     """
+    validation.check_integer("batch_size", batch_size, 1)
+    if sequence_length is not None:
+        validation.check_integer("sequence_length", sequence_length, 1)
     trainer = _trainer(directory, precision, strategy)
     tokenizer = trainer.lm.tokenizer
     context = trainer.lm.backbone.max_sequence_length
     if (sequence_length or context) > context:
-        raise ValueError(
-            f"sequence_length={sequence_length} exceeds the model's context "
-            f"of {context} tokens."
+        raise validation.fail(
+            "sequence_length",
+            sequence_length,
+            f"<= the model's context ({context} tokens)",
         )
     common = dict(
         split=split,
@@ -115,13 +129,27 @@ def evaluate(
             trainer.evaluate(dataset, verbose=0, return_dict=True)["loss"]
         )
     tokens, characters = count_tokens_and_characters(paths, tokenizer, **common)
+    if not math.isfinite(loss):
+        logger.warning(
+            "The loss of %s is %s: its weights are broken (a diverged run?); "
+            "the metrics are reported as null.",
+            directory,
+            loss,
+        )
     return {
-        "loss": loss,
-        "perplexity": math.exp(min(loss, 50.0)),
-        "bits_per_character": loss * tokens / max(characters, 1) / math.log(2),
+        "loss": _finite(loss),
+        "perplexity": _finite(math.exp(min(loss, 50.0))),
+        "bits_per_character": _finite(
+            loss * tokens / max(characters, 1) / math.log(2)
+        ),
         "tokens": int(trainer.weight_total.result()),
         "characters": characters,
     }
+
+
+def _finite(value: float) -> float | None:
+    """`value`, or `None` (JSON `null`) for NaN and infinity."""
+    return value if math.isfinite(value) else None
 
 
 def _trainer(directory, precision, strategy) -> trainer_lib.LMTrainer:

@@ -18,6 +18,7 @@ import typing
 import keras
 import tensorflow as tf
 
+from tflm import errors
 from tflm import modeldir
 from tflm import tokenizers
 from tflm.models import backbone as backbone_lib
@@ -25,11 +26,13 @@ from tflm.models import causal_lm
 from tflm.models import presets
 from tflm.train import callbacks as callbacks_lib
 from tflm.train import config as config_lib
+from tflm.train import divergence
 from tflm.train import inputs
 from tflm.train import optimizer as optimizer_lib
 from tflm.train import state as state_lib
 from tflm.train import strategy as strategy_lib
 from tflm.train import trainer as trainer_lib
+from tflm.train import validation
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +96,9 @@ def train(
         A `TrainResult`.
 
     Raises:
-        ValueError: bad settings or data, an output folder that is not a
-            model directory, or one from an incompatible run.
+        InputError: bad settings or data, an output folder that is not a
+            model directory, one from an incompatible run, or a run that
+            diverged (a NaN loss; the last good checkpoint is kept).
     """
     run = _prepare(config)
     strategy_lib.check_workers_agree(
@@ -140,18 +144,15 @@ def _prepare(config: config_lib.TrainConfig) -> _Run:
     backbone = _backbone_kwargs(config, tokenizer)
     if saved:
         _check_resume(out, saved, config, backbone)
+    # `TrainConfig` checked that it fits the preset's context.
     sequence_length = config.sequence_length or backbone["max_sequence_length"]
-    if sequence_length > backbone["max_sequence_length"]:
-        raise ValueError(
-            f"sequence_length={sequence_length} exceeds the {config.preset} "
-            f"context of {backbone['max_sequence_length']} tokens."
-        )
     strategy_lib.check_batch_size(
         config.batch_size,
         strategy.num_replicas_in_sync,
         config.accumulation_steps,
     )
     total = inputs.total_steps(config, tokenizer, sequence_length)
+    validation.check_warmup(config.warmup_steps, total)
     return _Run(
         config,
         strategy,
@@ -189,18 +190,8 @@ def _build(run: _Run):
     lm = causal_lm.CausalLM(backbone)
     lm.tokenizer = run.tokenizer
     trainer = trainer_lib.LMTrainer(lm, config.accumulation_steps)
-    optimizer = optimizer_lib.make_optimizer(
-        learning_rate=config.learning_rate,
-        min_learning_rate=_min_learning_rate(config),
-        warmup_steps=config.warmup_steps,
-        total_steps=run.total_steps,
-        schedule=config.schedule,
-        weight_decay=config.weight_decay,
-        beta_1=config.beta_1,
-        beta_2=config.beta_2,
-        clip_norm=config.clip_norm,
-        precision=config.precision,
-        sum_gradients=False,
+    optimizer = optimizer_lib.from_config(
+        config, run.total_steps, sum_gradients=False
     )
     trainer.compile(optimizer=optimizer, jit_compile=_jit(run))
     optimizer.build(lm.trainable_variables)
@@ -209,12 +200,6 @@ def _build(run: _Run):
         state_lib.restore_optimizer(optimizer, run.out)
         state_lib.restore_rng(lm, run.out)
     return lm, trainer
-
-
-def _min_learning_rate(config) -> float:
-    if config.min_learning_rate is None:
-        return config.learning_rate / 10
-    return config.min_learning_rate
 
 
 def _jit(run: _Run) -> bool:
@@ -241,23 +226,32 @@ def _fit(run: _Run, lm, trainer, data, verbose, extra_callbacks) -> TrainResult:
     progress = _progress_logger(run, length)
     checkpointer = _checkpointer(run, lm, trainer, length)
     validate = val_data is not None and config.validate_every > 0
-    trainer.fit(
-        train_data,
-        epochs=math.ceil(run.total_steps / length),
-        initial_epoch=start // length,
-        steps_per_epoch=length,
-        validation_data=val_data if validate else None,
-        validation_steps=val_steps or None,
-        validation_freq=max(config.validate_every // length, 1),
-        callbacks=[
-            progress,
-            checkpointer,
-            callbacks_lib.StopAtStep(run.total_steps, length),
-            *extra_callbacks,
-        ],
-        verbose=verbose,
-        shuffle=False,  # The dataset is shuffled, seeded.
-    )
+    try:
+        trainer.fit(
+            train_data,
+            epochs=math.ceil(run.total_steps / length),
+            initial_epoch=start // length,
+            steps_per_epoch=length,
+            validation_data=val_data if validate else None,
+            validation_steps=val_steps or None,
+            validation_freq=max(config.validate_every // length, 1),
+            callbacks=[
+                # First, so that nothing after it sees a non-finite step.
+                callbacks_lib.NonFiniteLossGuard(length),
+                progress,
+                checkpointer,
+                callbacks_lib.StopAtStep(run.total_steps, length),
+                *extra_callbacks,
+            ],
+            verbose=verbose,
+            shuffle=False,  # The dataset is shuffled, seeded.
+        )
+    except divergence.TrainingDiverged as err:
+        progress.on_train_end()  # Flushes TensorBoard.
+        kept = checkpointer.saved_step
+        raise errors.InputError(
+            divergence.message(err, run.out, kept, config)
+        ) from None
     step = checkpointer.last_step
     if val_data is not None and progress.validated_step != step:
         logs = trainer.evaluate(
@@ -269,6 +263,8 @@ def _fit(run: _Run, lm, trainer, data, verbose, extra_callbacks) -> TrainResult:
 
 def _checkpointer(run: _Run, lm, trainer, length) -> callbacks_lib.Checkpointer:
     def save(step):
+        # Every worker checks (they hold the same values), so all stop.
+        divergence.check_finite(step, lm, trainer.optimizer)
         if run.chief:
             _save(run, lm, trainer.optimizer, step)
 

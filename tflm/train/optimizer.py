@@ -191,3 +191,29 @@ def make_optimizer(
     if precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
+
+
+def from_config(
+    config: config_lib.TrainConfig, total_steps: int, **kwargs
+) -> keras.optimizers.Optimizer:
+    """`make_optimizer` with a `TrainConfig`'s settings.
+
+    Args:
+        config: the run's settings (already range-checked).
+        total_steps: updates in the run.
+        **kwargs: Passed to `make_optimizer` (`sum_gradients`).
+    """
+    floor = config.min_learning_rate
+    return make_optimizer(
+        learning_rate=config.learning_rate,
+        min_learning_rate=config.learning_rate / 10 if floor is None else floor,
+        warmup_steps=config.warmup_steps,
+        total_steps=total_steps,
+        schedule=config.schedule,
+        weight_decay=config.weight_decay,
+        beta_1=config.beta_1,
+        beta_2=config.beta_2,
+        clip_norm=config.clip_norm,
+        precision=config.precision,
+        **kwargs,
+    )

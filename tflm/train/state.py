@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from tflm import errors
 from tflm import modeldir
 
 logger = logging.getLogger(__name__)
@@ -55,11 +56,11 @@ def read(directory: str) -> TrainState:
     """Reads the training state of a model directory.
 
     Raises:
-        ValueError: the directory holds a model but no training state.
+        InputError: the directory holds a model but no training state.
     """
     path = os.path.join(directory, STATE_FILE)
     if not os.path.isfile(path):
-        raise ValueError(
+        raise errors.InputError(
             f"{directory} holds a model but no training state ({path} is "
             "missing), so there is no run to resume. Name a new --out."
         )
@@ -70,7 +71,7 @@ def read(directory: str) -> TrainState:
             int(state["step"]), int(state["total_steps"]), state["config"]
         )
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path} is corrupt: {err}") from None
+        raise errors.InputError(f"{path} is corrupt: {err}") from None
 
 
 def extra_files(state: TrainState, optimizer, model) -> dict[str, Any]:
@@ -99,7 +100,7 @@ def restore_rng(model, directory: str) -> None:
     variables = _rng_variables(model)
     with np.load(path) as data:
         if len(data.files) != len(variables):
-            raise ValueError(
+            raise errors.InputError(
                 f"{path} holds {len(data.files)} seed states; the model has "
                 f"{len(variables)}."
             )
@@ -122,10 +123,12 @@ def restore_optimizer(optimizer, directory: str) -> None:
         with np.load(path) as data:
             store = {key: data[key] for key in data.files}
     except (OSError, ValueError) as err:
-        raise ValueError(f"{path} is missing or corrupt: {err}") from None
+        raise errors.InputError(
+            f"{path} is missing or corrupt: {err}"
+        ) from None
     expected = len(optimizer.variables)
     if len(store) != expected:
-        raise ValueError(
+        raise errors.InputError(
             f"{path} holds {len(store)} optimizer variables; this run's "
             f"optimizer has {expected}. It was written by an incompatible "
             "configuration (precision or optimizer changed?)."
@@ -153,7 +156,7 @@ def check_compatible(
         details = ", ".join(
             f"{k}: saved {saved.get(k)!r}, now {wanted[k]!r}" for k in changed
         )
-        raise ValueError(
+        raise errors.InputError(
             f"{path} describes another architecture ({details}). Resume "
             "with the settings the model was trained with, or name a new "
             "--out."
