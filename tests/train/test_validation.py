@@ -139,3 +139,11 @@ def test_warmup_longer_than_an_epoch_run_fails_before_writing(corpus, tmp_path):
     with pytest.raises(errors.InputError, match="the run's .* steps"):
         fit.train(config, verbose=0)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "given, total, expected",
+    [(None, 40, 4), (None, 5000, 100), (None, 5, 0), (7, 40, 7), (40, 40, 40)],
+)
+def test_default_warmup_fits_any_run(given, total, expected):
+    assert validation.resolve_warmup(given, total) == expected

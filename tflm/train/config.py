@@ -87,7 +87,9 @@ class TrainConfig:
     min_learning_rate: float | None = _option(
         None, "final learning rate (default: learning_rate / 10)"
     )
-    warmup_steps: int = _option(100, "linear warm-up steps")
+    warmup_steps: int | None = _option(
+        None, "linear warm-up steps (default: 100, or a tenth of a shorter run)"
+    )
     schedule: str = _option("cosine", "decay after warm-up", choices=SCHEDULES)
     weight_decay: float = _option(0.1, "AdamW weight decay")
     beta_1: float = _option(0.9, "AdamW beta 1")

@@ -152,7 +152,8 @@ def _prepare(config: config_lib.TrainConfig) -> _Run:
         config.accumulation_steps,
     )
     total = inputs.total_steps(config, tokenizer, sequence_length)
-    validation.check_warmup(config.warmup_steps, total)
+    warmup = validation.resolve_warmup(config.warmup_steps, total)
+    config = dataclasses.replace(config, warmup_steps=warmup)
     return _Run(
         config,
         strategy,

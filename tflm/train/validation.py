@@ -123,7 +123,12 @@ def _check_together(config) -> None:
             floor,
             f"<= --learning-rate ({config.learning_rate!r})",
         )
-    if config.steps is not None and config.warmup_steps > config.steps:
+    warmup = config.warmup_steps
+    if (
+        config.steps is not None
+        and warmup is not None
+        and warmup > config.steps
+    ):
         raise fail(
             "warmup_steps",
             config.warmup_steps,
@@ -160,8 +165,12 @@ def check_preset(name: Any, sequence_length: int | None = None) -> dict:
     return backbone
 
 
-def check_warmup(warmup_steps: int, total_steps: int) -> None:
-    """Checks warm-up against the steps a run of `--epochs` comes to."""
+def resolve_warmup(warmup_steps: int | None, total_steps: int) -> int:
+    """The warm-up of a run of `total_steps`: as given, or by default 100
+    steps, at most a tenth of the run. A given warm-up longer than the run
+    (from `--epochs`) is an error."""
+    if warmup_steps is None:
+        return min(100, total_steps // 10)
     if warmup_steps > total_steps:
         raise fail(
             "warmup_steps",
@@ -169,3 +178,4 @@ def check_warmup(warmup_steps: int, total_steps: int) -> None:
             f"<= the run's {total_steps} steps (from --epochs and --data); "
             "pass a smaller --warmup-steps or more --epochs",
         )
+    return warmup_steps
