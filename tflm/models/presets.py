@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tflm import errors
+
 # GPT-2's block, whatever its size: the importers map checkpoints onto it.
 GPT2_BLOCK = dict(
     norm="layernorm",
@@ -79,7 +81,7 @@ PRESETS: dict[str, dict] = {
 def get_preset(name: str, **overrides) -> dict:
     """Returns a copy of preset `name` with `overrides` merged in."""
     if name not in PRESETS:
-        raise ValueError(
+        raise errors.InputError(
             f"Unknown preset. Received: preset={name!r}. Available presets: "
             f"{', '.join(sorted(PRESETS))}."
         )
