@@ -79,6 +79,11 @@ def _add_tokenizer(subparsers) -> None:
         "--jsonl-field", default="text", help="text field of .jsonl lines"
     )
     train.add_argument("--character-coverage", type=float, default=0.9995)
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a tokenizer already in --out (other files stay)",
+    )
     train.set_defaults(func=_run_tokenizer_train)
 
 
@@ -88,8 +93,7 @@ def _run_tokenizer_train(args: argparse.Namespace) -> int:
     from tflm import data
     from tflm import tokenizers
 
-    out = os.path.abspath(args.out)
-    _check_tokenizer_out(out, tokenizers.is_tokenizer_directory)
+    out = tokenizers.storage.check_target(args.out, overwrite=args.overwrite)
     files = data.find_files(args.data)
     text_files = [f for f in files if not f.endswith(".jsonl")]
     jsonl_files = [f for f in files if f.endswith(".jsonl")]
@@ -109,7 +113,7 @@ def _run_tokenizer_train(args: argparse.Namespace) -> int:
         character_coverage=args.character_coverage,
     )
     seconds = time.perf_counter() - start
-    _save_atomically(tokenizer, out)
+    out = tokenizers.save(tokenizer, out, overwrite=args.overwrite)
     sample = data.sample_texts(files, _SAMPLE_CHARS, args.jsonl_field)
     ratio = tokenizers.chars_per_token(tokenizer, sample)
     chars = sum(len(text) for text in sample)
@@ -118,40 +122,6 @@ def _run_tokenizer_train(args: argparse.Namespace) -> int:
     print(f"training time: {seconds:.1f} s")
     print(f"written to: {out}")
     return 0
-
-
-def _check_tokenizer_out(out: str, is_tokenizer_directory) -> None:
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise CLIError(f"--out {out} is a file; name a folder.")
-    if os.path.isdir(out) and os.listdir(out):
-        if not is_tokenizer_directory(out):
-            raise CLIError(
-                f"--out {out} is not empty and holds no tokenizer; name a new "
-                "or empty folder, or an existing tokenizer folder to replace."
-            )
-
-
-def _save_atomically(tokenizer, out: str) -> None:
-    """Saves into a temp folder beside `out`, then renames it into place."""
-    import shutil
-    import tempfile
-
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    temp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
-    try:
-        tokenizer.save(temp)
-        os.chmod(temp, 0o755)
-        if os.path.isdir(out):
-            old = f"{temp}.old"
-            os.rename(out, old)
-            os.rename(temp, out)
-            shutil.rmtree(old)
-        else:
-            os.rename(temp, out)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
 
 
 def _add_train(subparsers) -> None:

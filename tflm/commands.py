@@ -317,6 +317,12 @@ def add_import(subparsers) -> None:
     parser.add_argument("path", metavar="PATH")
     parser.add_argument("--out", required=True, metavar="MODEL_DIR")
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a model already in --out (its weights, tokenizer and "
+        "training state)",
+    )
+    parser.add_argument(
         "--dropout",
         type=float,
         default=None,
@@ -332,7 +338,9 @@ def run_import(args: argparse.Namespace) -> int:
 
     overrides = {} if args.dropout is None else {"dropout": args.dropout}
     start = time.perf_counter()
-    out = importers.import_checkpoint(args.path, args.out, **overrides)
+    out = importers.import_checkpoint(
+        args.path, args.out, overwrite=args.overwrite, **overrides
+    )
     print(
         f"imported {args.path} -> {out} ({time.perf_counter() - start:.1f} s)"
     )

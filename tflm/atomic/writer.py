@@ -147,10 +147,13 @@ def publish(
         return True
     if not replace:
         return False
+    # The old directory is named `.NAME.tflm-old-*` until its entries that
+    # are not `owned` have moved: if that fails, `sweep` finishes it later,
+    # and `staged` never deletes it.
+    old = temp.replace(f".{TEMP}-", f".{OLD}-", 1)
     if fs.exchange(temp, target):
-        old = temp  # the old directory now has the temporary name
+        os.rename(temp, old)
     else:
-        old = temp.replace(f".{TEMP}-", f".{OLD}-", 1)
         os.rename(target, old)
         os.rename(temp, target)
     fs.sync(parent)

@@ -42,23 +42,38 @@ def save(
             tokenizer, a tokenizer directory without `overwrite`, or the
             disk is full.
     """
-    directory = atomic.resolve(directory)
-    if (
-        os.path.isdir(directory)
-        and os.listdir(directory)
-        and not base.is_tokenizer_directory(directory)
-    ):
-        raise errors.InputError(
-            f"--out {directory} is not empty and holds no tokenizer; name a "
-            "new or empty folder, or a tokenizer folder to replace (with "
-            "--overwrite)."
-        )
+    directory = check_target(directory, overwrite=overwrite)
     return atomic.write_directory(
         directory,
         tokenizer.write_files,
         overwrite=overwrite,
         owned=owned_files(),
     )
+
+
+def check_target(directory: str | os.PathLike, *, overwrite: bool) -> str:
+    """The real path of `directory` if `save` may write there; call it
+    before training a tokenizer, to fail before the work.
+
+    Raises:
+        InputError: see `save`.
+    """
+    directory = atomic.resolve(directory)
+    if not os.path.isdir(directory) or not os.listdir(directory):
+        return directory
+    if not base.is_tokenizer_directory(directory):
+        raise errors.InputError(
+            f"--out {directory} is not empty and holds no tokenizer; name a "
+            "new or empty folder, or a tokenizer folder to replace (with "
+            "--overwrite)."
+        )
+    if not overwrite:
+        raise errors.InputError(
+            f"--out {directory} already holds a tokenizer. Pass --overwrite "
+            "(overwrite=True) to replace it (a model's tokenizer/ must stay "
+            "the one its weights were trained with), or name a new folder."
+        )
+    return directory
 
 
 def asset_path(
