@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import keras
 
+from tflm import errors
 from tflm.models import backbone as backbone_lib
+from tflm.models import model_dir
+from tflm.models import presets
 
 # Weight decay applies to matmul kernels only (as in GPT-2/nanoGPT): never to
 # biases, normalization scales/offsets or input embeddings. Patterns match a
@@ -59,8 +64,8 @@ class CausalLM(keras.Model):
         logits = keras.ops.cast(logits, "float32")
         super().__init__(inputs=inputs, outputs=logits, **kwargs)
         self.backbone = backbone
-        # Set by `tflm.modeldir.load` or by the user; `generate` needs it for
-        # text prompts. Not part of the Keras config.
+        # Set by `from_preset(directory)` or by the user; `generate` needs
+        # it for text prompts. Not part of the Keras config.
         self.tokenizer = None
         self._generators = {}
 
@@ -70,9 +75,63 @@ class CausalLM(keras.Model):
         return keras.ops.cast(logits, "float32")
 
     @classmethod
-    def from_preset(cls, preset: str, **overrides) -> CausalLM:
-        """A randomly initialized model from a preset, e.g. `"tiny"`."""
-        return cls(backbone_lib.Backbone.from_preset(preset, **overrides))
+    def from_preset(cls, preset: str | os.PathLike, **overrides) -> CausalLM:
+        """A model from a model directory, or a new one from a preset name.
+
+        Args:
+            preset: a model directory (written by `save_to_preset`, `tflm
+                train` or `tflm import`), loaded with its weights and its
+                tokenizer attached, so that `generate` takes text; or the
+                name of an architecture in `tflm.models.PRESETS`, such as
+                `"tiny"`, built with random weights and no tokenizer.
+            **overrides: `Backbone` arguments to change, such as `dropout`
+                or `dtype` (for a directory, the sizes must still fit the
+                saved weights).
+
+        Raises:
+            InputError: an unknown name (the message lists the presets), or
+                a model directory with a missing or corrupt file.
+        """
+        if os.path.isdir(preset):
+            return model_dir.load_model(cls, preset, **overrides)
+        name = os.fspath(preset)
+        if name not in presets.PRESETS:
+            where = (
+                "No such model directory, and no preset of that name"
+                if os.sep in name or os.path.lexists(name)
+                else "Unknown preset"
+            )
+            raise errors.InputError(
+                f"{where}. Received: preset={name!r}. Name a model "
+                "directory or one of the presets: "
+                f"{', '.join(sorted(presets.PRESETS))}."
+            )
+        return cls(backbone_lib.Backbone.from_preset(name, **overrides))
+
+    def save_to_preset(
+        self, directory: str | os.PathLike, *, overwrite: bool = False
+    ) -> str:
+        """Writes a model directory that `from_preset` loads.
+
+        Args:
+            directory: see `tflm.models.model_dir.save`; an existing model
+                there is replaced only with `overwrite=True`.
+            overwrite: replace an existing model directory.
+
+        Returns:
+            The real path of the directory.
+
+        Raises:
+            InputError: no tokenizer is attached, or see `model_dir.save`.
+        """
+        if self.tokenizer is None:
+            raise errors.InputError(
+                "save_to_preset needs the model's tokenizer: set "
+                "`model.tokenizer` (a `tflm.tokenizers.Tokenizer`) first."
+            )
+        return model_dir.save(
+            self, self.tokenizer, directory, overwrite=overwrite
+        )
 
     def compile(
         self,

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from tflm import data
-from tflm import modeldir
 from tflm import tokenizers
 from tflm.data import pipeline
+from tflm.models import causal_lm
 from tflm.train import strategy as strategy_lib
 from tflm.train import trainer as trainer_lib
 from tflm.train import validation
@@ -156,7 +156,7 @@ def _trainer(directory, precision, strategy) -> trainer_lib.LMTrainer:
     """The saved model in an `LMTrainer`, built in the strategy's scope."""
     distribution = strategy_lib.resolve_strategy(strategy)
     with distribution.scope():
-        model = modeldir.load(directory, dtype=precision)
+        model = causal_lm.CausalLM.from_preset(directory, dtype=precision)
         trainer = trainer_lib.LMTrainer(model)
         trainer.compile(jit_compile=strategy_lib.is_default(distribution))
     return trainer

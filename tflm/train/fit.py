@@ -9,6 +9,7 @@ learning-rate schedule, and does nothing when the run has finished.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -18,6 +19,7 @@ import typing
 import keras
 import tensorflow as tf
 
+from tflm import atomic
 from tflm import errors
 from tflm import modeldir
 from tflm import tokenizers
@@ -101,6 +103,12 @@ def train(
             diverged (a NaN loss; the last good checkpoint is kept).
     """
     run = _prepare(config)
+    # One run at a time writes a model directory (`tflm.atomic.lock`).
+    with atomic.lock(run.out) if run.chief else contextlib.nullcontext():
+        return _train(run, config, verbose, callbacks)
+
+
+def _train(run: _Run, config, verbose, callbacks) -> TrainResult:
     strategy_lib.check_workers_agree(
         run.strategy, start_step=run.start_step, total_steps=run.total_steps
     )
@@ -214,7 +222,8 @@ def _save(run: _Run, lm, optimizer, step: int) -> None:
         step=step, total_steps=run.total_steps, config=run.config.to_dict()
     )
     extra = state_lib.extra_files(state, optimizer, lm)
-    modeldir.save(lm, run.tokenizer, run.out, extra=extra)
+    # A run's own directory: `_prepare` checked it is new or this run's.
+    modeldir.save(lm, run.tokenizer, run.out, extra=extra, overwrite=True)
     logger.debug("Checkpoint at step %d written to %s.", step, run.out)
 
 

@@ -9,8 +9,8 @@ import os
 import tensorflow as tf
 
 from tflm import data
-from tflm import modeldir
 from tflm import tokenizers
+from tflm.models import model_dir
 from tflm.train import config as config_lib
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def _train_sentencepiece(
 
 def _saved_tokenizer(config, directory: str) -> tokenizers.Tokenizer:
     saved = tokenizers.load_tokenizer(
-        os.path.join(directory, modeldir.TOKENIZER_DIR)
+        os.path.join(directory, model_dir.TOKENIZER_DIR)
     )
     spec = config.tokenizer
     if spec.startswith(_SENTENCEPIECE):

@@ -14,12 +14,13 @@ import dataclasses
 import json
 import logging
 import os
+import zipfile
 from typing import Any
 
 import numpy as np
 
 from tflm import errors
-from tflm import modeldir
+from tflm.models import model_dir as modeldir
 
 logger = logging.getLogger(__name__)
 
@@ -94,18 +95,32 @@ def _save_arrays(path: str, variables) -> None:
         np.savez(f, *[v.numpy() for v in variables])
 
 
+def _load_arrays(path: str) -> dict[str, np.ndarray]:
+    """The arrays of an `.npz` file; never unpickles (the file may come
+    from anyone). InputError naming the file if it is missing or corrupt."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        raise errors.InputError(
+            f"{path} is missing or corrupt ({err}). The training state "
+            "cannot be resumed from it: restore the folder from a copy, or "
+            "train into a new --out."
+        ) from None
+
+
 def restore_rng(model, directory: str) -> None:
     """Restores the dropout seed states, so that masks continue as before."""
     path = os.path.join(directory, RNG_FILE)
     variables = _rng_variables(model)
-    with np.load(path) as data:
-        if len(data.files) != len(variables):
-            raise errors.InputError(
-                f"{path} holds {len(data.files)} seed states; the model has "
-                f"{len(variables)}."
-            )
-        for i, variable in enumerate(variables):
-            variable.assign(data[f"arr_{i}"])
+    data = _load_arrays(path)
+    if sorted(data) != sorted(f"arr_{i}" for i in range(len(variables))):
+        raise errors.InputError(
+            f"{path} holds {len(data)} seed states; the model has "
+            f"{len(variables)}. Train into a new --out."
+        )
+    for i, variable in enumerate(variables):
+        variable.assign(data[f"arr_{i}"])
 
 
 def save_optimizer(optimizer, path: str) -> None:
@@ -119,13 +134,7 @@ def save_optimizer(optimizer, path: str) -> None:
 def restore_optimizer(optimizer, directory: str) -> None:
     """Loads the variables `save_optimizer` wrote into a built optimizer."""
     path = os.path.join(directory, OPTIMIZER_FILE)
-    try:
-        with np.load(path) as data:
-            store = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as err:
-        raise errors.InputError(
-            f"{path} is missing or corrupt: {err}"
-        ) from None
+    store = _load_arrays(path)
     expected = len(optimizer.variables)
     if len(store) != expected:
         raise errors.InputError(
