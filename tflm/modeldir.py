@@ -30,6 +30,7 @@ import tflm
 from tflm import tokenizers
 from tflm.models import backbone as backbone_lib
 from tflm.models import causal_lm
+from tflm.models import weights as weights_lib
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ def _write(model, tokenizer, temp: str, extra: Extra) -> None:
         "tflm_version": tflm.__version__,
         "backbone": backbone_config(model),
         "tokenizer": tokenizer_config,
+        **weights_lib.config_entry(model),
     }
     files = {CONFIG_FILE: json.dumps(config, indent=2) + "\n", **extra}
     for relative, content in files.items():
@@ -289,6 +291,7 @@ def load(
         path = os.path.join(directory, CONFIG_FILE)
         raise ValueError(f"{path}: invalid backbone config: {err}") from None
     model = causal_lm.CausalLM(backbone)
+    weights_lib.restore_weights(model, config)
     path = os.path.join(directory, WEIGHTS_FILE)
     try:
         model.load_weights(path)

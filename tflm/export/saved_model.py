@@ -15,6 +15,7 @@ import tensorflow as tf
 import tflm
 from tflm.export import signatures as signatures_lib
 from tflm.export import warmup as warmup_lib
+from tflm.models import weights as weights_lib
 
 logger = logging.getLogger("tflm")
 
@@ -114,6 +115,7 @@ def export(
     overwrite: bool = False,
     jit_compile: bool = False,
     warmup: bool = True,
+    weights: str | None = None,
 ) -> str:
     """Exports `model` to `base_dir/<version>/` and returns that path.
 
@@ -133,8 +135,11 @@ def export(
         jit_compile: compile the decode loop with XLA (needs TF Serving's
             `--xla_cpu_compilation_enabled=true`).
         warmup: write `assets.extra/tf_serving_warmup_requests`.
+        weights: export a copy converted to `"bfloat16"` or `"int8"`
+            weights (see `tflm.models.weights`); default: as `model` is.
     """
     tokenizer = tokenizer or model.tokenizer
+    model = weights_lib.converted(model, weights) if weights else model
     if tokenizer is None:
         raise ValueError(
             "Export needs the model's tokenizer: load the model with "
