@@ -11,13 +11,14 @@ the kernel variables of the projections change dtype:
   tied output head reuses) are stored in bfloat16, and those matmuls run in
   bfloat16 (float32 accumulation). Biases, norms, position embeddings, the KV
   cache, attention scores and softmax, and the residual stream stay float32.
-- `"int8"`: weight-only int8 with one float32 scale per output channel
-  (absmax, symmetric): `x @ (q * s) == (x @ q) * s`, so the scale is applied
-  to the matmul's output. The int8 kernel is cast to bfloat16 for the matmul
-  (int8 values are exact in bfloat16), which measured faster in the plain
-  graph than a float32 matmul; activations are not quantized.
+- `"int8"`: weight-only int8 (Keras' int8 layers, activations not
+  quantized) with one float32 scale per output channel (absmax, symmetric):
+  `x @ (q * s) == (x @ q) * s`, so the scale is applied to the matmul's
+  output. The int8 kernel is cast to bfloat16 for the matmul (int8 values
+  are exact in bfloat16); `benchmarks/precision.py` measures this against a
+  float32 matmul and Keras' W8A8 mode.
 
-Everything is core TensorFlow (`Cast`, `MatMul`, `Mul`), so an export serves
+Everything is core TensorFlow (`Cast`, `MatMul`, `RealDiv`), so an export serves
 under TF Serving's conditions (XLA off, C++ loader). A model directory saved
 from a converted model stores the converted variables and records `weights`
 in its `config.json`; `tflm.modeldir.load` converts the freshly built model
