@@ -123,7 +123,7 @@ def sizes(name: str, original, work: str) -> None:
     tokenizer = original.tokenizer or ByteTokenizer()
     # An uncompiled copy: a compiled model's weights file holds the
     # optimizer's variables too.
-    lm = type(lm).from_config(lm.get_config())
+    lm = type(original).from_config(original.get_config())
     lm.set_weights(original.get_weights())
     lm.tokenizer = tokenizer
     base = {}
