@@ -22,6 +22,7 @@ from tflm import errors
 from tflm.export import signatures as signatures_lib
 from tflm.export import warmup as warmup_lib
 from tflm.models import model_dir
+from tflm.models import weights as weights_lib
 
 logger = logging.getLogger("tflm")
 
@@ -97,6 +98,7 @@ def export(
     overwrite: bool = False,
     jit_compile: bool = False,
     warmup: bool = True,
+    weights: str | None = None,
 ) -> str:
     """Exports `model` to `base_dir/<version>/` and returns that path.
 
@@ -117,12 +119,15 @@ def export(
         jit_compile: compile the decode loop with XLA (needs TF Serving's
             `--xla_cpu_compilation_enabled=true`).
         warmup: write `assets.extra/tf_serving_warmup_requests`.
+        weights: export a copy converted to `"bfloat16"` or `"int8"`
+            weights (see `tflm.models.weights`); default: as `model` is.
 
     Raises:
         InputError: no tokenizer, `base_dir` is a file, `version` exists
             without `overwrite`, or the disk filled up (nothing replaced).
     """
     tokenizer = tokenizer or model.tokenizer
+    model = weights_lib.converted(model, weights) if weights else model
     if tokenizer is None:
         raise errors.InputError(
             "Export needs the model's tokenizer: load the model with "

@@ -26,6 +26,7 @@ from tflm import errors
 from tflm import tokenizers
 from tflm.models import backbone as backbone_lib
 from tflm.models import model_dir_checks as checks
+from tflm.models import weights as weights_lib
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -124,6 +125,7 @@ def model_config(model, tokenizer: tokenizers.Tokenizer) -> dict[str, Any]:
         "tflm_version": tflm.__version__,
         "backbone": backbone_config(model),
         "tokenizer": tokenizers.base.tokenizer_config(tokenizer),
+        **weights_lib.config_entry(model),
     }
 
 
@@ -262,6 +264,7 @@ def load_model(
         message = f"{path}: invalid backbone config: {err}"
         raise errors.InputError(message) from None
     model = model_class(backbone)
+    weights_lib.restore_weights(model, config)
     try:
         model.load_weights(weights)
     except (OSError, ValueError, KeyError) as err:
