@@ -16,6 +16,8 @@ import stat
 
 from tflm import errors
 
+_DIGESTS: dict[tuple, str] = {}
+
 
 def default_cache_dir() -> str:
     """`$TFLM_CACHE_DIR`, else `$XDG_CACHE_HOME/tflm`, else `~/.cache/tflm`."""
@@ -71,6 +73,22 @@ def check_private(path: str) -> None:
 
 
 def file_digest(path: str) -> str:
-    """The SHA-256 of a file's content, as hex."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    """The SHA-256 of a file's content, as hex.
+
+    Within one process a file is hashed once while its identity and change
+    times stay the same (`ctime` changes with every write, and no one can
+    set it), so the several datasets of one run do not re-read it.
+    """
+    info = os.stat(path)
+    key = (
+        os.path.abspath(path),
+        info.st_dev,
+        info.st_ino,
+        info.st_size,
+        info.st_mtime_ns,
+        info.st_ctime_ns,
+    )
+    if key not in _DIGESTS:
+        with open(path, "rb") as f:
+            _DIGESTS[key] = hashlib.file_digest(f, "sha256").hexdigest()
+    return _DIGESTS[key]

@@ -70,8 +70,9 @@ def _json_text(line: str, field: str, where: str) -> str:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as err:
+        problem = err.msg.removesuffix(" at")
         raise errors.InputError(
-            f"{where}: not valid JSON ({err.msg} at column {err.colno}). "
+            f"{where}: not valid JSON ({problem}, column {err.colno}). "
             "Each line of a .jsonl file must be one JSON object; fix or "
             "remove the line."
         ) from None
