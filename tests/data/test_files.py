@@ -112,3 +112,13 @@ def test_exclude_skips_a_folder_before_it_is_a_model(tmp_path):
 def test_a_model_dir_as_data_says_what_it_is(folder):
     with pytest.raises(errors.InputError, match="is a tflm model directory"):
         data.find_files(str(folder / "run"))
+
+
+def test_a_dataset_with_config_and_train_folders_is_read(tmp_path):
+    root = tmp_path / "dataset"
+    (root / "train").mkdir(parents=True)
+    (root / "config.json").write_text('{"name": "my dataset"}')
+    (root / "train" / "part.txt").write_text("text\n")
+    assert data.skip_reason(str(root)) is None
+    found = data.find_files(str(tmp_path))
+    assert found == [str(root / "train" / "part.txt")]

@@ -3,9 +3,10 @@
 Folders are searched recursively for `.txt` and `.jsonl` files, and globs
 are expanded; both skip what is not the user's text: hidden files and
 folders (names starting with `.`, such as the `.NAME.tmp-*` folders a model
-directory is written in), tflm model directories (`config.json` beside
-weights, a `tokenizer/` or a `train/` folder: their `logs/metrics.jsonl` is
-no corpus), tokenizer directories (`tokenizer.json`) and SavedModel exports
+directory is written in), tflm model directories (a `config.json` in tflm's
+format, or beside `model.weights.h5`, `tokenizer/tokenizer.json` or
+`train/state.json`: their `logs/metrics.jsonl` is no corpus), tokenizer
+directories (`tokenizer.json`) and SavedModel exports
 (`saved_model.pb`). A file named directly is always read.
 """
 
@@ -26,7 +27,11 @@ logger = logging.getLogger(__name__)
 EXTENSIONS = (".txt", ".jsonl")
 # The files that mark a folder as written by tflm (or TF Serving's export).
 MODEL_CONFIG = "config.json"
-MODEL_PARTS = ("model.weights.h5", "tokenizer", "train")
+MODEL_PARTS = (
+    "model.weights.h5",
+    os.path.join("tokenizer", "tokenizer.json"),
+    os.path.join("train", "state.json"),
+)
 MODEL_KEYS = ("format_version", "backbone", "tokenizer")
 TOKENIZER_CONFIG = "tokenizer.json"
 SAVED_MODEL = "saved_model.pb"

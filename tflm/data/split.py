@@ -85,7 +85,7 @@ def choose_split(
             f"whole documents would hold out {share:.0%} of the text, not "
             f"about {validation_fraction:.0%}"
         )
-    return "document", f"{val_docs}+ of the documents are held out whole"
+    return "document", f"{val_docs} or more documents are held out whole"
 
 
 def _scan(doc_batches, fraction) -> np.ndarray:
