@@ -69,9 +69,10 @@ def test_out_inside_data_is_not_read_when_resuming(tmp_path):
     folder.mkdir()
     (folder / "book.txt").write_text(BOOK)
     out = folder / "model"
-    first = fit.train(_config(str(folder), out, steps=2), verbose=0)
+    settings = dict(validation_fraction=0.0)
+    first = fit.train(_config(str(folder), out, steps=2, **settings), verbose=0)
     assert (out / "logs" / "metrics.jsonl").is_file()
-    again = fit.train(_config(str(folder), out, steps=4), verbose=0)
+    again = fit.train(_config(str(folder), out, steps=4, **settings), verbose=0)
     assert (first.step, again.start_step, again.step) == (2, 2, 4)
 
 
@@ -102,6 +103,7 @@ def test_a_corpus_too_small_for_one_batch_says_so(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow
 def test_tiny_shakespeare_trains_with_defaults(tmp_path):
     path = shared_data.shared_data_path("tinyshakespeare.txt")
     config = _config(path, tmp_path / "m", steps=1, eval_batches=2)
