@@ -32,7 +32,9 @@ def add(subparsers) -> None:
         "--split",
         choices=("all", "train", "validation"),
         default="all",
-        help="which part of --data to score (default: all)",
+        help="which part of --data to score: the held-out part that tflm "
+        "train validates on, the rest, or all (default: all; use the "
+        "run's --validation-fraction and --text-format)",
     )
     parser.add_argument("--validation-fraction", type=float, default=0.1)
     parser.add_argument(

@@ -67,8 +67,9 @@ class TrainConfig:
     )
     validation_fraction: float = _option(
         0.1,
-        "share of --data's documents held out when no "
-        "--validation-data is given (0: no validation)",
+        "share of --data's text held out when no --validation-data is "
+        "given: whole documents when there are many, else the tail of each "
+        "(0: no validation)",
     )
     text_format: str = _option(
         "document", "what a document is in .txt files", choices=TEXT_FORMATS

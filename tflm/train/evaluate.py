@@ -12,7 +12,6 @@ import tensorflow as tf
 
 from tflm import data
 from tflm import tokenizers
-from tflm.data import pipeline
 from tflm.models import causal_lm
 from tflm.train import strategy as strategy_lib
 from tflm.train import trainer as trainer_lib
@@ -29,17 +28,22 @@ def count_tokens_and_characters(
     validation_fraction: float = 0.1,
     text_format: str = "document",
     jsonl_field: str = "text",
+    exclude: Sequence[str | os.PathLike] = (),
 ) -> tuple[int, int]:
     """Tokens (with one end-of-text per document) and characters of a split.
+
+    The split is the one `make_dataset` makes (`tflm.data.split`).
 
     Returns:
         `(tokens, characters)`, characters counted as Unicode code points.
     """
-    files = data.find_files(paths)
-    docs = data.read_document_batches(
-        files, text_format=text_format, jsonl_field=jsonl_field
+    docs = data.split_documents(
+        data.find_files(paths, exclude),
+        split,
+        validation_fraction,
+        text_format=text_format,
+        jsonl_field=jsonl_field,
     )
-    docs = pipeline.select_split(docs, split, validation_fraction)
     characters = docs.reduce(
         tf.constant(0, tf.int64),
         lambda n, d: (
@@ -78,7 +82,9 @@ def evaluate(
         paths: text files, folders or globs.
         batch_size: sequences per batch.
         sequence_length: tokens per sequence; defaults to the context.
-        split: `"all"`, `"train"` or `"validation"` documents of `paths`.
+        split: `"all"`, `"train"` or `"validation"` text of `paths`, the
+            same text `tflm train` used or held out with the same
+            `validation_fraction` (see `tflm.data.split`).
         validation_fraction: the share that defines the splits.
         text_format: what a document is in `.txt` files.
         jsonl_field: the text field of `.jsonl` records.
@@ -112,6 +118,8 @@ def evaluate(
         validation_fraction=validation_fraction,
         text_format=text_format,
         jsonl_field=jsonl_field,
+        # The model directory is never read as text, even inside `paths`.
+        exclude=[directory],
     )
     dataset = data.make_dataset(
         paths,
