@@ -45,6 +45,7 @@ def save(
     directory: str | os.PathLike,
     *,
     extra: Extra | None = None,
+    metadata: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> str:
     """Writes `model` and `tokenizer` to `directory`, atomically.
@@ -60,6 +61,9 @@ def save(
         extra: more files, by path relative to `directory` (for example
             `"train/state.json"`): a `str` or `bytes` content, or a function
             called with the file's absolute path that writes it.
+        metadata: more JSON-safe `config.json` entries, such as `parent`
+            (the model it was fine-tuned from), `template` (see
+            `tflm.data.templates`) or `best_step`.
         overwrite: replace an existing model (and drop its `train/` state).
 
     Returns:
@@ -75,7 +79,9 @@ def save(
     def write(temp: str) -> None:
         tokenizer.write_files(os.path.join(temp, TOKENIZER_DIR))
         model.save_weights(os.path.join(temp, WEIGHTS_FILE))
-        write_config(os.path.join(temp, CONFIG_FILE), model, tokenizer)
+        write_config(
+            os.path.join(temp, CONFIG_FILE), model, tokenizer, metadata
+        )
         _write_extra(temp, extra)
 
     return atomic.write_directory(
@@ -118,9 +124,15 @@ def _write_extra(temp: str, extra: Extra) -> None:
                 f.write(content)
 
 
-def model_config(model, tokenizer: tokenizers.Tokenizer) -> dict[str, Any]:
-    """What `config.json` holds for `model` and `tokenizer`."""
+def model_config(
+    model,
+    tokenizer: tokenizers.Tokenizer,
+    metadata: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What `config.json` holds for `model` and `tokenizer` (and the
+    entries of `metadata`)."""
     return {
+        **(metadata or {}),
         "format_version": FORMAT_VERSION,
         "tflm_version": tflm.__version__,
         "backbone": backbone_config(model),
@@ -129,14 +141,19 @@ def model_config(model, tokenizer: tokenizers.Tokenizer) -> dict[str, Any]:
     }
 
 
-def write_config(path: str, model, tokenizer: tokenizers.Tokenizer) -> None:
+def write_config(
+    path: str,
+    model,
+    tokenizer: tokenizers.Tokenizer,
+    metadata: Mapping[str, Any] | None = None,
+) -> None:
     """Writes the config of `model` and `tokenizer` as JSON to `path`.
 
     The one writer of `config.json`, for model directories and for the
     `assets/tflm_config.json` of exports.
     """
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(model_config(model, tokenizer), f, indent=2)
+        json.dump(model_config(model, tokenizer, metadata), f, indent=2)
         f.write("\n")
 
 

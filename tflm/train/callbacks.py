@@ -198,11 +198,17 @@ class ProgressLogger(_StepCallback):
 class Checkpointer(_StepCallback):
     """Calls `save(step)` every `every` steps and when training ends.
 
+    A checkpoint step always ends a Keras epoch (see `epoch_length`), and
+    the checkpoint is written at the epoch's end, after its validation, so
+    that it holds what that validation found.
+
     Args:
         save: function writing a checkpoint of the current step.
         every: steps between checkpoints; `0` for the end only.
         steps_per_epoch: see the module docstring.
         initial_step: the step training starts from.
+        at_end: also save when training ends (off when the caller writes
+            the final checkpoint itself).
     """
 
     def __init__(
@@ -212,21 +218,26 @@ class Checkpointer(_StepCallback):
         every: int,
         steps_per_epoch: int,
         initial_step: int,
+        at_end: bool = True,
     ):
         super().__init__(steps_per_epoch)
         self.save = save
         self.every = every
+        self.at_end = at_end
         self.saved_step = initial_step
         self.last_step = initial_step
 
     def on_train_batch_end(self, batch, logs=None):
         self.last_step = self.step(batch)
-        if self.every and self.last_step % self.every == 0:
-            self.save(self.last_step)
-            self.saved_step = self.last_step
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = self.last_step
+        if self.every and step % self.every == 0 and step != self.saved_step:
+            self.save(step)
+            self.saved_step = step
 
     def on_train_end(self, logs=None):
-        if self.last_step != self.saved_step:
+        if self.at_end and self.last_step != self.saved_step:
             self.save(self.last_step)
             self.saved_step = self.last_step
 

@@ -25,6 +25,11 @@ SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 TEXT_FORMATS = ("document", "paragraph", "line")
 JIT_CHOICES = ("auto", "on", "off")
+DATA_FORMATS = ("text", "task")
+LORA_TARGETS = ("query", "key", "value", "output", "mlp_in", "mlp_out")
+# Which command shows a field as a flag (fields without a scope: both).
+TRAIN_ONLY = "train"
+FINETUNE_ONLY = "finetune"
 
 
 def _option(default, help: str, **metadata) -> Any:
@@ -53,12 +58,58 @@ class TrainConfig:
         metavar="PATH",
     )
     out: str = _required("model directory to write and resume", metavar="DIR")
-    preset: str = _required("architecture preset, e.g. tiny, nano-char")
+    preset: str | None = _option(
+        None,
+        "architecture preset, e.g. tiny, nano-char (required unless "
+        "--init-from names the model to start from)",
+        scope=TRAIN_ONLY,
+    )
+    init_from: str | None = _option(
+        None,
+        "start from this model directory or GPT-2 checkpoint directory: "
+        "its architecture, weights and tokenizer (never modified)",
+        metavar="DIR",
+        scope=TRAIN_ONLY,
+    )
+    data_format: str = _option(
+        "text",
+        "text: plain text to continue; task: .jsonl prompt/completion or "
+        "chat examples, loss on the completions only",
+        choices=DATA_FORMATS,
+        scope=TRAIN_ONLY,
+    )
+    prompt_field: str = _option(
+        "prompt", "prompt field of task examples", scope=FINETUNE_ONLY
+    )
+    completion_field: str = _option(
+        "completion", "completion field of task examples", scope=FINETUNE_ONLY
+    )
+    lora_rank: int | None = _option(
+        None,
+        "train rank-R LoRA adapters only; the base stays frozen",
+        metavar="R",
+        scope=FINETUNE_ONLY,
+    )
+    lora_alpha: float | None = _option(
+        None, "LoRA scale numerator (default: the rank)", scope=FINETUNE_ONLY
+    )
+    lora_targets: tuple[str, ...] = _option(
+        ("query", "value"),
+        f"projections given adapters, of: {', '.join(LORA_TARGETS)}",
+        scope=FINETUNE_ONLY,
+    )
+    early_stopping_patience: int | None = _option(
+        None,
+        "stop after N validations without a lower validation loss; the "
+        "best weights are the result either way",
+        metavar="N",
+    )
     tokenizer: str = _option(
         "byte",
         "'byte', a tokenizer directory, or 'sentencepiece:N' to train an "
         "N-id SentencePiece model on --data",
         metavar="SPEC",
+        scope=TRAIN_ONLY,
     )
     validation_data: tuple[str, ...] = _option(
         (),
@@ -72,9 +123,14 @@ class TrainConfig:
         "(0: no validation)",
     )
     text_format: str = _option(
-        "document", "what a document is in .txt files", choices=TEXT_FORMATS
+        "document",
+        "what a document is in .txt files",
+        choices=TEXT_FORMATS,
+        scope=TRAIN_ONLY,
     )
-    jsonl_field: str = _option("text", "text field of .jsonl lines")
+    jsonl_field: str = _option(
+        "text", "text field of .jsonl lines", scope=TRAIN_ONLY
+    )
     steps: int | None = _option(None, "optimizer updates (default: 1 epoch)")
     epochs: float | None = _option(None, "passes over the training data")
     batch_size: int = _option(32, "global batch, in sequences")
@@ -115,7 +171,7 @@ class TrainConfig:
     log_every: int = _option(10, "steps between TensorBoard points")
 
     def __post_init__(self):
-        for name in ("data", "validation_data"):
+        for name in ("data", "validation_data", "lora_targets"):
             value = getattr(self, name)
             if isinstance(value, str):
                 object.__setattr__(self, name, (value,))
@@ -139,6 +195,7 @@ class TrainConfig:
         config = dataclasses.asdict(self)
         config["data"] = list(self.data)
         config["validation_data"] = list(self.validation_data)
+        config["lora_targets"] = list(self.lora_targets)
         return config
 
 
@@ -162,10 +219,31 @@ def _base_type(hint) -> tuple[type, bool]:
     return hint, False
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds one `--flag` per `TrainConfig` field to `parser`."""
+def fields_for(command: str) -> list[dataclasses.Field]:
+    """The fields `tflm COMMAND` (`train` or `finetune`) has flags for."""
+    return [
+        field
+        for field in dataclasses.fields(TrainConfig)
+        if field.metadata.get("scope", command) == command
+    ]
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    command: str = TRAIN_ONLY,
+    skip: tuple[str, ...] = (),
+) -> None:
+    """Adds one `--flag` per `TrainConfig` field of `command` to `parser`.
+
+    Args:
+        parser: the subcommand's parser.
+        command: `"train"` or `"finetune"` (see `fields_for`).
+        skip: fields the command sets another way.
+    """
     hints = typing.get_type_hints(TrainConfig)
-    for field in dataclasses.fields(TrainConfig):
+    for field in fields_for(command):
+        if field.name in skip:
+            continue
         kind, many = _base_type(hints[field.name])
         flag = "--" + field.name.replace("_", "-")
         kwargs: dict[str, Any] = {
@@ -189,7 +267,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, **kwargs)
 
 
-def from_namespace(args: argparse.Namespace) -> TrainConfig:
-    """Builds a `TrainConfig` from parsed `add_arguments` flags."""
+def from_namespace(args: argparse.Namespace, **values) -> TrainConfig:
+    """Builds a `TrainConfig` from parsed `add_arguments` flags, plus
+    `values` for the fields that have no flag."""
     names = [field.name for field in dataclasses.fields(TrainConfig)]
-    return TrainConfig(**{name: getattr(args, name) for name in names})
+    given = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    return TrainConfig(**{**given, **values})

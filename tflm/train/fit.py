@@ -23,16 +23,21 @@ from tflm import atomic
 from tflm import errors
 from tflm import modeldir
 from tflm import tokenizers
+from tflm.data import templates
 from tflm.models import backbone as backbone_lib
 from tflm.models import causal_lm
 from tflm.models import presets
+from tflm.train import best as best_lib
 from tflm.train import callbacks as callbacks_lib
 from tflm.train import config as config_lib
 from tflm.train import divergence
 from tflm.train import inputs
 from tflm.train import optimizer as optimizer_lib
+from tflm.train import parent as parent_lib
+from tflm.train import start as start_lib
 from tflm.train import state as state_lib
 from tflm.train import strategy as strategy_lib
+from tflm.train import task_inputs
 from tflm.train import trainer as trainer_lib
 from tflm.train import validation
 
@@ -75,6 +80,34 @@ class _Run:
     backbone: dict
     sequence_length: int
     total_steps: int
+    parent: parent_lib.Parent | None = None
+    task: task_inputs.TaskData | None = None
+
+    @property
+    def keeps_best(self) -> bool:
+        """Whether the result is the best validated weights, not the last:
+        on task data and with early stopping."""
+        return (
+            self.config.data_format == "task"
+            or self.config.early_stopping_patience is not None
+        )
+
+    def metadata(self, keeper) -> dict:
+        """The `config.json` entries besides the model's own."""
+        entries = {}
+        if self.parent is not None:
+            entries["parent"] = self.parent.record()
+        if self.config.data_format == "task":
+            entries["template"] = templates.TEMPLATE
+        if keeper is not None and keeper.best_step is not None:
+            entries["best_step"] = keeper.best_step
+        if self.config.lora_rank is not None:
+            entries["lora"] = {
+                "rank": self.config.lora_rank,
+                "alpha": self.config.lora_alpha,
+                "targets": list(self.config.lora_targets),
+            }
+        return entries
 
     @property
     def start_step(self) -> int:
@@ -102,17 +135,18 @@ def train(
             model directory, one from an incompatible run, or a run that
             diverged (a NaN loss; the last good checkpoint is kept).
     """
-    run = _prepare(config)
-    # One run at a time writes a model directory (`tflm.atomic.lock`).
-    with atomic.lock(run.out) if run.chief else contextlib.nullcontext():
-        return _train(run, config, verbose, callbacks)
+    with contextlib.ExitStack() as stack:
+        run = _prepare(config, stack)
+        # One run at a time writes a model directory (`tflm.atomic.lock`).
+        with atomic.lock(run.out) if run.chief else contextlib.nullcontext():
+            return _train(run, config, verbose, callbacks)
 
 
 def _train(run: _Run, config, verbose, callbacks) -> TrainResult:
     strategy_lib.check_workers_agree(
         run.strategy, start_step=run.start_step, total_steps=run.total_steps
     )
-    if run.start_step >= run.total_steps:
+    if run.saved and run.saved.finished:
         logger.info(
             "%s is trained to step %d of %d; nothing to do.",
             run.out,
@@ -124,12 +158,7 @@ def _train(run: _Run, config, verbose, callbacks) -> TrainResult:
     if run.saved:
         logger.info("Resuming %s from step %d.", run.out, run.start_step)
     # Datasets first: bad data fails before anything is written.
-    data = _Data(
-        inputs.train_dataset(
-            config, run.tokenizer, run.sequence_length, skip=run.start_step
-        ),
-        *inputs.validation_dataset(config, run.tokenizer, run.sequence_length),
-    )
+    data = _datasets(run)
     with run.strategy.scope():
         lm, trainer = _build(run)
     if run.chief and not run.saved:
@@ -137,7 +166,21 @@ def _train(run: _Run, config, verbose, callbacks) -> TrainResult:
     return _fit(run, lm, trainer, data, verbose, list(callbacks))
 
 
-def _prepare(config: config_lib.TrainConfig) -> _Run:
+def _datasets(run: _Run) -> _Data:
+    config = run.config
+    if run.task is not None:
+        return _Data(
+            task_inputs.train_dataset(config, run.task, run.start_step),
+            *task_inputs.validation_dataset(config, run.task),
+        )
+    length = run.sequence_length
+    return _Data(
+        inputs.train_dataset(config, run.tokenizer, length, run.start_step),
+        *inputs.validation_dataset(config, run.tokenizer, length),
+    )
+
+
+def _prepare(config: config_lib.TrainConfig, stack) -> _Run:
     strategy = strategy_lib.resolve_strategy(config.strategy)
     chief = strategy_lib.is_chief(strategy)
     out = os.path.abspath(config.out)
@@ -146,12 +189,18 @@ def _prepare(config: config_lib.TrainConfig) -> _Run:
     modeldir.check_target(out)
     saved = state_lib.read(out) if modeldir.is_model_dir(out) else None
     keras.utils.set_random_seed(config.seed)
-    tokenizer = inputs.make_tokenizer(
-        config, out if saved else None, strategy_lib.spans_workers(strategy)
-    )
-    backbone = _backbone_kwargs(config, tokenizer)
+    parent = None
+    if config.init_from is not None:
+        parent = stack.enter_context(parent_lib.resolve(config.init_from))
+        backbone = start_lib.parent_backbone(parent, config)
+        tokenizer = start_lib.parent_tokenizer(parent)
+    else:
+        tokenizer = inputs.make_tokenizer(
+            config, out if saved else None, strategy_lib.spans_workers(strategy)
+        )
+        backbone = _backbone_kwargs(config, tokenizer)
     if saved:
-        _check_resume(out, saved, config, backbone)
+        _check_resume(out, saved, config, backbone, parent)
     # `TrainConfig` checked that it fits the preset's context.
     sequence_length = config.sequence_length or backbone["max_sequence_length"]
     strategy_lib.check_batch_size(
@@ -159,7 +208,12 @@ def _prepare(config: config_lib.TrainConfig) -> _Run:
         strategy.num_replicas_in_sync,
         config.accumulation_steps,
     )
-    total = inputs.total_steps(config, tokenizer, sequence_length)
+    task = None
+    if config.data_format == "task":
+        task = task_inputs.load(config, tokenizer, sequence_length)
+        total = task_inputs.total_steps(config, task)
+    else:
+        total = inputs.total_steps(config, tokenizer, sequence_length)
     warmup = validation.resolve_warmup(config.warmup_steps, total)
     config = dataclasses.replace(config, warmup_steps=warmup)
     return _Run(
@@ -172,6 +226,8 @@ def _prepare(config: config_lib.TrainConfig) -> _Run:
         backbone,
         sequence_length,
         total,
+        parent,
+        task,
     )
 
 
@@ -182,9 +238,16 @@ def _backbone_kwargs(config, tokenizer) -> dict:
     return presets.get_preset(config.preset, **overrides)
 
 
-def _check_resume(out, saved, config, backbone) -> None:
+def _check_resume(out, saved, config, backbone, parent) -> None:
     config_path = os.path.join(out, modeldir.CONFIG_FILE)
     saved_config = modeldir.validate(out)
+    recorded = saved_config.get("parent", {}).get("sha256")
+    if parent is not None and recorded != parent.fingerprint:
+        raise errors.InputError(
+            f"{parent.path} is not the model {out} was started from (its "
+            "files changed, or another parent was named). Resume from the "
+            "same parent, or name a new --out."
+        )
     wanted = {k: v for k, v in backbone.items() if v is not None}
     state_lib.check_compatible(config_path, saved_config["backbone"], wanted)
     current = config.to_dict()
@@ -195,9 +258,18 @@ def _check_resume(out, saved, config, backbone) -> None:
 def _build(run: _Run):
     """Model, trainer and optimizer (restored when resuming); in scope."""
     config = run.config
-    backbone = backbone_lib.Backbone(**run.backbone, dtype=config.precision)
-    lm = causal_lm.CausalLM(backbone)
+    if run.parent is not None:
+        lm = start_lib.build_from_parent(run.parent, config)
+    else:
+        backbone = backbone_lib.Backbone(**run.backbone, dtype=config.precision)
+        lm = causal_lm.CausalLM(backbone)
     lm.tokenizer = run.tokenizer
+    lora = config.lora_rank is not None
+    if run.saved and not lora:
+        lm.load_weights(os.path.join(run.out, modeldir.WEIGHTS_FILE))
+    start_lib.enable_lora(lm, config)
+    if run.saved and lora:
+        start_lib.restore_adapters(lm, run.out)
     trainer = trainer_lib.LMTrainer(lm, config.accumulation_steps)
     optimizer = optimizer_lib.from_config(
         config, run.total_steps, sum_gradients=False
@@ -205,7 +277,6 @@ def _build(run: _Run):
     trainer.compile(optimizer=optimizer, jit_compile=_jit(run))
     optimizer.build(lm.trainable_variables)
     if run.saved:
-        lm.load_weights(os.path.join(run.out, modeldir.WEIGHTS_FILE))
         state_lib.restore_optimizer(optimizer, run.out)
         state_lib.restore_rng(lm, run.out)
     return lm, trainer
@@ -217,13 +288,29 @@ def _jit(run: _Run) -> bool:
     return run.config.jit_compile == "on"
 
 
-def _save(run: _Run, lm, optimizer, step: int) -> None:
+def _save(run: _Run, lm, optimizer, step: int, keeper=None) -> None:
     state = state_lib.TrainState(
-        step=step, total_steps=run.total_steps, config=run.config.to_dict()
+        step=step,
+        total_steps=run.total_steps,
+        config=run.config.to_dict(),
+        progress=keeper.state() if keeper is not None else {},
     )
     extra = state_lib.extra_files(state, optimizer, lm)
+    if keeper is not None and keeper.weights is not None:
+        extra[best_lib.BEST_FILE] = keeper.write
+    if run.config.lora_rank is not None:
+        extra[start_lib.ADAPTERS_FILE] = lambda path: start_lib.save_adapters(
+            lm, path
+        )
     # A run's own directory: `_prepare` checked it is new or this run's.
-    modeldir.save(lm, run.tokenizer, run.out, extra=extra, overwrite=True)
+    modeldir.save(
+        lm,
+        run.tokenizer,
+        run.out,
+        extra=extra,
+        metadata=run.metadata(keeper),
+        overwrite=True,
+    )
     logger.debug("Checkpoint at step %d written to %s.", step, run.out)
 
 
@@ -234,7 +321,8 @@ def _fit(run: _Run, lm, trainer, data, verbose, extra_callbacks) -> TrainResult:
     )
     train_data, val_data, val_steps = data
     progress = _progress_logger(run, length)
-    checkpointer = _checkpointer(run, lm, trainer, length)
+    keeper = _keeper(run, lm)
+    checkpointer = _checkpointer(run, lm, trainer, length, keeper)
     validate = val_data is not None and config.validate_every > 0
     try:
         trainer.fit(
@@ -249,6 +337,7 @@ def _fit(run: _Run, lm, trainer, data, verbose, extra_callbacks) -> TrainResult:
                 # First, so that nothing after it sees a non-finite step.
                 callbacks_lib.NonFiniteLossGuard(length),
                 progress,
+                *([keeper] if keeper is not None else []),
                 checkpointer,
                 callbacks_lib.StopAtStep(run.total_steps, length),
                 *extra_callbacks,
@@ -268,22 +357,59 @@ def _fit(run: _Run, lm, trainer, data, verbose, extra_callbacks) -> TrainResult:
             val_data, steps=val_steps, verbose=0, return_dict=True
         )
         progress.log_validation(step, float(logs["loss"]))
+        if keeper is not None:
+            keeper.observe(step, float(logs["loss"]))
+    if keeper is not None:
+        _finish(run, lm, trainer, keeper, step)
     return TrainResult(lm, step, start, progress.validation_loss, run.out)
 
 
-def _checkpointer(run: _Run, lm, trainer, length) -> callbacks_lib.Checkpointer:
+def _keeper(run: _Run, lm) -> best_lib.BestKeeper | None:
+    if not run.keeps_best:
+        return None
+    # `_checkpointer` points `current_step` at its own count.
+    keeper = best_lib.BestKeeper(
+        lm, lambda: run.start_step, run.config.early_stopping_patience
+    )
+    if run.saved:
+        keeper.restore(run.out, run.saved.progress)
+    return keeper
+
+
+def _finish(run: _Run, lm, trainer, keeper, step: int) -> None:
+    """The final checkpoint: the best weights seen, and where they are."""
+    divergence.check_finite(step, lm, trainer.optimizer)
+    keeper.stopped = keeper.stopped or step < run.total_steps
+    keeper.use_best()
+    if run.chief:
+        _save(run, lm, trainer.optimizer, step, keeper)
+    if keeper.best_step is not None:
+        logger.info(
+            "Kept the weights of step %d (validation loss %.4f).",
+            keeper.best_step,
+            keeper.best_loss,
+        )
+
+
+def _checkpointer(
+    run: _Run, lm, trainer, length, keeper
+) -> callbacks_lib.Checkpointer:
     def save(step):
         # Every worker checks (they hold the same values), so all stop.
         divergence.check_finite(step, lm, trainer.optimizer)
         if run.chief:
-            _save(run, lm, trainer.optimizer, step)
+            _save(run, lm, trainer.optimizer, step, keeper)
 
-    return callbacks_lib.Checkpointer(
+    checkpointer = callbacks_lib.Checkpointer(
         save,
         every=run.config.checkpoint_every,
         steps_per_epoch=length,
         initial_step=run.start_step,
+        at_end=keeper is None,  # `_finish` writes the last one.
     )
+    if keeper is not None:
+        keeper.current_step = lambda: checkpointer.last_step
+    return checkpointer
 
 
 def _progress_logger(run: _Run, length: int) -> callbacks_lib.ProgressLogger:

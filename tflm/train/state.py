@@ -42,15 +42,21 @@ class TrainState:
         step: optimizer updates done (and global batches consumed).
         total_steps: updates the run was asked for.
         config: the `TrainConfig.to_dict()` the run was started with.
+        progress: more of where it stands, such as the best validation
+            (see `tflm.train.best.BestKeeper.state`); `stopped` when it
+            stopped early.
     """
 
     step: int
     total_steps: int
     config: dict[str, Any]
+    progress: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
-        return self.step >= self.total_steps
+        return self.step >= self.total_steps or bool(
+            self.progress.get("stopped")
+        )
 
 
 def read(directory: str) -> TrainState:
@@ -69,7 +75,10 @@ def read(directory: str) -> TrainState:
         with open(path, encoding="utf-8") as f:
             state = json.load(f)
         return TrainState(
-            int(state["step"]), int(state["total_steps"]), state["config"]
+            int(state["step"]),
+            int(state["total_steps"]),
+            state["config"],
+            dict(state.get("progress", {})),
         )
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise errors.InputError(f"{path} is corrupt: {err}") from None

@@ -28,6 +28,8 @@ _INTEGERS: dict[str, tuple[int, int | None]] = {
     "eval_batches": (0, None),
     "seed": (0, 2**32 - 1),
     "log_every": (1, None),
+    "lora_rank": (1, None),
+    "early_stopping_patience": (1, None),
 }
 # Real fields: (low, low included, high (excluded) or None).
 _NUMBERS: dict[str, tuple[float, bool, float | None]] = {
@@ -40,6 +42,7 @@ _NUMBERS: dict[str, tuple[float, bool, float | None]] = {
     "clip_norm": (0.0, True, None),
     "dropout": (0.0, True, 1.0),
     "validation_fraction": (0.0, True, 1.0),
+    "lora_alpha": (0.0, False, None),
 }
 
 
@@ -107,7 +110,7 @@ def check_config(config, optional: frozenset[str]) -> None:
     if not isinstance(config.jsonl_field, str) or not config.jsonl_field:
         raise fail("jsonl_field", config.jsonl_field, "a field name")
     _check_together(config)
-    check_preset(config.preset, config.sequence_length)
+    _check_start(config)
 
 
 def _check_together(config) -> None:
@@ -140,6 +143,28 @@ def _check_together(config) -> None:
             config.batch_size,
             f"a multiple of --accumulation-steps ({config.accumulation_steps})",
         )
+
+
+def _check_start(config) -> None:
+    if (config.preset is None) == (config.init_from is None):
+        raise errors.InputError(
+            "Name the architecture with --preset (a new model) or the model "
+            "to start from with --init-from, not both. Received: "
+            f"preset={config.preset!r}, init_from={config.init_from!r}."
+        )
+    if config.preset is not None:
+        check_preset(config.preset, config.sequence_length)
+    from tflm.train import config as config_lib
+
+    for target in config.lora_targets:
+        if target not in config_lib.LORA_TARGETS:
+            raise fail(
+                "lora_targets",
+                target,
+                f"among {', '.join(config_lib.LORA_TARGETS)}",
+            )
+    if config.lora_rank is None and config.lora_alpha is not None:
+        raise errors.InputError("--lora-alpha needs --lora-rank.")
 
 
 def check_preset(name: Any, sequence_length: int | None = None) -> dict:
