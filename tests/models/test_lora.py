@@ -11,6 +11,7 @@ import pytest
 from tflm import errors
 from tflm.layers import lora as lora_layers
 from tflm.models import lora
+from tflm.models import lora_storage
 from tflm.models import model_dir
 from tflm.models.causal_lm import CausalLM
 from tflm.tokenizers.byte import ByteTokenizer
@@ -65,7 +66,7 @@ def _base_values(lm):
 
 
 def _adapter_ids(lm):
-    return {id(v) for _, layer in lora._lora_layers(lm) for v in layer._lora()}
+    return {id(v) for v in lora.adapter_variables(lm).values()}
 
 
 def _check_trained_adapters_only(lm, optimizer, base):
@@ -169,7 +170,7 @@ def test_merged_model_equals_the_lora_model():
     assert out == copy.generate(PROMPT, 12, jit_compile=False)
     # In place: a plain model, every variable trainable, the same outputs.
     lora.merge_lora(lm)
-    assert not lora._lora_layers(lm)
+    assert type(lm.backbone.blocks[0].mlp_out) is keras.layers.Dense
     assert len(lm.trainable_variables) == len(plain.trainable_variables)
     np.testing.assert_allclose(lm(x).numpy(), logits, atol=1e-5)
 
@@ -195,7 +196,7 @@ def test_model_dir_keeps_adapters_apart_and_round_trips(tmp_path):
         "targets": ["query", "value", "mlp_in"],
     }
     weights = os.path.join(directory, model_dir.WEIGHTS_FILE)
-    adapters = os.path.join(directory, lora.ADAPTERS_FILE)
+    adapters = os.path.join(directory, lora_storage.ADAPTERS_FILE)
     # The base file has exactly a plain model's keys and loads into one.
     plain = _lm()
     plain_dir = model_dir.save(plain, plain.tokenizer, tmp_path / "plain")
@@ -215,7 +216,9 @@ def test_model_dir_keeps_adapters_apart_and_round_trips(tmp_path):
     merged_dir = model_dir.save(
         lm, lm.tokenizer, tmp_path / "merged", merge_lora=True
     )
-    assert not os.path.exists(os.path.join(merged_dir, lora.ADAPTERS_FILE))
+    assert not os.path.exists(
+        os.path.join(merged_dir, lora_storage.ADAPTERS_FILE)
+    )
     assert "lora" not in model_dir.read_config(merged_dir)
     assert lora.lora_config(lm) is not None  # the model is kept
     merged = CausalLM.from_preset(merged_dir)
@@ -227,14 +230,16 @@ def test_overwriting_with_a_plain_model_drops_the_adapters(tmp_path):
     directory = model_dir.save(lm, lm.tokenizer, tmp_path / "m")
     lora.merge_lora(lm)
     model_dir.save(lm, lm.tokenizer, directory, overwrite=True)
-    assert not os.path.exists(os.path.join(directory, lora.ADAPTERS_FILE))
+    assert not os.path.exists(
+        os.path.join(directory, lora_storage.ADAPTERS_FILE)
+    )
     assert lora.lora_config(CausalLM.from_preset(directory)) is None
 
 
 def test_missing_or_mismatched_adapters_are_input_errors(tmp_path):
     lm = _lora_lm()
     directory = model_dir.save(lm, lm.tokenizer, tmp_path / "m")
-    os.remove(os.path.join(directory, lora.ADAPTERS_FILE))
+    os.remove(os.path.join(directory, lora_storage.ADAPTERS_FILE))
     with pytest.raises(errors.InputError, match="adapters.npz is missing"):
         CausalLM.from_preset(directory)
     weights = lora.adapter_weights(lm)

@@ -17,6 +17,7 @@ load into one) and the adapters apart in `adapters.npz`, recorded as
 `"lora": {"rank", "alpha", "targets"}` in `config.json`. `merge_lora` folds
 the adapters into the kernels (`W += alpha / rank * A @ B`) and leaves a
 plain model, with no extra ops; `merged` does it on a copy (for export).
+`tflm.models.lora_storage` reads and writes the adapters of a directory.
 
 Example:
 >>> from tflm.models import causal_lm
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Mapping
 from collections.abc import Sequence
 
@@ -49,8 +49,6 @@ logger = logging.getLogger("tflm")
 
 TARGETS = ("query", "key", "value", "output", "mlp_in", "mlp_out")
 DEFAULT_TARGETS = ("query", "value")
-ADAPTERS_FILE = "adapters.npz"
-CONFIG_KEY = "lora"
 
 
 def _slots(block, targets) -> dict:
@@ -105,14 +103,21 @@ def _check_rank(rank, model, slots) -> None:
                 )
 
 
-def _lora_layers(model) -> list[tuple[str, lora_layers.LoRADense]]:
-    """`(block name, layer)` for every adapted projection of `model`."""
+_ATTRIBUTES = ("query_key_value", "query", "key", "value", "output_dense")
+
+
+def _lora_layers(model) -> list[tuple]:
+    """`(block name, parent, attribute, layer)` per adapted projection."""
     found = []
     for block in model.backbone.blocks:
-        for layer in (block.attention, block):
-            for sub in layer._layers:
-                if isinstance(sub, lora_layers.LoRADense):
-                    found.append((block.name, sub))
+        for parent, names in (
+            (block.attention, _ATTRIBUTES),
+            (block, ("mlp_in", "mlp_out")),
+        ):
+            for name in names:
+                layer = getattr(parent, name, None)
+                if isinstance(layer, lora_layers.LoRADense):
+                    found.append((block.name, parent, name, layer))
     return found
 
 
@@ -204,9 +209,8 @@ def lora_config(model) -> dict | None:
     found = _lora_layers(model)
     if not found:
         return None
-    layer = found[0][1]
-    first = found[0][0]
-    names = {n for b, lyr in found if b == first for n, *_ in lyr.blocks}
+    first, *_, layer = found[0]
+    names = {n for b, *_, lyr in found if b == first for n, *_ in lyr.blocks}
     targets = [t for t in TARGETS if t in names]
     return {"rank": layer.rank, "alpha": layer.alpha, "targets": targets}
 
@@ -215,13 +219,14 @@ def adapter_weights(model) -> dict[str, np.ndarray]:
     """The adapters as arrays, keyed `"<block>/<target>/lora_a"` (or `_b`)."""
     return {
         name: keras.ops.convert_to_numpy(variable)
-        for name, variable in _adapter_variables(model).items()
+        for name, variable in adapter_variables(model).items()
     }
 
 
-def _adapter_variables(model) -> dict:
+def adapter_variables(model) -> dict:
+    """The adapter variables, keyed as in `adapter_weights`."""
     variables = {}
-    for block_name, layer in _lora_layers(model):
+    for block_name, *_, layer in _lora_layers(model):
         pairs = zip(layer.blocks, layer.lora_a, layer.lora_b, strict=True)
         for (target, *_), a, b in pairs:
             variables[f"{block_name}/{target}/lora_a"] = a
@@ -235,7 +240,7 @@ def load_adapter_weights(model, weights: Mapping[str, np.ndarray]) -> None:
     Raises:
         InputError: the names or shapes do not match the model's adapters.
     """
-    variables = _adapter_variables(model)
+    variables = adapter_variables(model)
     if sorted(weights) != sorted(variables):
         missing = sorted(set(variables) - set(weights))
         extra = sorted(set(weights) - set(variables))
@@ -263,32 +268,17 @@ def merge_lora(model) -> None:
     found = _lora_layers(model)
     if not found:
         return
-    for block in model.backbone.blocks:
-        for parent in (block.attention, block):
-            for attr in _attributes(parent):
-                old = getattr(parent, attr)
-                new = _rebuilt(old, keras.layers.Dense)
-                new.kernel.assign(
-                    keras.ops.cast(old.merged_kernel(), new.kernel.dtype)
-                )
-                if old.bias is not None:
-                    new.bias.assign(old.bias)
-                _swap(parent, attr, new)
+    for _, parent, attr, old in found:
+        new = _rebuilt(old, keras.layers.Dense)
+        new.kernel.assign(keras.ops.cast(old.merged_kernel(), new.kernel.dtype))
+        if old.bias is not None:
+            new.bias.assign(old.bias)
+        _swap(parent, attr, new)
     for variable in model.variables:
         if "seed_generator_state" not in variable.path:
             variable.trainable = True
     model._generators = {}
     logger.debug("Merged the LoRA adapters into the base weights.")
-
-
-def _attributes(parent) -> list[str]:
-    names = ("query_key_value", "query", "key", "value", "output_dense")
-    names += ("mlp_in", "mlp_out")
-    return [
-        name
-        for name in names
-        if isinstance(getattr(parent, name, None), lora_layers.LoRADense)
-    ]
 
 
 def merged(model):
@@ -305,59 +295,3 @@ def merged(model):
     merge_lora(copy)
     copy.tokenizer = getattr(model, "tokenizer", None)
     return copy
-
-
-# The model directory ------------------------------------------------------
-def config_entry(model) -> dict:
-    """What `config.json` records: `{"lora": {...}}`, nothing without LoRA."""
-    config = lora_config(model)
-    return {} if config is None else {CONFIG_KEY: config}
-
-
-def save_adapters(model, directory: str) -> None:
-    """Writes `directory/adapters.npz` if `model` has adapters (no pickles)."""
-    weights = adapter_weights(model)
-    if weights:
-        with open(os.path.join(directory, ADAPTERS_FILE), "wb") as f:
-            np.savez(f, **weights)
-
-
-def load_adapters(model, directory: str) -> None:
-    """Loads `directory/adapters.npz` into `model`'s adapters.
-
-    Raises:
-        InputError: the file is missing, unreadable or does not fit.
-    """
-    path = os.path.join(os.fspath(directory), ADAPTERS_FILE)
-    if not os.path.isfile(path):
-        raise errors.InputError(
-            f"{path} is missing: config.json records LoRA adapters."
-        )
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            weights = {name: data[name] for name in data.files}
-    except (OSError, ValueError) as err:
-        raise errors.InputError(f"{path} is not readable: {err}") from None
-    try:
-        load_adapter_weights(model, weights)
-    except errors.InputError as err:
-        raise errors.InputError(f"{path}: {err}") from None
-
-
-def restore_adapters(model, config: dict, directory: str) -> None:
-    """Re-creates the adapters `config` records on a freshly loaded `model`
-    and loads them from `directory`; nothing when it records none."""
-    entry = config.get(CONFIG_KEY)
-    if entry is None:
-        return
-    keys = {"rank", "alpha", "targets"}
-    if not isinstance(entry, dict) or set(entry) != keys:
-        raise errors.InputError(
-            f"config.json: {CONFIG_KEY} must be an object with "
-            f"{', '.join(sorted(keys))}. Received: {CONFIG_KEY}={entry!r}."
-        )
-    try:
-        enable_lora(model, **entry)
-    except errors.InputError as err:
-        raise errors.InputError(f"config.json: {CONFIG_KEY}: {err}") from None
-    load_adapters(model, directory)

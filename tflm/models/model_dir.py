@@ -26,6 +26,7 @@ from tflm import errors
 from tflm import tokenizers
 from tflm.models import backbone as backbone_lib
 from tflm.models import lora as lora_lib
+from tflm.models import lora_storage
 from tflm.models import model_dir_checks as checks
 from tflm.models import weights as weights_lib
 
@@ -34,7 +35,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
 TOKENIZER_DIR = "tokenizer"
 TRAIN_DIR = "train"
-ADAPTERS_FILE = lora_lib.ADAPTERS_FILE
+ADAPTERS_FILE = lora_storage.ADAPTERS_FILE
 # What `save` owns (the training state belongs to the weights beside it).
 MANAGED = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR, TRAIN_DIR, ADAPTERS_FILE)
 
@@ -84,7 +85,7 @@ def save(
     def write(temp: str) -> None:
         tokenizer.write_files(os.path.join(temp, TOKENIZER_DIR))
         model.save_weights(os.path.join(temp, WEIGHTS_FILE))
-        lora_lib.save_adapters(model, temp)
+        lora_storage.save_adapters(model, temp)
         write_config(os.path.join(temp, CONFIG_FILE), model, tokenizer)
         _write_extra(temp, extra)
 
@@ -136,7 +137,7 @@ def model_config(model, tokenizer: tokenizers.Tokenizer) -> dict[str, Any]:
         "backbone": backbone_config(model),
         "tokenizer": tokenizers.base.tokenizer_config(tokenizer),
         **weights_lib.config_entry(model),
-        **lora_lib.config_entry(model),
+        **lora_storage.config_entry(model),
     }
 
 
@@ -282,7 +283,7 @@ def load_model(
         raise errors.InputError(
             f"{weights} does not fit {CONFIG_FILE}: {err}"
         ) from None
-    lora_lib.restore_adapters(model, config, directory)
+    lora_storage.restore_adapters(model, config, directory)
     model.tokenizer = tokenizers.load_tokenizer(
         os.path.join(directory, TOKENIZER_DIR)
     )
