@@ -21,6 +21,7 @@ from tflm import atomic
 from tflm import errors
 from tflm.export import signatures as signatures_lib
 from tflm.export import warmup as warmup_lib
+from tflm.models import lora as lora_lib
 from tflm.models import model_dir
 from tflm.models import weights as weights_lib
 
@@ -127,6 +128,7 @@ def export(
             without `overwrite`, or the disk filled up (nothing replaced).
     """
     tokenizer = tokenizer or model.tokenizer
+    model = lora_lib.merged(model)  # no adapter ops in the export
     model = weights_lib.converted(model, weights) if weights else model
     if tokenizer is None:
         raise errors.InputError(

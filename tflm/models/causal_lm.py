@@ -128,7 +128,11 @@ class CausalLM(keras.Model):
         return cls(backbone_lib.Backbone.from_preset(name, **overrides))
 
     def save_to_preset(
-        self, directory: str | os.PathLike, *, overwrite: bool = False
+        self,
+        directory: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        merge_lora: bool = False,
     ) -> str:
         """Writes a model directory that `from_preset` loads.
 
@@ -136,6 +140,8 @@ class CausalLM(keras.Model):
             directory: see `tflm.models.model_dir.save`; an existing model
                 there is replaced only with `overwrite=True`.
             overwrite: replace an existing model directory.
+            merge_lora: write LoRA adapters (`tflm.models.lora`) merged into
+                the weights, not apart in `adapters.npz`.
 
         Returns:
             The real path of the directory.
@@ -149,7 +155,11 @@ class CausalLM(keras.Model):
                 "`model.tokenizer` (a `tflm.tokenizers.Tokenizer`) first."
             )
         return model_dir.save(
-            self, self.tokenizer, directory, overwrite=overwrite
+            self,
+            self.tokenizer,
+            directory,
+            overwrite=overwrite,
+            merge_lora=merge_lora,
         )
 
     def compile(

@@ -25,6 +25,8 @@ from tflm import atomic
 from tflm import errors
 from tflm import tokenizers
 from tflm.models import backbone as backbone_lib
+from tflm.models import lora as lora_lib
+from tflm.models import lora_storage
 from tflm.models import model_dir_checks as checks
 from tflm.models import weights as weights_lib
 
@@ -33,8 +35,9 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
 TOKENIZER_DIR = "tokenizer"
 TRAIN_DIR = "train"
+ADAPTERS_FILE = lora_storage.ADAPTERS_FILE
 # What `save` owns (the training state belongs to the weights beside it).
-MANAGED = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR, TRAIN_DIR)
+MANAGED = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR, TRAIN_DIR, ADAPTERS_FILE)
 
 Extra = Mapping[str, "str | bytes | Callable[[str], None]"]
 
@@ -47,8 +50,12 @@ def save(
     extra: Extra | None = None,
     metadata: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    merge_lora: bool = False,
 ) -> str:
     """Writes `model` and `tokenizer` to `directory`, atomically.
+
+    A model with LoRA adapters (`tflm.models.lora`) keeps its base weights
+    in `model.weights.h5` and its adapters apart in `adapters.npz`.
 
     Args:
         model: a `CausalLM`. Its backbone config is saved with the dtype of
@@ -65,6 +72,8 @@ def save(
             (the model it was fine-tuned from), `template` (see
             `tflm.data.templates`) or `best_step`.
         overwrite: replace an existing model (and drop its `train/` state).
+        merge_lora: write the adapters merged into the base weights (one
+            plain model, as `tflm.models.lora.merged`); `model` is kept.
 
     Returns:
         The real path of the directory.
@@ -75,10 +84,12 @@ def save(
     """
     directory = check_target(directory)
     extra = dict(extra or {})
+    model = lora_lib.merged(model) if merge_lora else model
 
     def write(temp: str) -> None:
         tokenizer.write_files(os.path.join(temp, TOKENIZER_DIR))
         model.save_weights(os.path.join(temp, WEIGHTS_FILE))
+        lora_storage.save_adapters(model, temp)
         write_config(
             os.path.join(temp, CONFIG_FILE), model, tokenizer, metadata
         )
@@ -138,6 +149,7 @@ def model_config(
         "backbone": backbone_config(model),
         "tokenizer": tokenizers.base.tokenizer_config(tokenizer),
         **weights_lib.config_entry(model),
+        **lora_storage.config_entry(model),
     }
 
 
@@ -288,6 +300,7 @@ def load_model(
         raise errors.InputError(
             f"{weights} does not fit {CONFIG_FILE}: {err}"
         ) from None
+    lora_storage.restore_adapters(model, config, directory)
     model.tokenizer = tokenizers.load_tokenizer(
         os.path.join(directory, TOKENIZER_DIR)
     )
