@@ -41,13 +41,21 @@ def test_tokenizer_train_writes_a_directory_and_reports(
     assert leftovers == []
 
 
-def test_tokenizer_train_replaces_a_tokenizer_directory(text_file, tmp_path):
+def test_tokenizer_train_replaces_a_tokenizer_only_with_overwrite(
+    text_file, tmp_path, capsys
+):
     out = tmp_path / "tok"
     tokenizers.ByteTokenizer().save(out)
-    assert _train(text_file, out) == 0
+    (out / "NOTES.md").write_text("mine")
+    assert _train(text_file, out) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert isinstance(tokenizers.load_tokenizer(out), tokenizers.ByteTokenizer)
+    assert _train(text_file, out, "--overwrite") == 0
     assert isinstance(
         tokenizers.load_tokenizer(out), tokenizers.SentencePieceTokenizer
     )
+    assert (out / "NOTES.md").read_text() == "mine"
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".")] == []
 
 
 def test_tokenizer_train_refuses_a_folder_with_other_files(

@@ -4,6 +4,7 @@ import os
 import pytest
 
 from tflm import data
+from tflm import errors
 
 PARAGRAPHS = "first para\nline two\n\n  \nsecond 红楼梦\n\n\n third 🙂\n"
 
@@ -36,11 +37,11 @@ def test_find_files_expands_folders_globs_and_dedupes(folder):
 
 
 def test_find_files_errors_name_the_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothing-here"):
+    with pytest.raises(errors.InputError, match="nothing-here"):
         data.find_files([str(tmp_path / "nothing-here*.txt")])
-    with pytest.raises(FileNotFoundError, match="no .txt or .jsonl"):
+    with pytest.raises(errors.InputError, match="no .txt or .jsonl"):
         data.find_files([str(tmp_path)])
-    with pytest.raises(ValueError, match="no data paths"):
+    with pytest.raises(errors.InputError, match="no data paths"):
         data.find_files([])
 
 
@@ -77,33 +78,87 @@ def test_jsonl_documents_are_read_through_a_cache(folder, tmp_path):
     assert again == docs
 
 
-def test_jsonl_line_without_field_names_file_and_line(tmp_path):
+def test_jsonl_line_without_field_names_file_line_and_fields(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"text": "ok"}\n{"body": "no text"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: no 'text' field"):
+    path.write_text('{"text": "ok"}\n{"body": "no text", "id": 3}\n')
+    with pytest.raises(errors.InputError) as caught:
         data.read_documents([str(path)], cache_dir=str(tmp_path / "c"))
-    with pytest.raises(ValueError, match=r"bad.jsonl:1: no 'body' field"):
+    assert str(caught.value).startswith(
+        f"{path}:2: no 'text' field (the record has: 'body', 'id'). Name "
+        "the field that holds the text with jsonl_field= (CLI: --jsonl-field)"
+    )
+    with pytest.raises(errors.InputError, match=r"bad.jsonl:1: no 'body'"):
         data.read_documents(
             [str(path)], jsonl_field="body", cache_dir=str(tmp_path / "c")
         )
-    path.write_text('{"text": "ok"}\nnot json\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: not valid JSON"):
+    path.write_text('{"text": "ok"}\n["a list"]\n')
+    with pytest.raises(errors.InputError, match=r"bad.jsonl:2: a JSON list"):
+        data.read_documents([str(path)], cache_dir=str(tmp_path / "c"))
+    path.write_text('{"text": "ok"}\n{"text": 3}\n')
+    with pytest.raises(errors.InputError, match=r"bad.jsonl:2: .* is a int"):
+        data.read_documents([str(path)], cache_dir=str(tmp_path / "c"))
+
+
+def test_broken_jsonl_line_names_file_line_and_column(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "ok"}\n\n{"text": "cut off\n')
+    with pytest.raises(errors.InputError) as caught:
         data.read_documents([str(path)], cache_dir=str(tmp_path / "d"))
+    assert str(caught.value).startswith(f"{path}:3: not valid JSON (")
+    assert "column" in str(caught.value)
     assert os.listdir(tmp_path / "d" / "jsonl") == []  # no partial cache
 
 
-def test_invalid_utf8_is_replaced_and_counted(tmp_path, caplog):
+def test_iter_documents_checks_jsonl_before_it_returns(tmp_path):
+    """The old failure: the error came from inside the consumer (for
+    SentencePiece, as `INTERNAL: ValueError` with a stack)."""
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "ok"}\n{"text": "fine"}\nnot json\n')
+    with pytest.raises(errors.InputError, match=r"bad.jsonl:3: not valid"):
+        data.iter_documents([str(path)], cache_dir=str(tmp_path / "c"))
+    path.write_text('{"text": "ok"}\n{"text": "fine\\nline"}\n')
+    docs = data.iter_documents(
+        [str(path)], "line", cache_dir=str(tmp_path / "c")
+    )
+    assert list(docs) == ["ok", "fine", "line"]
+
+
+def test_invalid_utf8_is_replaced_and_located(tmp_path, caplog):
     path = tmp_path / "latin1.txt"
     path.write_bytes("café\nok\nnaïve\n".encode("latin-1"))
     with caplog.at_level(logging.WARNING):
         docs = _docs(data.read_documents([str(path)]))
     assert docs == ["caf\ufffd\nok\nna\ufffdve\n"]
-    assert "latin1.txt: 2 line(s) are not valid UTF-8" in caplog.text
+    assert (
+        f"{path}: 2 line(s) are not valid UTF-8 (the first at line 1, byte "
+        "offset 3)" in caplog.text
+    )
+
+
+def test_invalid_utf8_offset_counts_bytes_of_earlier_lines(tmp_path):
+    content = "红楼梦\n\nok line\n".encode() + b"abc\xff\xfe\n" + b"x\xc3"
+    path = tmp_path / "bad.txt"
+    path.write_bytes(content)
+    bad, line, offset = data.find_invalid_utf8(str(path))
+    assert (bad, line, offset) == (2, 4, content.index(b"\xff"))
+    path.write_bytes("红楼梦 valid".encode())
+    assert data.find_invalid_utf8(str(path)) == (0, 0, 0)
+
+
+def test_invalid_utf8_in_jsonl_names_line_and_offset(tmp_path, caplog):
+    good = b'{"text": "one"}\n'
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(good + b'{"text": "caf\xe9"}\n')
+    with caplog.at_level(logging.WARNING):
+        docs = _docs(data.read_documents([str(path)], cache_dir=str(tmp_path)))
+    assert docs == ["one", "caf\ufffd"]
+    offset = len(good) + len('{"text": "caf')
+    assert f"(the first at line 2, byte offset {offset})" in caplog.text
 
 
 def test_empty_corpus_is_an_error(tmp_path):
     (tmp_path / "empty.txt").write_text("")
-    with pytest.raises(ValueError, match="corpus is empty.*empty.txt"):
+    with pytest.raises(errors.InputError, match="corpus is empty.*empty"):
         data.read_documents([str(tmp_path / "empty.txt")])
 
 

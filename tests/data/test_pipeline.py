@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tflm import data
+from tflm import errors
 from tflm import tokenizers
 
 BYTE = tokenizers.ByteTokenizer()
@@ -142,7 +143,9 @@ def test_split_is_disjoint_stable_and_complete(corpus, tmp_path):
     train = _stream(corpus, BYTE, split="train")
     validation = _stream(corpus, BYTE, split="validation")
     assert len(train) + len(validation) == len(_stream(corpus, BYTE))
-    windows = _windows(_make(corpus, split="validation", shuffle=False))
+    windows = _windows(
+        _make(corpus, split="validation", split_mode="document", shuffle=False)
+    )
     assert windows.reshape(-1).tolist() == validation[: windows.size]
 
 
@@ -198,16 +201,28 @@ def test_no_python_functions_in_the_graph(corpus):
 
 
 def test_corpus_shorter_than_a_batch_is_an_error(tmp_path):
-    (tmp_path / "short.txt").write_text("only a few words")
-    with pytest.raises(ValueError, match="short.txt.*sequence_length"):
-        _make(str(tmp_path / "short.txt"), text_format="document")
+    path = tmp_path / "short.txt"
+    path.write_text("only a few words")  # 16 bytes + end-of-text
+    with pytest.raises(errors.InputError) as caught:
+        _make(str(path), text_format="document")
+    message = str(caught.value)
+    assert message.startswith(
+        f"{path} has 17 token(s), but one batch needs 4 window(s) of "
+        f"sequence_length + 1 = {SEQ + 1} tokens ({4 * (SEQ + 1)} tokens; "
+        "1 window(s) found). Add text, or lower sequence_length or "
+        "batch_size"
+    )
 
 
-def test_empty_validation_split_explains_why(tmp_path):
+def test_too_small_validation_split_says_how_to_fix_it(tmp_path):
     path = tmp_path / "one.txt"
-    path.write_text("one document " * 200)
-    with pytest.raises(ValueError, match="'validation' split.*per document"):
+    path.write_text("one document " * 5)  # 65 characters: 6 held out
+    with pytest.raises(errors.InputError) as caught:
         _make(str(path), split="validation", text_format="document")
+    message = str(caught.value)
+    assert "the 'validation' split of" in message
+    assert "has 7 token(s)" in message  # 6 bytes + end-of-text
+    assert "raise validation_fraction" in message
 
 
 @pytest.mark.parametrize(

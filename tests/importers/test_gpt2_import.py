@@ -11,11 +11,12 @@ import keras_hub
 import numpy as np
 import pytest
 
+from tflm import errors
 from tflm import importers
-from tflm import modeldir
 from tflm.export import saved_model
 from tflm.importers import gpt2
 from tflm.importers import weights
+from tflm.models import CausalLM
 
 PROMPT = "The quick brown fox, 今天天气很好 🍕"
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -60,7 +61,7 @@ def test_prefixed_names_and_model_dir(tmp_path, hf_dir, imported):
     gpt2_files.write_checkpoint(source, prefix="transformer.")
     out = importers.import_checkpoint(source, tmp_path / "model")
     assert out == str(tmp_path / "model")
-    loaded = modeldir.load(out)
+    loaded = CausalLM.from_preset(out)
     assert type(loaded.tokenizer).__name__ == "GPT2BPETokenizer"
     x = _inputs(loaded.tokenizer)
     np.testing.assert_allclose(
@@ -136,6 +137,27 @@ def _rewrite_config(directory, **changes):
     config.update(changes)
     with open(path, "w") as f:
         json.dump(config, f)
+
+
+def test_import_never_replaces_a_model_silently(tmp_path, hf_dir):
+    out = tmp_path / "trained"
+    importers.import_checkpoint(hf_dir, out)
+    (out / "train").mkdir()
+    (out / "train" / "state.json").write_text("{}")
+    (out / "NOTES.md").write_text("mine")
+    weights = (out / "model.weights.h5").read_bytes()
+    with pytest.raises(errors.InputError, match="--overwrite"):
+        importers.import_checkpoint(hf_dir, out)
+    assert (out / "model.weights.h5").read_bytes() == weights
+    assert (out / "train" / "state.json").exists()
+    importers.import_checkpoint(hf_dir, out, overwrite=True)
+    # The old training state belonged to the old weights; notes stay.
+    assert sorted(os.listdir(out)) == [
+        "NOTES.md",
+        "config.json",
+        "model.weights.h5",
+        "tokenizer",
+    ]
 
 
 def test_other_model_type_is_refused(tmp_path):

@@ -3,6 +3,7 @@ import inspect
 import numpy as np
 import pytest
 
+from tflm.errors import InputError
 from tflm.models import PRESETS
 from tflm.models import Backbone
 from tflm.models import CausalLM
@@ -137,3 +138,14 @@ def test_shrunken_preset_causality_and_cache(name):
         )
         steps.append(np.asarray(logits))
     np.testing.assert_allclose(np.concatenate(steps, 1), full, atol=1e-5)
+
+
+def test_unknown_preset_and_override_are_input_errors():
+    with pytest.raises(InputError, match="preset='gpt-9'"):
+        get_preset("gpt-9")
+    # Before, a misspelt override reached Keras as a TypeError.
+    with pytest.raises(InputError, match="Received: hidden_size=8") as info:
+        get_preset("tiny", hidden_size=8)
+    assert "hidden_dim" in str(info.value)
+    with pytest.raises(InputError, match="Received: hidden_size=8"):
+        Backbone.from_preset("tiny", hidden_size=8)

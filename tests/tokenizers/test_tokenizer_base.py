@@ -8,6 +8,7 @@ import keras
 import pytest
 import tensorflow as tf
 
+from tflm import errors
 from tflm import tokenizers
 
 TEXTS = ["hello world", "红楼梦 🙂", "\u2581 x", ""]
@@ -107,7 +108,7 @@ def test_load_checks_the_class(tmp_path):
 
 
 def test_load_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+    with pytest.raises(errors.InputError, match="tokenizer.json"):
         tokenizers.load_tokenizer(tmp_path)
     (tmp_path / "tokenizer.json").write_text('{"type": "wordpiece"}')
     with pytest.raises(ValueError, match="wordpiece"):

@@ -17,6 +17,7 @@ import traceback
 
 from tflm.cli import evaluate
 from tflm.cli import export
+from tflm.cli import finetune
 from tflm.cli import generate
 from tflm.cli import importer
 from tflm.cli import quickstart
@@ -29,6 +30,7 @@ COMMANDS = (
     quickstart,
     tokenizer,
     train,
+    finetune,
     evaluate,
     generate,
     export,

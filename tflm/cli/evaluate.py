@@ -13,7 +13,8 @@ def add(subparsers) -> None:
     parser = common.add_command(
         subparsers,
         "eval",
-        help="loss, perplexity and bits per character of a model, as JSON",
+        help="loss, perplexity and bits per character of a model, as JSON; "
+        "on prompt/completion data also exact match, chrF, BLEU and ROUGE-L",
         example="tflm eval models/book --data heldout.txt",
     )
     parser.add_argument("model_dir", metavar="MODEL_DIR")
@@ -32,13 +33,24 @@ def add(subparsers) -> None:
         "--split",
         choices=("all", "train", "validation"),
         default="all",
-        help="which part of --data to score (default: all)",
+        help="which part of --data to score: the held-out part that tflm "
+        "train validates on, the rest, or all (default: all; use the "
+        "run's --validation-fraction and --text-format)",
     )
     parser.add_argument("--validation-fraction", type=float, default=0.1)
     parser.add_argument(
         "--text-format", choices=config.TEXT_FORMATS, default="document"
     )
     parser.add_argument("--jsonl-field", default="text")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=64,
+        metavar="N",
+        help="on prompt/completion data: the longest greedy completion",
+    )
+    parser.add_argument("--prompt-field", default="prompt")
+    parser.add_argument("--completion-field", default="completion")
     parser.add_argument("--precision", choices=config.PRECISIONS, default=None)
     parser.add_argument("--strategy", choices=config.STRATEGIES, default="auto")
     parser.set_defaults(func=run)
@@ -48,7 +60,19 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from tflm.train import evaluate
+    from tflm.train import task_metrics
 
+    if task_metrics.is_task_data(args.data):
+        result = task_metrics.evaluate_task(
+            args.model_dir,
+            args.data,
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+            prompt_field=args.prompt_field,
+            completion_field=args.completion_field,
+        )
+        print(json.dumps(result, allow_nan=False))
+        return 0
     result = evaluate.evaluate(
         args.model_dir,
         args.data,

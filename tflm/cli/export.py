@@ -42,6 +42,12 @@ def add(subparsers) -> None:
         "then needs --xla_cpu_compilation_enabled=true)",
     )
     parser.add_argument(
+        "--weights",
+        choices=("float32", "bfloat16", "int8"),
+        default=None,
+        help="store and run the weights in this type (default: as saved)",
+    )
+    parser.add_argument(
         "--no-warmup",
         action="store_true",
         help="skip assets.extra/tf_serving_warmup_requests",
@@ -94,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         jit_compile=args.xla,
         warmup=not args.no_warmup,
+        weights=args.weights,
     )
     print(f"exported: {path} ({common.size_mb(path):.1f} MB)")
     print("signatures: serving_default, score, tokenize, detokenize")

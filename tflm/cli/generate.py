@@ -60,6 +60,12 @@ def add(subparsers) -> None:
         help="print text as it is produced (one prompt)",
     )
     parser.add_argument(
+        "--weights",
+        choices=("float32", "bfloat16", "int8"),
+        default=None,
+        help="run the weights in this type (default: as saved)",
+    )
+    parser.add_argument(
         "--no-xla",
         action="store_true",
         help="run the plain graph (as TF Serving does)",
@@ -101,6 +107,10 @@ def run(args: argparse.Namespace) -> int:
 
     prompts = _prompts(args)
     model = modeldir.load(args.model_dir)
+    if args.weights:
+        from tflm.models import weights
+
+        model = weights.convert_weights(model, args.weights)
     settings = dict(
         temperature=args.temperature,
         top_k=args.top_k,

@@ -67,7 +67,7 @@ def run_train(args: argparse.Namespace) -> int:
     from tflm.data import tokenizer_corpus
 
     out = os.path.abspath(args.out)
-    _check_out(out, tokenizers.is_tokenizer_directory)
+    out = tokenizers.storage.check_target(out, overwrite=args.overwrite)
     start = time.perf_counter()
     tokenizer = tokenizer_corpus.train_sentencepiece(
         args.data,
@@ -78,7 +78,7 @@ def run_train(args: argparse.Namespace) -> int:
         jsonl_field=args.jsonl_field,
     )
     seconds = time.perf_counter() - start
-    _save_atomically(tokenizer, out)
+    out = tokenizers.save(tokenizer, out, overwrite=args.overwrite)
     ratio, chars = tokenizer_corpus.characters_per_token(
         tokenizer, args.data, args.jsonl_field
     )
@@ -87,38 +87,3 @@ def run_train(args: argparse.Namespace) -> int:
     print(f"training time: {seconds:.1f} s")
     print(f"written to: {out}")
     return 0
-
-
-def _check_out(out: str, is_tokenizer_directory) -> None:
-    from tflm.errors import InputError
-
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise InputError(f"--out {out} is a file; name a folder.")
-    if os.path.isdir(out) and os.listdir(out):
-        if not is_tokenizer_directory(out):
-            raise InputError(
-                f"--out {out} is not empty and holds no tokenizer; name a new "
-                "or empty folder, or an existing tokenizer folder to replace."
-            )
-
-
-def _save_atomically(tokenizer, out: str) -> None:
-    import shutil
-    import tempfile
-
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    temp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.", dir=parent)
-    try:
-        tokenizer.save(temp)
-        os.chmod(temp, 0o755)
-        if os.path.isdir(out):
-            old = f"{temp}.old"
-            os.rename(out, old)
-            os.rename(temp, out)
-            shutil.rmtree(old)
-        else:
-            os.rename(temp, out)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise

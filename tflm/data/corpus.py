@@ -1,8 +1,8 @@
-"""Finding the user's text files and reading them as documents.
+"""Reading the user's text files as documents.
 
-Accepted inputs are files, directories (searched recursively for `.txt` and
-`.jsonl`) and glob patterns. A `.jsonl` file has one JSON object per line
-with the text in a named field; any other file is read as UTF-8 text.
+Files come from `tflm.data.files.find_files`. A `.jsonl` file has one JSON
+object per line with the text in a named field; any other file is read as
+UTF-8 text.
 
 A document is a whole file (`text_format="document"`), a paragraph between
 blank lines (`"paragraph"`), or a line (`"line"`); a `.jsonl` record is
@@ -10,14 +10,13 @@ split the same way. Documents that are empty or only ASCII whitespace are
 dropped.
 
 Bad bytes: text that is not UTF-8 is decoded with U+FFFD replacement
-characters, and a warning names the file and how many lines were affected.
-Nothing is written next to the user's files (see `tflm.data.jsonl` for the
-`.jsonl` cache).
+characters, and a warning names the file, how many lines were affected and
+where the first bad byte is. Nothing is written next to the user's files
+(see `tflm.data.jsonl` for the `.jsonl` cache).
 """
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import re
@@ -27,12 +26,14 @@ from collections.abc import Sequence
 import tensorflow as tf
 import tensorflow_text
 
+from tflm import errors
+from tflm.data import files as files_lib
 from tflm.data import jsonl
 
 logger = logging.getLogger(__name__)
 
 TEXT_FORMATS = ("document", "paragraph", "line")
-EXTENSIONS = (".txt", ".jsonl")
+EXTENSIONS = files_lib.EXTENSIONS
 # RE2's \s and this class agree: ASCII whitespace only.
 _SPACE = r"[\t\n\f\r ]"
 _PARAGRAPH_BREAK = rf"\n{_SPACE}*\n"
@@ -40,106 +41,82 @@ _CHUNK = 1 << 24
 _RECORDS_PER_BATCH = 256
 
 
-def find_files(paths: str | os.PathLike | Sequence[str]) -> list[str]:
-    """Expands files, directories and glob patterns into a list of files.
+# Kept here for callers that found it here first.
+find_files = files_lib.find_files
 
-    Args:
-        paths: one path or several. Directories are searched recursively for
-            `.txt` and `.jsonl` files; patterns may use `*`, `?` and `**`.
+
+def find_invalid_utf8(path: str) -> tuple[int, int, int]:
+    """Where a text file is not valid UTF-8.
 
     Returns:
-        Absolute file paths, sorted within each directory or pattern, with
-        duplicates removed.
+        `(lines, line, offset)`: how many lines hold invalid bytes, and the
+        1-based line and 0-based byte offset (in the file) of the first bad
+        byte; `(0, 0, 0)` for a valid file.
     """
-    if isinstance(paths, str | os.PathLike):
-        paths = [paths]
-    if not paths:
-        raise ValueError("no data paths given; pass files, folders or globs.")
-    found: dict[str, None] = {}
-    for path in map(os.fspath, paths):
-        for name in _expand(path):
-            found[os.path.abspath(name)] = None
-    return list(found)
-
-
-def _expand(path: str) -> list[str]:
-    if os.path.isfile(path):
-        return [path]
-    if os.path.isdir(path):
-        names = [
-            os.path.join(root, name)
-            for root, _, files in os.walk(path)
-            for name in files
-            if name.endswith(EXTENSIONS)
-        ]
-        if not names:
-            raise FileNotFoundError(
-                f"{path} holds no .txt or .jsonl file; put the text there or "
-                "name the files directly."
-            )
-        return sorted(names)
-    names = sorted(
-        name for name in glob.glob(path, recursive=True) if os.path.isfile(name)
-    )
-    if not names:
-        raise FileNotFoundError(
-            f"{path!r} matches no file; check the path (quote globs in the "
-            "shell so that tflm expands them)."
-        )
-    return names
-
-
-def count_invalid_utf8_lines(path: str) -> int:
-    """Number of lines of a text file that are not valid UTF-8."""
-    bad = 0
-    rest = b""
+    bad, first = 0, (0, 0)
+    rest, line, offset = b"", 1, 0
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            chunk = rest + chunk
-            cut = chunk.rfind(b"\n") + 1
+        while True:
+            block = f.read(_CHUNK)
+            chunk = rest + block
+            if not chunk:
+                break
+            # Whole lines only, until the end of the file.
+            cut = chunk.rfind(b"\n") + 1 if block else len(chunk)
             chunk, rest = chunk[:cut], chunk[cut:]
-            bad += _bad_lines(chunk)
-    return bad + _bad_lines(rest)
+            count, where = _bad_lines(chunk, line, offset)
+            if count and not bad:
+                first = where
+            bad += count
+            line += chunk.count(b"\n")
+            offset += len(chunk)
+    return bad, *first
 
 
-def _bad_lines(chunk: bytes) -> int:
+def _bad_lines(chunk: bytes, line: int, offset: int):
+    """Bad lines of `chunk` and where the first one is."""
     try:
         chunk.decode("utf-8")
-        return 0
+        return 0, (0, 0)
     except UnicodeDecodeError:
-        return sum(not _is_utf8(line) for line in chunk.split(b"\n"))
-
-
-def _is_utf8(line: bytes) -> bool:
-    try:
-        line.decode("utf-8")
-        return True
-    except UnicodeDecodeError:
-        return False
+        pass
+    count, first = 0, None
+    for number, text in enumerate(chunk.split(b"\n"), start=line):
+        try:
+            text.decode("utf-8")
+        except UnicodeDecodeError as err:
+            count += 1
+            first = first or (number, offset + err.start)
+        offset += len(text) + 1
+    return count, first
 
 
 def check_utf8(path: str) -> bool:
-    """Logs a warning naming `path` and how many of its lines are not UTF-8.
+    """Logs a warning naming `path`, how many of its lines are not UTF-8,
+    and the line and byte offset of the first bad byte.
 
     Returns:
         Whether any line was not UTF-8.
     """
-    bad = count_invalid_utf8_lines(path)
+    bad, line, offset = find_invalid_utf8(path)
     if bad:
         logger.warning(
-            "%s: %d line(s) are not valid UTF-8; their bad bytes were "
-            "replaced with U+FFFD. Convert the file to UTF-8 (for example "
-            "`iconv -f GB18030 -t UTF-8`) to keep them.",
+            "%s: %d line(s) are not valid UTF-8 (the first at line %d, byte "
+            "offset %d); their bad bytes were replaced with U+FFFD. Convert "
+            "the file to UTF-8 (for example `iconv -f GB18030 -t UTF-8`) to "
+            "keep them.",
             path,
             bad,
+            line,
+            offset,
         )
     return bool(bad)
 
 
 def check_format(text_format: str) -> None:
-    """Raises `ValueError` unless `text_format` is a known format."""
+    """Raises `InputError` unless `text_format` is a known format."""
     if text_format not in TEXT_FORMATS:
-        raise ValueError(
+        raise errors.InputError(
             f"text_format must be one of {TEXT_FORMATS}. "
             f"Received: text_format={text_format!r}"
         )
@@ -149,15 +126,31 @@ def iter_documents(
     files: Sequence[str],
     text_format: str = "document",
     jsonl_field: str = "text",
+    cache_dir: str | None = None,
 ) -> Iterator[str]:
-    """Yields documents in Python, split as `read_documents` splits them.
+    """Documents in Python, split as `read_documents` splits them.
 
     Used to train tokenizers; the training pipeline uses `read_documents`.
+    Every `.jsonl` line is checked before this returns, so a bad line is
+    reported here (an `InputError` naming file and line), not from inside
+    the consumer of the iterator (such as SentencePiece's trainer).
+
+    Returns:
+        An iterator of documents.
     """
     check_format(text_format)
+    records = {
+        path: jsonl.cache_jsonl(path, jsonl_field, cache_dir)[0]
+        for path in files
+        if path.endswith(".jsonl")
+    }
+    return _iter_documents(files, text_format, records)
+
+
+def _iter_documents(files, text_format, records) -> Iterator[str]:
     for path in files:
-        if path.endswith(".jsonl"):
-            texts: Iterator[str] = jsonl.iter_jsonl(path, jsonl_field)
+        if path in records:
+            texts: Iterator[str] = jsonl.read_cached(records[path])
         else:
             check_utf8(path)
             with open(
@@ -251,7 +244,7 @@ def read_document_batches(
     ]
     size = sum(os.path.getsize(f) for f in texts) + sum(n for _, n in cached)
     if not size:
-        raise ValueError(
+        raise errors.InputError(
             f"the corpus is empty: {', '.join(files)} hold no text. "
             "Point the data paths at non-empty files."
         )

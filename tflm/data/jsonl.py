@@ -2,8 +2,13 @@
 
 TensorFlow has no op that parses arbitrary JSON, so each `.jsonl` file is
 read once in Python (validated line by line) and its texts are written, one
-record per document, to a TFRecord file under a cache folder outside the
-user's data. The pipeline then reads the records in-graph.
+record per document, to a TFRecord file in the user's cache folder (see
+`tflm.data.cache`), never beside the user's data. The pipeline then reads
+the records in-graph.
+
+A cache entry is found by the SHA-256 of the source's content and the field
+name, so an edited file is never served stale, and the records are used
+only when their own SHA-256 matches the one recorded when they were written.
 """
 
 from __future__ import annotations
@@ -17,40 +22,47 @@ from collections.abc import Iterator
 
 import tensorflow as tf
 
+from tflm import errors
+from tflm.data import cache
+
 logger = logging.getLogger(__name__)
 
-
-def default_cache_dir() -> str:
-    """`$TFLM_CACHE_DIR`, else `tflm-cache` in the system's temp folder."""
-    return os.environ.get("TFLM_CACHE_DIR") or os.path.join(
-        tempfile.gettempdir(), "tflm-cache"
-    )
+# Bumped when the cached records change meaning.
+_CACHE_FORMAT = 2
 
 
 def iter_jsonl(path: str, field: str) -> Iterator[str]:
     """Yields the `field` text of each line of a `.jsonl` file.
 
     Blank lines are skipped; bytes that are not UTF-8 are replaced with
-    U+FFFD and counted in a warning. Raises `ValueError` naming the file and
-    line for a line that is not a JSON object with a string `field`.
+    U+FFFD and a warning names the first line and byte offset affected.
+
+    Raises:
+        InputError: naming the file and line, for a line that is not a JSON
+            object with a string `field` (the message lists the fields the
+            object has).
     """
-    bad = 0
+    bad = []
+    offset = 0
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
                 line = raw.decode("utf-8")
-            except UnicodeDecodeError:
+            except UnicodeDecodeError as err:
                 line = raw.decode("utf-8", errors="replace")
-                bad += 1
+                bad.append((number, offset + err.start))
+            offset += len(raw)
             if not line.strip():
                 continue
             yield _json_text(line, field, f"{path}:{number}")
     if bad:
         logger.warning(
-            "%s: %d line(s) are not valid UTF-8; their bad bytes were "
-            "replaced with U+FFFD. Convert the file to UTF-8 to keep them.",
+            "%s: %d line(s) are not valid UTF-8 (the first at line %d, "
+            "byte offset %d); their bad bytes were replaced with U+FFFD. "
+            "Convert the file to UTF-8 to keep them.",
             path,
-            bad,
+            len(bad),
+            *bad[0],
         )
 
 
@@ -58,14 +70,26 @@ def _json_text(line: str, field: str, where: str) -> str:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as err:
-        raise ValueError(f"{where}: not valid JSON ({err.msg}).") from None
-    if not isinstance(record, dict) or field not in record:
-        raise ValueError(
-            f"{where}: no {field!r} field. Name the field that holds the text "
-            "with jsonl_field= (CLI: --jsonl-field)."
+        problem = err.msg.removesuffix(" at")
+        raise errors.InputError(
+            f"{where}: not valid JSON ({problem}, column {err.colno}). "
+            "Each line of a .jsonl file must be one JSON object; fix or "
+            "remove the line."
+        ) from None
+    if not isinstance(record, dict):
+        raise errors.InputError(
+            f"{where}: a JSON {type(record).__name__}, not an object with "
+            f"a {field!r} field. Each line must be one JSON object."
+        )
+    if field not in record:
+        fields = ", ".join(map(repr, record)) or "none"
+        raise errors.InputError(
+            f"{where}: no {field!r} field (the record has: {fields}). Name "
+            "the field that holds the text with jsonl_field= (CLI: "
+            "--jsonl-field)."
         )
     if not isinstance(record[field], str):
-        raise ValueError(
+        raise errors.InputError(
             f"{where}: field {field!r} is a {type(record[field]).__name__}, "
             "not a string."
         )
@@ -77,38 +101,88 @@ def cache_jsonl(
 ) -> tuple[str, int]:
     """Writes the texts of a `.jsonl` file to a cached TFRecord file.
 
+    Every line is validated before the call returns.
+
     Args:
         path: the `.jsonl` file.
         field: the name of the text field.
-        cache_dir: folder for the cache; see `default_cache_dir`.
+        cache_dir: folder for the cache; see `cache.default_cache_dir`.
 
     Returns:
         The TFRecord path and the number of documents in it.
+
+    Raises:
+        InputError: a bad line (see `iter_jsonl`), or a cache folder that
+            is not private (see `cache.private_dir`).
     """
-    stat = os.stat(path)
+    source = cache.file_digest(path)
     key = hashlib.sha256(
-        f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\0{field}".encode()
+        f"{_CACHE_FORMAT}\0{source}\0{field}".encode()
     ).hexdigest()[:32]
-    directory = os.path.join(cache_dir or default_cache_dir(), "jsonl")
+    directory = cache.private_dir(
+        cache_dir or cache.default_cache_dir(), "jsonl"
+    )
     records = os.path.join(directory, key + ".tfrecord")
-    meta = os.path.join(directory, key + ".json")
-    if os.path.isfile(meta) and os.path.isfile(records):
-        with open(meta) as f:
-            return records, int(json.load(f)["documents"])
-    os.makedirs(directory, exist_ok=True)
+    meta_path = os.path.join(directory, key + ".json")
+    meta = {"source_sha256": source, "field": field}
+    count = _cached_count(meta_path, records, meta)
+    if count is not None:
+        return records, count
+    count = _write_records(path, field, records)
+    meta.update(
+        source=path, documents=count, records_sha256=cache.file_digest(records)
+    )
+    _write_atomically(meta_path, json.dumps(meta).encode())
+    logger.debug("cached %d documents of %s in %s", count, path, records)
+    return records, count
+
+
+def _cached_count(meta_path: str, records: str, expected: dict) -> int | None:
+    """The document count of a verified cache entry, else `None`."""
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+        if all(meta.get(k) == v for k, v in expected.items()) and (
+            cache.file_digest(records) == meta["records_sha256"]
+        ):
+            return int(meta["documents"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if os.path.exists(meta_path):
+        logger.warning("Rebuilding %s: it does not match its source.", records)
+    return None
+
+
+def _write_records(path: str, field: str, records: str) -> int:
+    fd, partial = tempfile.mkstemp(
+        dir=os.path.dirname(records), suffix=".partial"
+    )
+    os.close(fd)
     count = 0
-    partial = f"{records}.{os.getpid()}.partial"
     try:
         with tf.io.TFRecordWriter(partial) as writer:
             for text in iter_jsonl(path, field):
                 writer.write(text.encode("utf-8"))
                 count += 1
+        os.replace(partial, records)
     except BaseException:
         os.remove(partial)
         raise
-    os.replace(partial, records)
-    with open(f"{meta}.{os.getpid()}.partial", "w") as f:
-        json.dump({"source": path, "field": field, "documents": count}, f)
-    os.replace(f"{meta}.{os.getpid()}.partial", meta)
-    logger.debug("cached %d documents of %s in %s", count, path, records)
-    return records, count
+    return count
+
+
+def _write_atomically(path: str, content: bytes) -> None:
+    fd, partial = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+        os.replace(partial, path)
+    except BaseException:
+        os.remove(partial)
+        raise
+
+
+def read_cached(records: str) -> Iterator[str]:
+    """Yields the texts of a TFRecord file written by `cache_jsonl`."""
+    for record in tf.data.TFRecordDataset(records).as_numpy_iterator():
+        yield record.decode("utf-8")

@@ -1,6 +1,7 @@
 """From text files to `(x, y, sample_weight)` training batches, in-graph.
 
-read documents -> keep this split's documents (a stable content hash) ->
+read documents -> keep this split's documents or parts (see
+`tflm.data.split`) ->
 tokenize (vectorised, in parallel) with an end-of-text id after each
 document -> pack the token stream into windows of `sequence_length + 1`
 (stride `sequence_length + 1`: no token is repeated; the tail shorter than a
@@ -17,35 +18,22 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from tflm.data import corpus
+from tflm import errors
+from tflm.data import files as files_lib
+from tflm.data import split as split_lib
 from tflm.tokenizers import base
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "all")
-_HASH_BUCKETS = 1 << 30
+SPLITS = split_lib.SPLITS
 _LINES_PER_CALL = 256
 _DOCS_PER_CALL = 64
 # Corpora up to this size are tokenized once up front to check that they
 # fill at least one batch; bigger ones are assumed to.
 _EXACT_CHECK_BYTES = 16 << 20
-
-
-def is_validation(docs: tf.Tensor, validation_fraction: float) -> tf.Tensor:
-    """Whether documents belong to the validation split, by content hash.
-
-    The hash (FarmHash Fingerprint64) is stable across runs, machines and
-    file orders, so a document is always on the same side.
-
-    Args:
-        docs: string tensor of documents, any shape.
-        validation_fraction: share of documents, in `[0, 1)`, to hold out.
-
-    Returns:
-        A bool tensor shaped like `docs`.
-    """
-    buckets = tf.strings.to_hash_bucket_fast(docs, _HASH_BUCKETS)
-    return buckets < int(validation_fraction * _HASH_BUCKETS)
+# Kept here for callers that found them here first.
+is_validation = split_lib.is_validation
+select_split = split_lib.select_split
 
 
 def token_stream(
@@ -134,6 +122,7 @@ def make_dataset(
     batch_size: int,
     split: str = "train",
     validation_fraction: float = 0.1,
+    split_mode: str = "auto",
     shuffle: bool = True,
     seed: int = 0,
     drop_remainder: bool = True,
@@ -143,6 +132,7 @@ def make_dataset(
     input_context: tf.distribute.InputContext | None = None,
     shuffle_buffer_size: int = 10_000,
     cache_dir: str | None = None,
+    exclude: Sequence[str | os.PathLike] = (),
 ) -> tf.data.Dataset:
     """Builds the dataset of batches that `CausalLM.fit` consumes.
 
@@ -152,8 +142,11 @@ def make_dataset(
         sequence_length: tokens per example, `T`.
         batch_size: global batch size; with `input_context`, each pipeline
             batches `input_context.get_per_replica_batch_size(batch_size)`.
-        split: `"train"`, `"validation"` or `"all"` documents.
-        validation_fraction: share of documents held out for validation.
+        split: `"train"`, `"validation"` or `"all"` of the text.
+        validation_fraction: share of the text held out for validation.
+        split_mode: `"auto"` holds out whole documents when there are many
+            and the tail of each document when there are few (see
+            `tflm.data.split`); `"document"` or `"tail"` force one way.
         shuffle: shuffle windows, seeded by `seed`.
         seed: shuffle seed. The same seed gives the same batches as long as
             the global TensorFlow seed (`keras.utils.set_random_seed`) is the
@@ -169,31 +162,37 @@ def make_dataset(
             together see each window once per epoch.
         shuffle_buffer_size: windows held by the shuffle buffer.
         cache_dir: where `.jsonl` texts are cached (never the data folder).
+        exclude: folders never read, such as the model directory written.
 
     Returns:
         A `tf.data.Dataset` of `(x, y, sample_weight)`: `x` is
         `{"token_ids": int32 [B, T], "padding_mask": bool [B, T]}` (all
         true), `y` int32 `[B, T]` is `token_ids` shifted left by one, and
         `sample_weight` is float32 ones `[B, T]`.
+
+    Raises:
+        InputError: bad arguments, no text, or too little for one batch.
     """
     _check_arguments(sequence_length, batch_size, split, validation_fraction)
-    files = corpus.find_files(paths)
-    docs = corpus.read_document_batches(
+    files = files_lib.find_files(paths, exclude)
+    docs = split_lib.split_documents(
         files,
+        split,
+        validation_fraction,
+        split_mode=split_mode,
         text_format=text_format,
         jsonl_field=jsonl_field,
         cache_dir=cache_dir,
     )
-    docs = select_split(docs, split, validation_fraction)
-    windows = pack_windows(token_stream(docs, tokenizer), sequence_length + 1)
-    per_batch = batch_size
+    stream = token_stream(docs, tokenizer)
+    windows = pack_windows(stream, sequence_length + 1)
+    per_batch, pipelines = batch_size, 1
     if input_context is not None:
         per_batch = input_context.get_per_replica_batch_size(batch_size)
-        windows = windows.shard(
-            input_context.num_input_pipelines, input_context.input_pipeline_id
-        )
+        pipelines = input_context.num_input_pipelines
+        windows = windows.shard(pipelines, input_context.input_pipeline_id)
     needed = per_batch if drop_remainder else 1
-    _check_enough(windows, files, split, needed, sequence_length + 1)
+    _check_enough(windows, stream, files, split, needed, sequence_length + 1)
     if shuffle:
         windows = windows.shuffle(shuffle_buffer_size, seed=seed)
     if repeat:
@@ -213,53 +212,48 @@ def _options() -> tf.data.Options:
     return options
 
 
-def select_split(
-    doc_batches: tf.data.Dataset, split: str, validation_fraction: float
-) -> tf.data.Dataset:
-    """Keeps the documents of `split` from a dataset of document vectors."""
-    if split == "all":
-        return doc_batches
-    keep = split == "validation"
-
-    def select(docs):
-        chosen = tf.equal(is_validation(docs, validation_fraction), keep)
-        return tf.boolean_mask(docs, chosen)
-
-    return doc_batches.map(select)
-
-
 def _check_arguments(sequence_length, batch_size, split, fraction) -> None:
     if sequence_length < 1 or batch_size < 1:
-        raise ValueError(
+        raise errors.InputError(
             "sequence_length and batch_size must be positive. Received: "
             f"sequence_length={sequence_length}, batch_size={batch_size}"
         )
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}. Received: {split!r}")
+        raise errors.InputError(
+            f"split must be one of {SPLITS}. Received: split={split!r}"
+        )
     if not 0 <= fraction < 1 or (split == "validation" and fraction == 0):
-        raise ValueError(
+        raise errors.InputError(
             "validation_fraction must be in [0, 1), and above 0 for the "
             f"validation split. Received: validation_fraction={fraction}"
         )
 
 
-def _check_enough(windows, files, split, needed, window) -> None:
+def _count(dataset: tf.data.Dataset, size) -> int:
+    return int(
+        dataset.reduce(tf.constant(0, tf.int64), lambda n, x: n + size(x))
+    )
+
+
+def _check_enough(windows, stream, files, split, needed, window) -> None:
     """Raises when a small corpus cannot fill one batch (per pipeline)."""
-    size = sum(os.path.getsize(f) for f in files)
-    if size > _EXACT_CHECK_BYTES:
+    if sum(os.path.getsize(f) for f in files) > _EXACT_CHECK_BYTES:
         return
-    batches = windows.batch(1024)
-    count = int(batches.reduce(0, lambda n, b: n + tf.shape(b)[0]))
+    count = _count(windows.batch(1024), lambda b: tf.shape(b, tf.int64)[0])
     if count >= needed:
         return
-    hint = ""
-    if split != "all":
-        hint = (
-            " The split is chosen per document; with few documents use "
-            "text_format='paragraph' or 'line', or split='all'."
-        )
-    raise ValueError(
-        f"the {split!r} split of {', '.join(files)} has {count} window(s) of "
-        f"sequence_length + 1 = {window} tokens, but one batch needs "
-        f"{needed}. Add text, or lower sequence_length or batch_size.{hint}"
+    tokens = _count(stream, lambda ids: tf.size(ids, tf.int64))
+    names = ", ".join(files[:3]) + (
+        f" and {len(files) - 3} more" if len(files) > 3 else ""
+    )
+    part = "" if split == "all" else f"the {split!r} split of "
+    fix = "Add text, or lower sequence_length or batch_size"
+    if split == "validation":
+        fix += ", raise validation_fraction, or name validation data"
+    raise errors.InputError(
+        f"{part}{names} has {tokens} token(s), but one batch needs {needed} "
+        f"window(s) of sequence_length + 1 = {window} tokens "
+        f"({needed * window} tokens; {count} window(s) found). {fix} (CLI: "
+        "--sequence-length, --batch-size, --validation-fraction, "
+        "--validation-data)."
     )

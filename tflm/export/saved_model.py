@@ -1,25 +1,35 @@
-"""Versioned, atomic SavedModel export for TF Serving and other apps."""
+"""Versioned, atomic SavedModel export for TF Serving and other apps.
+
+A version is written whole into a hidden, non-numeric folder of the base
+(`.tflm-export.tflm-tmp-*`, which TF Serving ignores) and then claimed with
+one rename that fails if the version exists (`tflm.atomic`): two exports to
+one base at once get different versions, and TF Serving never sees half a
+version. Leftovers of killed exports are swept by the next export.
+"""
 
 from __future__ import annotations
 
-import ctypes
-import json
+import errno
 import logging
 import os
 import re
-import shutil
-import tempfile
 
 import tensorflow as tf
 
 import tflm
+from tflm import atomic
+from tflm import errors
 from tflm.export import signatures as signatures_lib
 from tflm.export import warmup as warmup_lib
+from tflm.models import lora as lora_lib
+from tflm.models import model_dir
+from tflm.models import weights as weights_lib
 
 logger = logging.getLogger("tflm")
 
 CONFIG_ASSET = "tflm_config.json"
 VERSION_ASSET = "tflm_version.txt"
+STAGING = "tflm-export"
 
 
 def existing_versions(base_dir: str) -> list[int]:
@@ -34,75 +44,50 @@ def existing_versions(base_dir: str) -> list[int]:
     )
 
 
-def _target(base_dir: str, version: int | None, overwrite: bool) -> str:
+def _check_version(base_dir: str, version, overwrite: bool) -> None:
     if version is None:
-        version = (existing_versions(base_dir) or [0])[-1] + 1
-    if version <= 0:
-        raise ValueError(f"version must be positive. Received: {version}.")
-    target = os.path.join(base_dir, str(version))
-    if os.path.exists(target) and not overwrite:
-        raise FileExistsError(
-            f"{target} already exists. Pass --overwrite (overwrite=True) to "
-            "replace it, or choose another --version."
+        return
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise errors.InputError(
+            f"--version must be an integer. Received: version={version!r}"
         )
-    return target
+    if version <= 0:
+        raise errors.InputError(
+            f"--version must be positive. Received: version={version}"
+        )
+    if os.path.lexists(os.path.join(base_dir, str(version))) and not overwrite:
+        raise _exists(os.path.join(base_dir, str(version)))
+
+
+def _exists(target: str) -> errors.InputError:
+    return errors.InputError(
+        f"{target} already exists. Pass --overwrite (overwrite=True) to "
+        "replace it (see export/README.md: TF Serving does not reload a "
+        "replaced version), or choose another --version."
+    )
 
 
 def _write_assets(directory: str, model, tokenizer) -> None:
     assets = os.path.join(directory, "assets")
     os.makedirs(assets, exist_ok=True)
-    config = {
-        "backbone": model.backbone.get_config(),
-        "tokenizer": {"type": tokenizer.type_name, **tokenizer.get_config()},
-    }
-    with open(os.path.join(assets, CONFIG_ASSET), "w") as f:
-        json.dump(config, f, indent=2)
+    model_dir.write_config(os.path.join(assets, CONFIG_ASSET), model, tokenizer)
     with open(os.path.join(assets, VERSION_ASSET), "w") as f:
         f.write(tflm.__version__ + "\n")
 
 
-def _make_readable(directory: str) -> None:
-    # mkdtemp creates 0700; the server may run as another user. Respect the
-    # umask, as a plain mkdir would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(directory, 0o777 & ~umask)
-
-
-def _exchange(a: str, b: str) -> bool:
-    """Swaps two paths in one step (Linux renameat2); False if unsupported."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    result = renameat2(
-        at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange
-    )
-    return result == 0
-
-
-def _move_into_place(tmp: str, target: str) -> None:
-    if not os.path.exists(target):
-        os.rename(tmp, target)
-        return
-    # Overwrite: swap the new version in and the old one out in one step
-    # where the OS allows it, so the version never goes missing; else move
-    # the old one aside under a non-numeric name (TF Serving ignores it)
-    # first. Then delete the old one.
-    if _exchange(tmp, target):
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    old = tempfile.mkdtemp(prefix=".tflm-old-", dir=os.path.dirname(target))
-    aside = os.path.join(old, "version")
-    os.rename(target, aside)
-    try:
-        os.rename(tmp, target)
-    except BaseException:
-        os.rename(aside, target)  # put the old version back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+def _claim(tmp: str, base_dir: str, version, overwrite: bool) -> str:
+    """Moves `tmp` to its version folder and returns that path."""
+    if version is not None:
+        target = os.path.join(base_dir, str(version))
+        if not atomic.publish(tmp, target, replace=overwrite):
+            raise _exists(target)
+        return target
+    number = (existing_versions(base_dir) or [0])[-1] + 1
+    while not atomic.publish(
+        tmp, os.path.join(base_dir, str(number)), replace=False
+    ):
+        number += 1  # another export took it first
+    return os.path.join(base_dir, str(number))
 
 
 def export(
@@ -114,46 +99,59 @@ def export(
     overwrite: bool = False,
     jit_compile: bool = False,
     warmup: bool = True,
+    weights: str | None = None,
 ) -> str:
     """Exports `model` to `base_dir/<version>/` and returns that path.
 
     The SavedModel holds the signatures of the serving contract
     (`serving_default`, `score`, `tokenize`, `detokenize`), the tokenizer as
-    an asset, `assets/tflm_config.json`, `assets/tflm_version.txt` and TF
-    Serving warm-up requests. It is written under a hidden, non-numeric
-    temporary name inside `base_dir` and renamed into place at the end, so TF
-    Serving never sees a half-written version.
+    an asset, `assets/tflm_config.json` (what a model directory's
+    `config.json` holds), `assets/tflm_version.txt` and TF Serving warm-up
+    requests.
 
     Args:
         model: a `CausalLM`.
-        base_dir: the model's base path as TF Serving sees it.
+        base_dir: the model's base path as TF Serving sees it; a symbolic
+            link is followed.
         tokenizer: defaults to `model.tokenizer`.
         version: defaults to one more than the highest existing version.
-        overwrite: replace an existing version.
+        overwrite: replace an existing `version` whole. TF Serving does not
+            reload a version whose files change; see `export/README.md`.
         jit_compile: compile the decode loop with XLA (needs TF Serving's
             `--xla_cpu_compilation_enabled=true`).
         warmup: write `assets.extra/tf_serving_warmup_requests`.
+        weights: export a copy converted to `"bfloat16"` or `"int8"`
+            weights (see `tflm.models.weights`); default: as `model` is.
+
+    Raises:
+        InputError: no tokenizer, `base_dir` is a file, `version` exists
+            without `overwrite`, or the disk filled up (nothing replaced).
     """
     tokenizer = tokenizer or model.tokenizer
+    model = lora_lib.merged(model)  # no adapter ops in the export
+    model = weights_lib.converted(model, weights) if weights else model
     if tokenizer is None:
-        raise ValueError(
+        raise errors.InputError(
             "Export needs the model's tokenizer: load the model with "
-            "tflm.modeldir.load or pass tokenizer=."
+            "tflm.CausalLM.from_preset(model_dir) or pass tokenizer=."
         )
-    base_dir = os.path.abspath(base_dir)
+    base_dir = atomic.resolve(base_dir, "export --out")
     os.makedirs(base_dir, exist_ok=True)
-    target = _target(base_dir, version, overwrite)
-    tmp = tempfile.mkdtemp(prefix=".tflm-export-", dir=base_dir)
-    try:
+    _check_version(base_dir, version, overwrite)
+    atomic.sweep(base_dir, None, None)
+    with atomic.staged(base_dir, STAGING) as tmp:
         module = signatures_lib.ServingModule(model, tokenizer, jit_compile)
-        tf.saved_model.save(module, tmp, signatures=module.signatures())
+        try:
+            tf.saved_model.save(module, tmp, signatures=module.signatures())
+        except tf.errors.OpError as err:
+            if atomic.is_no_space(err):
+                raise OSError(
+                    errno.ENOSPC, "No space left on device", tmp
+                ) from err
+            raise
         _write_assets(tmp, model, tokenizer)
         if warmup:
             warmup_lib.write_warmup(tmp)
-        _make_readable(tmp)
-        _move_into_place(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        target = _claim(tmp, base_dir, version, overwrite)
     logger.debug("Exported SavedModel to %s", target)
     return target

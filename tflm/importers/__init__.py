@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import os
 
-from tflm import modeldir
+from tflm import errors
 from tflm.importers import gpt2
 from tflm.importers import keras_hub_gpt2
 from tflm.importers import weights
+from tflm.models import model_dir
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,11 @@ def load_checkpoint(path: str | os.PathLike, **overrides):
 
 
 def import_checkpoint(
-    path: str | os.PathLike, out_dir: str | os.PathLike, **overrides
+    path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    **overrides,
 ) -> str:
     """Turns a GPT-2 checkpoint directory into a tflm model directory.
 
@@ -63,18 +68,30 @@ def import_checkpoint(
         path: a Hugging Face GPT-2 directory (`config.json`,
             `model.safetensors`, `vocab.json`, `merges.txt`) or a keras-hub
             GPT-2 preset directory.
-        out_dir: the model directory to write (see `tflm.modeldir.save`).
+        out_dir: the model directory to write (see
+            `tflm.models.model_dir.save`).
+        overwrite: replace a model directory already at `out_dir` (its
+            weights, tokenizer and training state); without it, an existing
+            model is refused before anything is read.
         **overrides: `Backbone` arguments to change, such as `dropout`.
 
     Returns:
         The absolute path of the model directory.
 
     Raises:
-        ValueError: naming the file (and tensor) that is wrong.
+        InputError: naming the file (and tensor) that is wrong, or an
+            `out_dir` that holds a model already (without `overwrite`) or
+            other files.
     """
+    out_dir = model_dir.check_target(out_dir)
+    if model_dir.is_model_dir(out_dir) and not overwrite:
+        raise errors.InputError(
+            f"--out {out_dir} already holds a model. Pass --overwrite "
+            "(overwrite=True) to replace it (its weights, tokenizer and "
+            "training state), or name a new folder."
+        )
     model, tokenizer = load_checkpoint(path, **overrides)
-    out_dir = os.path.abspath(os.fspath(out_dir))
-    modeldir.save(model, tokenizer, out_dir)
+    model_dir.save(model, tokenizer, out_dir, overwrite=overwrite)
     logger.info("Imported %s to %s.", os.fspath(path), out_dir)
     return out_dir
 

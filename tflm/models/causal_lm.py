@@ -2,31 +2,55 @@
 
 from __future__ import annotations
 
+import os
+
 import keras
 
+from tflm import errors
 from tflm.models import backbone as backbone_lib
+from tflm.models import model_dir
+from tflm.models import optimizer as optimizer_lib
+from tflm.models import presets
+from tflm.models import train_step
 
-# Weight decay applies to matmul kernels only (as in GPT-2/nanoGPT): never to
-# biases, normalization scales/offsets or input embeddings. Patterns match a
-# variable's short name; an untied output head (`reverse_embeddings`) is a
-# matmul kernel and is decayed.
-NO_DECAY_NAMES = ("^bias$", "^gamma$", "^beta$", "^scale$", "^embeddings$")
+# Kept here for callers that found them here first.
+NO_DECAY_NAMES = optimizer_lib.NO_DECAY_NAMES
 
 
 def default_optimizer(
-    learning_rate=3e-4, weight_decay: float = 0.1, clipnorm: float = 1.0
-) -> keras.optimizers.AdamW:
-    """AdamW(0.9, 0.95) with global-norm clipping, no decay on biases/norms."""
-    optimizer = keras.optimizers.AdamW(
-        learning_rate=learning_rate,
-        weight_decay=weight_decay,
-        beta_1=0.9,
-        beta_2=0.95,
-        epsilon=1e-8,
-        global_clipnorm=clipnorm,
+    learning_rate=3e-4,
+    weight_decay: float = 0.1,
+    clipnorm: float | None = 1.0,
+    *,
+    warmup_steps: int = 0,
+    total_steps: int | None = None,
+    schedule: str = "cosine",
+    min_learning_rate: float | None = None,
+    precision: str = "float32",
+) -> keras.optimizers.Optimizer:
+    """tflm's AdamW (the one `tflm train` uses), with its schedule.
+
+    AdamW(0.9, 0.95), global-norm clipping of the gradient summed over
+    replicas, no decay on biases, norms and embeddings, linear warm-up and
+    then `schedule` to `min_learning_rate` (default: a tenth of the peak)
+    at `total_steps`; a constant rate after warm-up without `total_steps`.
+    """
+    if total_steps is None:
+        schedule, total_steps = "constant", warmup_steps
+    floor = (
+        learning_rate / 10 if min_learning_rate is None else min_learning_rate
     )
-    optimizer.exclude_from_weight_decay(var_names=list(NO_DECAY_NAMES))
-    return optimizer
+    return optimizer_lib.make_optimizer(
+        learning_rate=learning_rate,
+        min_learning_rate=floor,
+        warmup_steps=warmup_steps,
+        total_steps=total_steps,
+        schedule=schedule,
+        weight_decay=weight_decay,
+        clip_norm=clipnorm,
+        precision=precision,
+        sum_gradients=False,
+    )
 
 
 @keras.saving.register_keras_serializable(package="tflm")
@@ -59,8 +83,8 @@ class CausalLM(keras.Model):
         logits = keras.ops.cast(logits, "float32")
         super().__init__(inputs=inputs, outputs=logits, **kwargs)
         self.backbone = backbone
-        # Set by `tflm.modeldir.load` or by the user; `generate` needs it for
-        # text prompts. Not part of the Keras config.
+        # Set by `from_preset(directory)` or by the user; `generate` needs
+        # it for text prompts. Not part of the Keras config.
         self.tokenizer = None
         self._generators = {}
 
@@ -70,9 +94,73 @@ class CausalLM(keras.Model):
         return keras.ops.cast(logits, "float32")
 
     @classmethod
-    def from_preset(cls, preset: str, **overrides) -> CausalLM:
-        """A randomly initialized model from a preset, e.g. `"tiny"`."""
-        return cls(backbone_lib.Backbone.from_preset(preset, **overrides))
+    def from_preset(cls, preset: str | os.PathLike, **overrides) -> CausalLM:
+        """A model from a model directory, or a new one from a preset name.
+
+        Args:
+            preset: a model directory (written by `save_to_preset`, `tflm
+                train` or `tflm import`), loaded with its weights and its
+                tokenizer attached, so that `generate` takes text; or the
+                name of an architecture in `tflm.models.PRESETS`, such as
+                `"tiny"`, built with random weights and no tokenizer.
+            **overrides: `Backbone` arguments to change, such as `dropout`
+                or `dtype` (for a directory, the sizes must still fit the
+                saved weights).
+
+        Raises:
+            InputError: an unknown name (the message lists the presets), or
+                a model directory with a missing or corrupt file.
+        """
+        if os.path.isdir(preset):
+            return model_dir.load_model(cls, preset, **overrides)
+        name = os.fspath(preset)
+        if name not in presets.PRESETS:
+            where = (
+                "No such model directory, and no preset of that name"
+                if os.sep in name or os.path.lexists(name)
+                else "Unknown preset"
+            )
+            raise errors.InputError(
+                f"{where}. Received: preset={name!r}. Name a model "
+                "directory or one of the presets: "
+                f"{', '.join(sorted(presets.PRESETS))}."
+            )
+        return cls(backbone_lib.Backbone.from_preset(name, **overrides))
+
+    def save_to_preset(
+        self,
+        directory: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        merge_lora: bool = False,
+    ) -> str:
+        """Writes a model directory that `from_preset` loads.
+
+        Args:
+            directory: see `tflm.models.model_dir.save`; an existing model
+                there is replaced only with `overwrite=True`.
+            overwrite: replace an existing model directory.
+            merge_lora: write LoRA adapters (`tflm.models.lora`) merged into
+                the weights, not apart in `adapters.npz`.
+
+        Returns:
+            The real path of the directory.
+
+        Raises:
+            InputError: no tokenizer is attached, or see `model_dir.save`.
+        """
+        if self.tokenizer is None:
+            raise errors.InputError(
+                "save_to_preset needs the model's tokenizer: set "
+                "`model.tokenizer` (a `tflm.tokenizers.Tokenizer`) first."
+            )
+        return model_dir.save(
+            self,
+            self.tokenizer,
+            directory,
+            overwrite=overwrite,
+            merge_lora=merge_lora,
+        )
 
     def compile(
         self,
@@ -82,16 +170,39 @@ class CausalLM(keras.Model):
         weighted_metrics="auto",
         learning_rate=3e-4,
         weight_decay: float = 0.1,
+        clip_norm: float | None = 1.0,
+        warmup_steps: int = 0,
+        total_steps: int | None = None,
+        schedule: str = "cosine",
+        accumulation_steps: int = 1,
         **kwargs,
     ):
-        """`keras.Model.compile` with language-model defaults.
+        """`keras.Model.compile` with tflm's training recipe by default.
 
-        `"auto"` means: AdamW (see `default_optimizer`), sparse categorical
-        cross-entropy from logits (padding excluded through `sample_weight`),
-        and token accuracy.
+        With `loss="auto"`, `fit` runs tflm's one train step (see
+        `tflm.models.train_step`), the same as `tflm train`: cross-entropy
+        from logits weighted by `sample_weight`, `accumulation_steps`
+        micro-batches per update, gradients summed over replicas and then
+        clipped to `clip_norm`. `optimizer="auto"` is tflm's AdamW with
+        warm-up and decay (see `default_optimizer`); `weighted_metrics`
+        defaults to token accuracy.
         """
+        if not isinstance(accumulation_steps, int) or accumulation_steps < 1:
+            raise errors.InputError(
+                "accumulation_steps must be a positive integer. Received: "
+                f"accumulation_steps={accumulation_steps!r}."
+            )
+        self.accumulation_steps = accumulation_steps
+        self._tflm_step = loss == "auto"
         if optimizer == "auto":
-            optimizer = default_optimizer(learning_rate, weight_decay)
+            optimizer = default_optimizer(
+                learning_rate,
+                weight_decay,
+                clip_norm,
+                warmup_steps=warmup_steps,
+                total_steps=total_steps,
+                schedule=schedule,
+            )
         if loss == "auto":
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         if weighted_metrics == "auto":
@@ -105,9 +216,28 @@ class CausalLM(keras.Model):
             **kwargs,
         )
 
+    def train_step(self, data):
+        if not getattr(self, "_tflm_step", False):
+            return super().train_step(data)
+        compiled = self._compile_metrics
+
+        def on_logits(y, logits, weight):
+            if compiled is not None:
+                compiled.update_state(y, logits, weight)
+
+        loss, _ = train_step.apply(
+            self, self.optimizer, data, self.accumulation_steps, on_logits
+        )
+        self._loss_tracker.update_state(loss)
+        return train_step.for_keras_reduction(self.get_metrics_result())
+
     def compile_from_config(self, config):
         """Recompiles from a saved `.keras` file (our `compile` is custom)."""
         config = keras.saving.deserialize_keras_object(config)
+        if isinstance(
+            config.get("loss"), keras.losses.SparseCategoricalCrossentropy
+        ):
+            config["loss"] = "auto"  # tflm's train step, as compiled.
         self.compile(**config)
         if isinstance(self.optimizer, keras.optimizers.AdamW):
             # AdamW's config does not keep its exclusion list.

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+
+from tflm import errors
+
 # GPT-2's block, whatever its size: the importers map checkpoints onto it.
 GPT2_BLOCK = dict(
     norm="layernorm",
@@ -86,10 +90,33 @@ PRESETS: dict[str, dict] = {
 
 
 def get_preset(name: str, **overrides) -> dict:
-    """Returns a copy of preset `name` with `overrides` merged in."""
-    if name not in PRESETS:
-        raise ValueError(
+    """Returns a copy of preset `name` with `overrides` merged in.
+
+    Raises:
+        InputError: an unknown preset (the message lists the known ones), or
+            an override that is no `Backbone` argument.
+    """
+    if not isinstance(name, str) or name not in PRESETS:
+        raise errors.InputError(
             f"Unknown preset. Received: preset={name!r}. Available presets: "
             f"{', '.join(sorted(PRESETS))}."
         )
+    unknown = sorted(set(overrides) - _backbone_arguments())
+    if unknown:
+        raise errors.InputError(
+            f"Preset overrides must be Backbone arguments. Received: "
+            f"{', '.join(f'{k}={overrides[k]!r}' for k in unknown)}. Known: "
+            f"{', '.join(sorted(_backbone_arguments()))}."
+        )
     return {**PRESETS[name], **overrides}
+
+
+def _backbone_arguments() -> set[str]:
+    # Imported here: the backbone module imports this one.
+    from tflm.models import backbone
+
+    parameters = inspect.signature(backbone.Backbone.__init__).parameters
+    named = {
+        n for n, p in parameters.items() if p.kind is p.POSITIONAL_OR_KEYWORD
+    }
+    return (named - {"self"}) | {"name", "trainable"}

@@ -7,6 +7,7 @@ from tflm.tokenizers.byte import ByteTokenizer
 from tflm.tokenizers.gpt2_bpe import GPT2BPETokenizer
 from tflm.tokenizers.sentencepiece import SentencePieceTokenizer
 from tflm.tokenizers.stats import chars_per_token
+from tflm.tokenizers.storage import save
 
 __all__ = [
     "ByteTokenizer",
@@ -16,4 +17,5 @@ __all__ = [
     "chars_per_token",
     "is_tokenizer_directory",
     "load_tokenizer",
+    "save",
 ]

@@ -15,6 +15,8 @@ from typing import ClassVar
 
 import tensorflow as tf
 
+from tflm import errors
+
 CONFIG_FILE = "tokenizer.json"
 FORMAT_VERSION = 1
 
@@ -34,6 +36,8 @@ class Tokenizer(tf.Module):
     """
 
     type_name: ClassVar[str] = ""
+    # The files `_save_assets` writes, besides `tokenizer.json`.
+    files: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -147,19 +151,26 @@ class Tokenizer(tf.Module):
             "eos_id": self.eos_id,
         }
 
-    def save(self, directory: str | os.PathLike) -> None:
-        """Writes `tokenizer.json` and the tokenizer's files to `directory`.
+    def save(
+        self, directory: str | os.PathLike, *, overwrite: bool = False
+    ) -> str:
+        """Writes the tokenizer to `directory` atomically; see
+        `tflm.tokenizers.storage.save`."""
+        from tflm.tokenizers import storage  # storage imports this module
 
-        Args:
-            directory: created if missing; files already there are replaced.
+        return storage.save(self, directory, overwrite=overwrite)
+
+    def write_files(self, directory: str | os.PathLike) -> None:
+        """Writes `tokenizer.json` and the tokenizer's files, in place.
+
+        Not atomic: meant for a new folder that a caller moves into place
+        whole (as `save` and model directories do).
         """
         directory = os.fspath(directory)
         os.makedirs(directory, exist_ok=True)
         self._save_assets(directory)
-        config = {"type": self.type_name, "format_version": FORMAT_VERSION}
-        config.update(self.get_config())
         with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-            json.dump(config, f, indent=2, ensure_ascii=False)
+            json.dump(tokenizer_config(self), f, indent=2, ensure_ascii=False)
             f.write("\n")
 
     def _save_assets(self, directory: str) -> None:
@@ -183,32 +194,54 @@ class Tokenizer(tf.Module):
         return tokenizer
 
 
+def registered_types() -> dict[str, type[Tokenizer]]:
+    """The tokenizer classes by `type_name` (a copy)."""
+    return dict(_REGISTRY)
+
+
 def is_tokenizer_directory(directory: str | os.PathLike) -> bool:
     """Whether `directory` holds a `tokenizer.json`."""
     return os.path.isfile(os.path.join(os.fspath(directory), CONFIG_FILE))
+
+
+def tokenizer_config(tokenizer: Tokenizer) -> dict[str, Any]:
+    """What `tokenizer.json` holds: `type`, `format_version` and the
+    tokenizer's `get_config()`."""
+    config = {"type": tokenizer.type_name, "format_version": FORMAT_VERSION}
+    config.update(tokenizer.get_config())
+    return config
 
 
 def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     """Loads the tokenizer saved in `directory`, whatever its type.
 
     Args:
-        directory: a folder written by `Tokenizer.save`.
+        directory: a folder written by `save`.
 
     Returns:
         The tokenizer named by the `type` field of its `tokenizer.json`.
+
+    Raises:
+        InputError: naming the file that is missing or corrupt.
     """
     directory = os.fspath(directory)
     path = os.path.join(directory, CONFIG_FILE)
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise errors.InputError(
             f"{directory} is not a tokenizer directory: {CONFIG_FILE} is "
             "missing. Create one with `tflm tokenizer train`."
         )
-    with open(path) as f:
-        config = json.load(f)
-    kind = config.get("type")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise errors.InputError(
+            f"{path} is not valid JSON ({err}). Restore it, or train or "
+            "import the tokenizer again."
+        ) from None
+    kind = config.get("type") if isinstance(config, dict) else None
     if kind not in _REGISTRY:
-        raise ValueError(
+        raise errors.InputError(
             f"{path}: unknown tokenizer type {kind!r}; expected one of "
             f"{sorted(_REGISTRY)}."
         )

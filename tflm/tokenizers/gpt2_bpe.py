@@ -12,8 +12,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tflm import errors
 from tflm.tokenizers import base
 from tflm.tokenizers import gpt2_bpe_ops as ops
+from tflm.tokenizers import storage
 
 VOCABULARY_FILE = "vocab.json"
 MERGES_FILE = "merges.txt"
@@ -44,6 +46,7 @@ class GPT2BPETokenizer(base.Tokenizer):
     """
 
     type_name = "gpt2_bpe"
+    files = (VOCABULARY_FILE, MERGES_FILE)
 
     def __init__(
         self,
@@ -56,13 +59,11 @@ class GPT2BPETokenizer(base.Tokenizer):
         sources = ["<vocabulary>", "<merges>"]
         if isinstance(vocabulary, str | os.PathLike):
             sources[0] = os.fspath(vocabulary)
-            with open(sources[0], encoding="utf-8") as f:
-                vocabulary = json.load(f)
+            vocabulary = _read(sources[0], json.loads)
             self.vocabulary_file = tf.saved_model.Asset(sources[0])
         if isinstance(merges, str | os.PathLike):
             sources[1] = os.fspath(merges)
-            with open(sources[1], encoding="utf-8") as f:
-                merges = f.read().splitlines()
+            merges = _read(sources[1], str.splitlines)
             self.merges_file = tf.saved_model.Asset(sources[1])
         self._vocabulary = _check_vocabulary(vocabulary, sources[0])
         self._merges = [m for m in merges if m and not m.startswith("#vers")]
@@ -80,26 +81,28 @@ class GPT2BPETokenizer(base.Tokenizer):
             [self._vocabulary[c] for c in ops.bytes_to_unicode().values()],
             np.int32,
         )
-        self._tables = ops.merge_tables(
-            self._vocabulary, self._merges, self._size, sources[1]
-        )
+        try:
+            self._tables = ops.merge_tables(
+                self._vocabulary, self._merges, self._size, sources[1]
+            )
+        except ValueError as err:
+            raise errors.InputError(
+                f"{err} Restore the file, or import the tokenizer again."
+            ) from None
 
     @classmethod
     def from_directory(
         cls, directory: str | os.PathLike, config: dict | None = None
     ) -> GPT2BPETokenizer:
         """Reads `vocab.json` and `merges.txt` (or names in `config`)."""
-        config = config or {}
+        directory, config = os.fspath(directory), config or {}
         paths = [
-            os.path.join(os.fspath(directory), config.get(key, name))
+            storage.asset_path(directory, config, key, name)
             for key, name in (
                 ("vocabulary_file", VOCABULARY_FILE),
                 ("merges_file", MERGES_FILE),
             )
         ]
-        for path in paths:
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"{path} is missing.")
         return cls(*paths)
 
     @property
@@ -170,20 +173,34 @@ class GPT2BPETokenizer(base.Tokenizer):
         return cls.from_directory(directory, config)
 
 
+def _read(path: str, parse):
+    """`parse(text)` of a UTF-8 file; InputError naming it if it fails."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return parse(f.read())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise errors.InputError(
+            f"{path} is corrupt ({err}). Restore it, or import the "
+            "tokenizer again."
+        ) from None
+
+
 def _check_vocabulary(vocabulary: Any, source: str) -> dict[str, int]:
     ids = list(vocabulary.values()) if isinstance(vocabulary, dict) else [-1]
     if not all(isinstance(i, int) and i >= 0 for i in ids) or len(
         set(ids)
     ) != len(ids):
-        raise ValueError(f"{source}: not a JSON map of tokens to unique ids.")
+        raise errors.InputError(
+            f"{source}: not a JSON map of tokens to unique ids."
+        )
     missing = [
         c for c in ops.bytes_to_unicode().values() if c not in vocabulary
     ]
     if missing:
-        raise ValueError(
+        raise errors.InputError(
             f"{source} lacks {len(missing)} of the 256 byte tokens (first: "
             f"{missing[0]!r}); it is not a byte-level BPE vocabulary."
         )
     if END_OF_TEXT not in vocabulary:
-        raise ValueError(f"{source} lacks {END_OF_TEXT!r}.")
+        raise errors.InputError(f"{source} lacks {END_OF_TEXT!r}.")
     return dict(vocabulary)

@@ -11,8 +11,10 @@ import sentencepiece
 import tensorflow as tf
 from tensorflow_text.python.ops import sentencepiece_tokenizer
 
+from tflm import errors
 from tflm.tokenizers import base
 from tflm.tokenizers import sentencepiece_training as training
+from tflm.tokenizers import storage
 
 MODEL_FILE = "sentencepiece.model"
 _OPS = sentencepiece_tokenizer.gen_sentencepiece_tokenizer
@@ -71,21 +73,22 @@ class SentencePieceTokenizer(base.Tokenizer):
     """
 
     type_name = "sentencepiece"
+    files = (MODEL_FILE,)
 
     def __init__(
         self, model: bytes | str | os.PathLike, name: str | None = None
     ):
         super().__init__(name=name)
         self.model_file = None
+        source = "the model proto"
         if isinstance(model, str | os.PathLike):
+            source = os.fspath(model)
             with open(model, "rb") as f:
                 self._model = f.read()
-            self.model_file = tf.saved_model.Asset(os.fspath(model))
+            self.model_file = tf.saved_model.Asset(source)
         else:
             self._model = bytes(model)
-        processor = sentencepiece.SentencePieceProcessor(
-            model_proto=self._model
-        )
+        processor = _processor(self._model, source)
         self._vocabulary_size = processor.get_piece_size()
         self._ids = {
             "pad_id": processor.pad_id(),
@@ -226,12 +229,24 @@ class SentencePieceTokenizer(base.Tokenizer):
 
     @classmethod
     def _from_directory(cls, directory: str, config: dict[str, Any]):
-        path = os.path.join(directory, config.get("model_file", MODEL_FILE))
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"{directory}: the SentencePiece model {path} is missing."
-            )
-        return cls(path)
+        return cls(
+            storage.asset_path(directory, config, "model_file", MODEL_FILE)
+        )
+
+
+def _processor(model: bytes, source: str):
+    """A `SentencePieceProcessor`; InputError if `model` is not a model."""
+    try:
+        processor = sentencepiece.SentencePieceProcessor(model_proto=model)
+    except (RuntimeError, ValueError, TypeError) as err:
+        processor, reason = None, err
+    if processor is None or processor.get_piece_size() == 0:
+        reason = reason if processor is None else "it has no pieces"
+        raise errors.InputError(
+            f"{source} is not a SentencePiece model ({reason}). Restore it, "
+            "or train the tokenizer again with `tflm tokenizer train`."
+        )
+    return processor
 
 
 def _newline_is_boundary(processor) -> bool:

@@ -18,6 +18,8 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
+from tflm.train import divergence
+
 
 def epoch_length(
     checkpoint_every: int, validate_every: int, start: int, total: int
@@ -59,6 +61,23 @@ def write_scalar(name: str, value: float) -> None:
 
 def _perplexity(loss: float) -> float:
     return math.exp(min(float(loss), 50.0))
+
+
+class NonFiniteLossGuard(_StepCallback):
+    """Raises `divergence.TrainingDiverged` after a non-finite step loss.
+
+    Put it first in the callback list: Keras calls callbacks in order, so
+    the ones after it (checkpoints, logs) never see the bad step.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        loss = logs.get("step_loss", logs.get("loss"))
+        if loss is not None and not math.isfinite(float(loss)):
+            step = self.step(batch)
+            raise divergence.TrainingDiverged(
+                step, f"the loss is {float(loss)}", step - 1
+            )
 
 
 class ProgressLogger(_StepCallback):
@@ -179,11 +198,17 @@ class ProgressLogger(_StepCallback):
 class Checkpointer(_StepCallback):
     """Calls `save(step)` every `every` steps and when training ends.
 
+    A checkpoint step always ends a Keras epoch (see `epoch_length`), and
+    the checkpoint is written at the epoch's end, after its validation, so
+    that it holds what that validation found.
+
     Args:
         save: function writing a checkpoint of the current step.
         every: steps between checkpoints; `0` for the end only.
         steps_per_epoch: see the module docstring.
         initial_step: the step training starts from.
+        at_end: also save when training ends (off when the caller writes
+            the final checkpoint itself).
     """
 
     def __init__(
@@ -193,21 +218,26 @@ class Checkpointer(_StepCallback):
         every: int,
         steps_per_epoch: int,
         initial_step: int,
+        at_end: bool = True,
     ):
         super().__init__(steps_per_epoch)
         self.save = save
         self.every = every
+        self.at_end = at_end
         self.saved_step = initial_step
         self.last_step = initial_step
 
     def on_train_batch_end(self, batch, logs=None):
         self.last_step = self.step(batch)
-        if self.every and self.last_step % self.every == 0:
-            self.save(self.last_step)
-            self.saved_step = self.last_step
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = self.last_step
+        if self.every and step % self.every == 0 and step != self.saved_step:
+            self.save(step)
+            self.saved_step = step
 
     def on_train_end(self, logs=None):
-        if self.last_step != self.saved_step:
+        if self.at_end and self.last_step != self.saved_step:
             self.save(self.last_step)
             self.saved_step = self.last_step
 

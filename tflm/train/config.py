@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import types
 import typing
 from typing import Any
+
+from tflm import errors
+from tflm.train import validation
 
 # This module imports no TensorFlow, so that `tflm --help` stays fast.
 STRATEGIES = (
@@ -21,6 +25,11 @@ SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 TEXT_FORMATS = ("document", "paragraph", "line")
 JIT_CHOICES = ("auto", "on", "off")
+DATA_FORMATS = ("text", "task")
+LORA_TARGETS = ("query", "key", "value", "output", "mlp_in", "mlp_out")
+# Which command shows a field as a flag (fields without a scope: both).
+TRAIN_ONLY = "train"
+FINETUNE_ONLY = "finetune"
 
 
 def _option(default, help: str, **metadata) -> Any:
@@ -49,12 +58,58 @@ class TrainConfig:
         metavar="PATH",
     )
     out: str = _required("model directory to write and resume", metavar="DIR")
-    preset: str = _required("architecture preset, e.g. tiny, nano-char")
+    preset: str | None = _option(
+        None,
+        "architecture preset, e.g. tiny, nano-char (required unless "
+        "--init-from names the model to start from)",
+        scope=TRAIN_ONLY,
+    )
+    init_from: str | None = _option(
+        None,
+        "start from this model directory or GPT-2 checkpoint directory: "
+        "its architecture, weights and tokenizer (never modified)",
+        metavar="DIR",
+        scope=TRAIN_ONLY,
+    )
+    data_format: str = _option(
+        "text",
+        "text: plain text to continue; task: .jsonl prompt/completion or "
+        "chat examples, loss on the completions only",
+        choices=DATA_FORMATS,
+        scope=TRAIN_ONLY,
+    )
+    prompt_field: str = _option(
+        "prompt", "prompt field of task examples", scope=FINETUNE_ONLY
+    )
+    completion_field: str = _option(
+        "completion", "completion field of task examples", scope=FINETUNE_ONLY
+    )
+    lora_rank: int | None = _option(
+        None,
+        "train rank-R LoRA adapters only; the base stays frozen",
+        metavar="R",
+        scope=FINETUNE_ONLY,
+    )
+    lora_alpha: float | None = _option(
+        None, "LoRA scale numerator (default: the rank)", scope=FINETUNE_ONLY
+    )
+    lora_targets: tuple[str, ...] = _option(
+        ("query", "value"),
+        f"projections given adapters, of: {', '.join(LORA_TARGETS)}",
+        scope=FINETUNE_ONLY,
+    )
+    early_stopping_patience: int | None = _option(
+        None,
+        "stop after N validations without a lower validation loss; the "
+        "best weights are the result either way",
+        metavar="N",
+    )
     tokenizer: str = _option(
         "byte",
         "'byte', a tokenizer directory, or 'sentencepiece:N' to train an "
         "N-id SentencePiece model on --data",
         metavar="SPEC",
+        scope=TRAIN_ONLY,
     )
     validation_data: tuple[str, ...] = _option(
         (),
@@ -63,13 +118,19 @@ class TrainConfig:
     )
     validation_fraction: float = _option(
         0.1,
-        "share of --data's documents held out when no "
-        "--validation-data is given (0: no validation)",
+        "share of --data's text held out when no --validation-data is "
+        "given: whole documents when there are many, else the tail of each "
+        "(0: no validation)",
     )
     text_format: str = _option(
-        "document", "what a document is in .txt files", choices=TEXT_FORMATS
+        "document",
+        "what a document is in .txt files",
+        choices=TEXT_FORMATS,
+        scope=TRAIN_ONLY,
     )
-    jsonl_field: str = _option("text", "text field of .jsonl lines")
+    jsonl_field: str = _option(
+        "text", "text field of .jsonl lines", scope=TRAIN_ONLY
+    )
     steps: int | None = _option(None, "optimizer updates (default: 1 epoch)")
     epochs: float | None = _option(None, "passes over the training data")
     batch_size: int = _option(32, "global batch, in sequences")
@@ -83,12 +144,14 @@ class TrainConfig:
     min_learning_rate: float | None = _option(
         None, "final learning rate (default: learning_rate / 10)"
     )
-    warmup_steps: int = _option(100, "linear warm-up steps")
+    warmup_steps: int | None = _option(
+        None, "linear warm-up steps (default: 100, or a tenth of a shorter run)"
+    )
     schedule: str = _option("cosine", "decay after warm-up", choices=SCHEDULES)
     weight_decay: float = _option(0.1, "AdamW weight decay")
     beta_1: float = _option(0.9, "AdamW beta 1")
     beta_2: float = _option(0.95, "AdamW beta 2")
-    clip_norm: float = _option(1.0, "global gradient-norm clip (0: off)")
+    clip_norm: float | None = _option(1.0, "global gradient-norm clip (0: off)")
     dropout: float | None = _option(None, "dropout (default: the preset's)")
     precision: str = _option("float32", "dtype policy", choices=PRECISIONS)
     strategy: str = _option("auto", "distribution strategy", choices=STRATEGIES)
@@ -108,63 +171,43 @@ class TrainConfig:
     log_every: int = _option(10, "steps between TensorBoard points")
 
     def __post_init__(self):
-        for name in ("data", "validation_data"):
+        for name in ("data", "validation_data", "lora_targets"):
             value = getattr(self, name)
             if isinstance(value, str):
                 object.__setattr__(self, name, (value,))
             else:
                 object.__setattr__(self, name, tuple(value))
         if not self.data:
-            raise ValueError("data must name at least one file.")
+            raise errors.InputError(
+                "--data must name at least one file. Received: data=()."
+            )
         for field in dataclasses.fields(self):
             choices = field.metadata.get("choices")
             value = getattr(self, field.name)
             if choices and value not in choices:
-                raise ValueError(
-                    f"{field.name} must be one of {', '.join(choices)}. "
-                    f"Received: {field.name}={value!r}."
+                raise validation.fail(
+                    field.name, value, f"one of {', '.join(choices)}"
                 )
-        _check_ranges(self)
+        validation.check_config(self, _optional_fields())
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict of the fields."""
         config = dataclasses.asdict(self)
         config["data"] = list(self.data)
         config["validation_data"] = list(self.validation_data)
+        config["lora_targets"] = list(self.lora_targets)
         return config
 
 
-def _check_ranges(config: TrainConfig) -> None:
-    positive = ["batch_size", "accumulation_steps", "log_every"]
-    positive += [
+@functools.cache
+def _optional_fields() -> frozenset[str]:
+    """The fields whose type allows `None`."""
+    hints = typing.get_type_hints(TrainConfig)
+    return frozenset(
         name
-        for name in ("steps", "epochs", "sequence_length")
-        if getattr(config, name) is not None
-    ]
-    non_negative = [
-        "warmup_steps",
-        "checkpoint_every",
-        "validate_every",
-        "eval_batches",
-        "weight_decay",
-        "clip_norm",
-    ]
-    checks = [(name, 0, False) for name in positive]
-    checks += [(name, 0, True) for name in non_negative]
-    for name, bound, inclusive in checks:
-        value = getattr(config, name)
-        if value < bound or (value == bound and not inclusive):
-            relation = ">= 0" if inclusive else "> 0"
-            raise ValueError(
-                f"{name} must be {relation}. Received: {name}={value}."
-            )
-    if not 0 <= config.validation_fraction < 1:
-        raise ValueError(
-            "validation_fraction must be in [0, 1). Received: "
-            f"validation_fraction={config.validation_fraction}."
-        )
-    if config.steps is not None and config.epochs is not None:
-        raise ValueError("Give steps or epochs, not both.")
+        for name, hint in hints.items()
+        if type(None) in typing.get_args(hint)
+    )
 
 
 def _base_type(hint) -> tuple[type, bool]:
@@ -176,10 +219,31 @@ def _base_type(hint) -> tuple[type, bool]:
     return hint, False
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds one `--flag` per `TrainConfig` field to `parser`."""
+def fields_for(command: str) -> list[dataclasses.Field]:
+    """The fields `tflm COMMAND` (`train` or `finetune`) has flags for."""
+    return [
+        field
+        for field in dataclasses.fields(TrainConfig)
+        if field.metadata.get("scope", command) == command
+    ]
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    command: str = TRAIN_ONLY,
+    skip: tuple[str, ...] = (),
+) -> None:
+    """Adds one `--flag` per `TrainConfig` field of `command` to `parser`.
+
+    Args:
+        parser: the subcommand's parser.
+        command: `"train"` or `"finetune"` (see `fields_for`).
+        skip: fields the command sets another way.
+    """
     hints = typing.get_type_hints(TrainConfig)
-    for field in dataclasses.fields(TrainConfig):
+    for field in fields_for(command):
+        if field.name in skip:
+            continue
         kind, many = _base_type(hints[field.name])
         flag = "--" + field.name.replace("_", "-")
         kwargs: dict[str, Any] = {
@@ -203,7 +267,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, **kwargs)
 
 
-def from_namespace(args: argparse.Namespace) -> TrainConfig:
-    """Builds a `TrainConfig` from parsed `add_arguments` flags."""
+def from_namespace(args: argparse.Namespace, **values) -> TrainConfig:
+    """Builds a `TrainConfig` from parsed `add_arguments` flags, plus
+    `values` for the fields that have no flag."""
     names = [field.name for field in dataclasses.fields(TrainConfig)]
-    return TrainConfig(**{name: getattr(args, name) for name in names})
+    given = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    return TrainConfig(**{**given, **values})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import warnings
@@ -10,11 +11,13 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from tflm import data
-from tflm import modeldir
 from tflm import tokenizers
-from tflm.data import pipeline
+from tflm.models import causal_lm
 from tflm.train import strategy as strategy_lib
 from tflm.train import trainer as trainer_lib
+from tflm.train import validation
+
+logger = logging.getLogger(__name__)
 
 
 def count_tokens_and_characters(
@@ -25,17 +28,22 @@ def count_tokens_and_characters(
     validation_fraction: float = 0.1,
     text_format: str = "document",
     jsonl_field: str = "text",
+    exclude: Sequence[str | os.PathLike] = (),
 ) -> tuple[int, int]:
     """Tokens (with one end-of-text per document) and characters of a split.
+
+    The split is the one `make_dataset` makes (`tflm.data.split`).
 
     Returns:
         `(tokens, characters)`, characters counted as Unicode code points.
     """
-    files = data.find_files(paths)
-    docs = data.read_document_batches(
-        files, text_format=text_format, jsonl_field=jsonl_field
+    docs = data.split_documents(
+        data.find_files(paths, exclude),
+        split,
+        validation_fraction,
+        text_format=text_format,
+        jsonl_field=jsonl_field,
     )
-    docs = pipeline.select_split(docs, split, validation_fraction)
     characters = docs.reduce(
         tf.constant(0, tf.int64),
         lambda n, d: (
@@ -74,7 +82,9 @@ def evaluate(
         paths: text files, folders or globs.
         batch_size: sequences per batch.
         sequence_length: tokens per sequence; defaults to the context.
-        split: `"all"`, `"train"` or `"validation"` documents of `paths`.
+        split: `"all"`, `"train"` or `"validation"` text of `paths`, the
+            same text `tflm train` used or held out with the same
+            `validation_fraction` (see `tflm.data.split`).
         validation_fraction: the share that defines the splits.
         text_format: what a document is in `.txt` files.
         jsonl_field: the text field of `.jsonl` records.
@@ -83,21 +93,33 @@ def evaluate(
 
     Returns:
         `loss` (nats per token), `perplexity`, `bits_per_character`,
-        `tokens` (scored) and `characters` (of the split).
+        `tokens` (scored) and `characters` (of the split). The three
+        metrics are `None` where not finite (broken weights), so that the
+        result is always valid JSON.
+
+    Raises:
+        InputError: a `batch_size` or `sequence_length` below 1, or a
+            `sequence_length` beyond the model's context.
     """
+    validation.check_integer("batch_size", batch_size, 1)
+    if sequence_length is not None:
+        validation.check_integer("sequence_length", sequence_length, 1)
     trainer = _trainer(directory, precision, strategy)
     tokenizer = trainer.lm.tokenizer
     context = trainer.lm.backbone.max_sequence_length
     if (sequence_length or context) > context:
-        raise ValueError(
-            f"sequence_length={sequence_length} exceeds the model's context "
-            f"of {context} tokens."
+        raise validation.fail(
+            "sequence_length",
+            sequence_length,
+            f"<= the model's context ({context} tokens)",
         )
     common = dict(
         split=split,
         validation_fraction=validation_fraction,
         text_format=text_format,
         jsonl_field=jsonl_field,
+        # The model directory is never read as text, even inside `paths`.
+        exclude=[directory],
     )
     dataset = data.make_dataset(
         paths,
@@ -115,20 +137,34 @@ def evaluate(
             trainer.evaluate(dataset, verbose=0, return_dict=True)["loss"]
         )
     tokens, characters = count_tokens_and_characters(paths, tokenizer, **common)
+    if not math.isfinite(loss):
+        logger.warning(
+            "The loss of %s is %s: its weights are broken (a diverged run?); "
+            "the metrics are reported as null.",
+            directory,
+            loss,
+        )
     return {
-        "loss": loss,
-        "perplexity": math.exp(min(loss, 50.0)),
-        "bits_per_character": loss * tokens / max(characters, 1) / math.log(2),
+        "loss": _finite(loss),
+        "perplexity": _finite(math.exp(min(loss, 50.0))),
+        "bits_per_character": _finite(
+            loss * tokens / max(characters, 1) / math.log(2)
+        ),
         "tokens": int(trainer.weight_total.result()),
         "characters": characters,
     }
+
+
+def _finite(value: float) -> float | None:
+    """`value`, or `None` (JSON `null`) for NaN and infinity."""
+    return value if math.isfinite(value) else None
 
 
 def _trainer(directory, precision, strategy) -> trainer_lib.LMTrainer:
     """The saved model in an `LMTrainer`, built in the strategy's scope."""
     distribution = strategy_lib.resolve_strategy(strategy)
     with distribution.scope():
-        model = modeldir.load(directory, dtype=precision)
+        model = causal_lm.CausalLM.from_preset(directory, dtype=precision)
         trainer = trainer_lib.LMTrainer(model)
         trainer.compile(jit_compile=strategy_lib.is_default(distribution))
     return trainer

@@ -9,6 +9,7 @@ learning-rate schedule, and does nothing when the run has finished.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -18,18 +19,27 @@ import typing
 import keras
 import tensorflow as tf
 
+from tflm import atomic
+from tflm import errors
 from tflm import modeldir
 from tflm import tokenizers
+from tflm.data import templates
 from tflm.models import backbone as backbone_lib
 from tflm.models import causal_lm
 from tflm.models import presets
+from tflm.train import best as best_lib
 from tflm.train import callbacks as callbacks_lib
 from tflm.train import config as config_lib
+from tflm.train import divergence
 from tflm.train import inputs
 from tflm.train import optimizer as optimizer_lib
+from tflm.train import parent as parent_lib
+from tflm.train import start as start_lib
 from tflm.train import state as state_lib
 from tflm.train import strategy as strategy_lib
+from tflm.train import task_inputs
 from tflm.train import trainer as trainer_lib
+from tflm.train import validation
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +80,34 @@ class _Run:
     backbone: dict
     sequence_length: int
     total_steps: int
+    parent: parent_lib.Parent | None = None
+    task: task_inputs.TaskData | None = None
+
+    @property
+    def keeps_best(self) -> bool:
+        """Whether the result is the best validated weights, not the last:
+        on task data and with early stopping."""
+        return (
+            self.config.data_format == "task"
+            or self.config.early_stopping_patience is not None
+        )
+
+    def metadata(self, keeper) -> dict:
+        """The `config.json` entries besides the model's own."""
+        entries = {}
+        if self.parent is not None:
+            entries["parent"] = self.parent.record()
+        if self.config.data_format == "task":
+            entries["template"] = templates.TEMPLATE
+        if keeper is not None and keeper.best_step is not None:
+            entries["best_step"] = keeper.best_step
+        if self.config.lora_rank is not None:
+            entries["lora"] = {
+                "rank": self.config.lora_rank,
+                "alpha": self.config.lora_alpha,
+                "targets": list(self.config.lora_targets),
+            }
+        return entries
 
     @property
     def start_step(self) -> int:
@@ -93,14 +131,22 @@ def train(
         A `TrainResult`.
 
     Raises:
-        ValueError: bad settings or data, an output folder that is not a
-            model directory, or one from an incompatible run.
+        InputError: bad settings or data, an output folder that is not a
+            model directory, one from an incompatible run, or a run that
+            diverged (a NaN loss; the last good checkpoint is kept).
     """
-    run = _prepare(config)
+    with contextlib.ExitStack() as stack:
+        run = _prepare(config, stack)
+        # One run at a time writes a model directory (`tflm.atomic.lock`).
+        with atomic.lock(run.out) if run.chief else contextlib.nullcontext():
+            return _train(run, config, verbose, callbacks)
+
+
+def _train(run: _Run, config, verbose, callbacks) -> TrainResult:
     strategy_lib.check_workers_agree(
         run.strategy, start_step=run.start_step, total_steps=run.total_steps
     )
-    if run.start_step >= run.total_steps:
+    if run.saved and run.saved.finished:
         logger.info(
             "%s is trained to step %d of %d; nothing to do.",
             run.out,
@@ -112,12 +158,7 @@ def train(
     if run.saved:
         logger.info("Resuming %s from step %d.", run.out, run.start_step)
     # Datasets first: bad data fails before anything is written.
-    data = _Data(
-        inputs.train_dataset(
-            config, run.tokenizer, run.sequence_length, skip=run.start_step
-        ),
-        *inputs.validation_dataset(config, run.tokenizer, run.sequence_length),
-    )
+    data = _datasets(run)
     with run.strategy.scope():
         lm, trainer = _build(run)
     if run.chief and not run.saved:
@@ -125,7 +166,21 @@ def train(
     return _fit(run, lm, trainer, data, verbose, list(callbacks))
 
 
-def _prepare(config: config_lib.TrainConfig) -> _Run:
+def _datasets(run: _Run) -> _Data:
+    config = run.config
+    if run.task is not None:
+        return _Data(
+            task_inputs.train_dataset(config, run.task, run.start_step),
+            *task_inputs.validation_dataset(config, run.task),
+        )
+    length = run.sequence_length
+    return _Data(
+        inputs.train_dataset(config, run.tokenizer, length, run.start_step),
+        *inputs.validation_dataset(config, run.tokenizer, length),
+    )
+
+
+def _prepare(config: config_lib.TrainConfig, stack) -> _Run:
     strategy = strategy_lib.resolve_strategy(config.strategy)
     chief = strategy_lib.is_chief(strategy)
     out = os.path.abspath(config.out)
@@ -134,24 +189,33 @@ def _prepare(config: config_lib.TrainConfig) -> _Run:
     modeldir.check_target(out)
     saved = state_lib.read(out) if modeldir.is_model_dir(out) else None
     keras.utils.set_random_seed(config.seed)
-    tokenizer = inputs.make_tokenizer(
-        config, out if saved else None, strategy_lib.spans_workers(strategy)
-    )
-    backbone = _backbone_kwargs(config, tokenizer)
-    if saved:
-        _check_resume(out, saved, config, backbone)
-    sequence_length = config.sequence_length or backbone["max_sequence_length"]
-    if sequence_length > backbone["max_sequence_length"]:
-        raise ValueError(
-            f"sequence_length={sequence_length} exceeds the {config.preset} "
-            f"context of {backbone['max_sequence_length']} tokens."
+    parent = None
+    if config.init_from is not None:
+        parent = stack.enter_context(parent_lib.resolve(config.init_from))
+        backbone = start_lib.parent_backbone(parent, config)
+        tokenizer = start_lib.parent_tokenizer(parent)
+    else:
+        tokenizer = inputs.make_tokenizer(
+            config, out if saved else None, strategy_lib.spans_workers(strategy)
         )
+        backbone = _backbone_kwargs(config, tokenizer)
+    if saved:
+        _check_resume(out, saved, config, backbone, parent)
+    # `TrainConfig` checked that it fits the preset's context.
+    sequence_length = config.sequence_length or backbone["max_sequence_length"]
     strategy_lib.check_batch_size(
         config.batch_size,
         strategy.num_replicas_in_sync,
         config.accumulation_steps,
     )
-    total = inputs.total_steps(config, tokenizer, sequence_length)
+    task = None
+    if config.data_format == "task":
+        task = task_inputs.load(config, tokenizer, sequence_length)
+        total = task_inputs.total_steps(config, task)
+    else:
+        total = inputs.total_steps(config, tokenizer, sequence_length)
+    warmup = validation.resolve_warmup(config.warmup_steps, total)
+    config = dataclasses.replace(config, warmup_steps=warmup)
     return _Run(
         config,
         strategy,
@@ -162,6 +226,8 @@ def _prepare(config: config_lib.TrainConfig) -> _Run:
         backbone,
         sequence_length,
         total,
+        parent,
+        task,
     )
 
 
@@ -172,9 +238,16 @@ def _backbone_kwargs(config, tokenizer) -> dict:
     return presets.get_preset(config.preset, **overrides)
 
 
-def _check_resume(out, saved, config, backbone) -> None:
+def _check_resume(out, saved, config, backbone, parent) -> None:
     config_path = os.path.join(out, modeldir.CONFIG_FILE)
     saved_config = modeldir.validate(out)
+    recorded = saved_config.get("parent", {}).get("sha256")
+    if parent is not None and recorded != parent.fingerprint:
+        raise errors.InputError(
+            f"{parent.path} is not the model {out} was started from (its "
+            "files changed, or another parent was named). Resume from the "
+            "same parent, or name a new --out."
+        )
     wanted = {k: v for k, v in backbone.items() if v is not None}
     state_lib.check_compatible(config_path, saved_config["backbone"], wanted)
     current = config.to_dict()
@@ -185,36 +258,28 @@ def _check_resume(out, saved, config, backbone) -> None:
 def _build(run: _Run):
     """Model, trainer and optimizer (restored when resuming); in scope."""
     config = run.config
-    backbone = backbone_lib.Backbone(**run.backbone, dtype=config.precision)
-    lm = causal_lm.CausalLM(backbone)
+    if run.parent is not None:
+        lm = start_lib.build_from_parent(run.parent, config)
+    else:
+        backbone = backbone_lib.Backbone(**run.backbone, dtype=config.precision)
+        lm = causal_lm.CausalLM(backbone)
     lm.tokenizer = run.tokenizer
+    lora = config.lora_rank is not None
+    if run.saved and not lora:
+        lm.load_weights(os.path.join(run.out, modeldir.WEIGHTS_FILE))
+    start_lib.enable_lora(lm, config)
+    if run.saved and lora:
+        start_lib.restore_adapters(lm, run.out)
     trainer = trainer_lib.LMTrainer(lm, config.accumulation_steps)
-    optimizer = optimizer_lib.make_optimizer(
-        learning_rate=config.learning_rate,
-        min_learning_rate=_min_learning_rate(config),
-        warmup_steps=config.warmup_steps,
-        total_steps=run.total_steps,
-        schedule=config.schedule,
-        weight_decay=config.weight_decay,
-        beta_1=config.beta_1,
-        beta_2=config.beta_2,
-        clip_norm=config.clip_norm,
-        precision=config.precision,
-        sum_gradients=False,
+    optimizer = optimizer_lib.from_config(
+        config, run.total_steps, sum_gradients=False
     )
     trainer.compile(optimizer=optimizer, jit_compile=_jit(run))
     optimizer.build(lm.trainable_variables)
     if run.saved:
-        lm.load_weights(os.path.join(run.out, modeldir.WEIGHTS_FILE))
         state_lib.restore_optimizer(optimizer, run.out)
         state_lib.restore_rng(lm, run.out)
     return lm, trainer
-
-
-def _min_learning_rate(config) -> float:
-    if config.min_learning_rate is None:
-        return config.learning_rate / 10
-    return config.min_learning_rate
 
 
 def _jit(run: _Run) -> bool:
@@ -223,12 +288,29 @@ def _jit(run: _Run) -> bool:
     return run.config.jit_compile == "on"
 
 
-def _save(run: _Run, lm, optimizer, step: int) -> None:
+def _save(run: _Run, lm, optimizer, step: int, keeper=None) -> None:
     state = state_lib.TrainState(
-        step=step, total_steps=run.total_steps, config=run.config.to_dict()
+        step=step,
+        total_steps=run.total_steps,
+        config=run.config.to_dict(),
+        progress=keeper.state() if keeper is not None else {},
     )
     extra = state_lib.extra_files(state, optimizer, lm)
-    modeldir.save(lm, run.tokenizer, run.out, extra=extra)
+    if keeper is not None and keeper.weights is not None:
+        extra[best_lib.BEST_FILE] = keeper.write
+    if run.config.lora_rank is not None:
+        extra[start_lib.ADAPTERS_FILE] = lambda path: start_lib.save_adapters(
+            lm, path
+        )
+    # A run's own directory: `_prepare` checked it is new or this run's.
+    modeldir.save(
+        lm,
+        run.tokenizer,
+        run.out,
+        extra=extra,
+        metadata=run.metadata(keeper),
+        overwrite=True,
+    )
     logger.debug("Checkpoint at step %d written to %s.", step, run.out)
 
 
@@ -239,45 +321,95 @@ def _fit(run: _Run, lm, trainer, data, verbose, extra_callbacks) -> TrainResult:
     )
     train_data, val_data, val_steps = data
     progress = _progress_logger(run, length)
-    checkpointer = _checkpointer(run, lm, trainer, length)
+    keeper = _keeper(run, lm)
+    checkpointer = _checkpointer(run, lm, trainer, length, keeper)
     validate = val_data is not None and config.validate_every > 0
-    trainer.fit(
-        train_data,
-        epochs=math.ceil(run.total_steps / length),
-        initial_epoch=start // length,
-        steps_per_epoch=length,
-        validation_data=val_data if validate else None,
-        validation_steps=val_steps or None,
-        validation_freq=max(config.validate_every // length, 1),
-        callbacks=[
-            progress,
-            checkpointer,
-            callbacks_lib.StopAtStep(run.total_steps, length),
-            *extra_callbacks,
-        ],
-        verbose=verbose,
-        shuffle=False,  # The dataset is shuffled, seeded.
-    )
+    try:
+        trainer.fit(
+            train_data,
+            epochs=math.ceil(run.total_steps / length),
+            initial_epoch=start // length,
+            steps_per_epoch=length,
+            validation_data=val_data if validate else None,
+            validation_steps=val_steps or None,
+            validation_freq=max(config.validate_every // length, 1),
+            callbacks=[
+                # First, so that nothing after it sees a non-finite step.
+                callbacks_lib.NonFiniteLossGuard(length),
+                progress,
+                *([keeper] if keeper is not None else []),
+                checkpointer,
+                callbacks_lib.StopAtStep(run.total_steps, length),
+                *extra_callbacks,
+            ],
+            verbose=verbose,
+            shuffle=False,  # The dataset is shuffled, seeded.
+        )
+    except divergence.TrainingDiverged as err:
+        progress.on_train_end()  # Flushes TensorBoard.
+        kept = checkpointer.saved_step
+        raise errors.InputError(
+            divergence.message(err, run.out, kept, config)
+        ) from None
     step = checkpointer.last_step
     if val_data is not None and progress.validated_step != step:
         logs = trainer.evaluate(
             val_data, steps=val_steps, verbose=0, return_dict=True
         )
         progress.log_validation(step, float(logs["loss"]))
+        if keeper is not None:
+            keeper.observe(step, float(logs["loss"]))
+    if keeper is not None:
+        _finish(run, lm, trainer, keeper, step)
     return TrainResult(lm, step, start, progress.validation_loss, run.out)
 
 
-def _checkpointer(run: _Run, lm, trainer, length) -> callbacks_lib.Checkpointer:
-    def save(step):
-        if run.chief:
-            _save(run, lm, trainer.optimizer, step)
+def _keeper(run: _Run, lm) -> best_lib.BestKeeper | None:
+    if not run.keeps_best:
+        return None
+    # `_checkpointer` points `current_step` at its own count.
+    keeper = best_lib.BestKeeper(
+        lm, lambda: run.start_step, run.config.early_stopping_patience
+    )
+    if run.saved:
+        keeper.restore(run.out, run.saved.progress)
+    return keeper
 
-    return callbacks_lib.Checkpointer(
+
+def _finish(run: _Run, lm, trainer, keeper, step: int) -> None:
+    """The final checkpoint: the best weights seen, and where they are."""
+    divergence.check_finite(step, lm, trainer.optimizer)
+    keeper.stopped = keeper.stopped or step < run.total_steps
+    keeper.use_best()
+    if run.chief:
+        _save(run, lm, trainer.optimizer, step, keeper)
+    if keeper.best_step is not None:
+        logger.info(
+            "Kept the weights of step %d (validation loss %.4f).",
+            keeper.best_step,
+            keeper.best_loss,
+        )
+
+
+def _checkpointer(
+    run: _Run, lm, trainer, length, keeper
+) -> callbacks_lib.Checkpointer:
+    def save(step):
+        # Every worker checks (they hold the same values), so all stop.
+        divergence.check_finite(step, lm, trainer.optimizer)
+        if run.chief:
+            _save(run, lm, trainer.optimizer, step, keeper)
+
+    checkpointer = callbacks_lib.Checkpointer(
         save,
         every=run.config.checkpoint_every,
         steps_per_epoch=length,
         initial_step=run.start_step,
+        at_end=keeper is None,  # `_finish` writes the last one.
     )
+    if keeper is not None:
+        keeper.current_step = lambda: checkpointer.last_step
+    return checkpointer
 
 
 def _progress_logger(run: _Run, length: int) -> callbacks_lib.ProgressLogger:

@@ -9,8 +9,8 @@ import os
 import tensorflow as tf
 
 from tflm import data
-from tflm import modeldir
 from tflm import tokenizers
+from tflm.models import model_dir
 from tflm.train import config as config_lib
 
 logger = logging.getLogger(__name__)
@@ -65,11 +65,13 @@ def make_tokenizer(
 def _train_sentencepiece(
     config: config_lib.TrainConfig, size: int
 ) -> tokenizers.Tokenizer:
-    files = data.find_files(config.data)
+    files = data.find_files(config.data, exclude=[config.out])
     text_files = [f for f in files if not f.endswith(".jsonl")]
     jsonl_files = [f for f in files if f.endswith(".jsonl")]
     records = None
     if jsonl_files:
+        # Checks every line now: an error names its file and line here,
+        # not from inside SentencePiece's trainer.
         records = data.iter_documents(
             jsonl_files, config.text_format, config.jsonl_field
         )
@@ -81,7 +83,7 @@ def _train_sentencepiece(
 
 def _saved_tokenizer(config, directory: str) -> tokenizers.Tokenizer:
     saved = tokenizers.load_tokenizer(
-        os.path.join(directory, modeldir.TOKENIZER_DIR)
+        os.path.join(directory, model_dir.TOKENIZER_DIR)
     )
     spec = config.tokenizer
     if spec.startswith(_SENTENCEPIECE):
@@ -117,6 +119,8 @@ def _common(config: config_lib.TrainConfig, tokenizer, sequence_length):
         sequence_length=sequence_length,
         text_format=config.text_format,
         jsonl_field=config.jsonl_field,
+        # The model directory is never read as text, even inside --data.
+        exclude=[config.out],
     )
 
 

@@ -14,11 +14,13 @@ import dataclasses
 import json
 import logging
 import os
+import zipfile
 from typing import Any
 
 import numpy as np
 
-from tflm import modeldir
+from tflm import errors
+from tflm.models import model_dir as modeldir
 
 logger = logging.getLogger(__name__)
 
@@ -40,26 +42,32 @@ class TrainState:
         step: optimizer updates done (and global batches consumed).
         total_steps: updates the run was asked for.
         config: the `TrainConfig.to_dict()` the run was started with.
+        progress: more of where it stands, such as the best validation
+            (see `tflm.train.best.BestKeeper.state`); `stopped` when it
+            stopped early.
     """
 
     step: int
     total_steps: int
     config: dict[str, Any]
+    progress: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def finished(self) -> bool:
-        return self.step >= self.total_steps
+        return self.step >= self.total_steps or bool(
+            self.progress.get("stopped")
+        )
 
 
 def read(directory: str) -> TrainState:
     """Reads the training state of a model directory.
 
     Raises:
-        ValueError: the directory holds a model but no training state.
+        InputError: the directory holds a model but no training state.
     """
     path = os.path.join(directory, STATE_FILE)
     if not os.path.isfile(path):
-        raise ValueError(
+        raise errors.InputError(
             f"{directory} holds a model but no training state ({path} is "
             "missing), so there is no run to resume. Name a new --out."
         )
@@ -67,10 +75,13 @@ def read(directory: str) -> TrainState:
         with open(path, encoding="utf-8") as f:
             state = json.load(f)
         return TrainState(
-            int(state["step"]), int(state["total_steps"]), state["config"]
+            int(state["step"]),
+            int(state["total_steps"]),
+            state["config"],
+            dict(state.get("progress", {})),
         )
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path} is corrupt: {err}") from None
+        raise errors.InputError(f"{path} is corrupt: {err}") from None
 
 
 def extra_files(state: TrainState, optimizer, model) -> dict[str, Any]:
@@ -93,18 +104,32 @@ def _save_arrays(path: str, variables) -> None:
         np.savez(f, *[v.numpy() for v in variables])
 
 
+def _load_arrays(path: str) -> dict[str, np.ndarray]:
+    """The arrays of an `.npz` file; never unpickles (the file may come
+    from anyone). InputError naming the file if it is missing or corrupt."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as err:
+        raise errors.InputError(
+            f"{path} is missing or corrupt ({err}). The training state "
+            "cannot be resumed from it: restore the folder from a copy, or "
+            "train into a new --out."
+        ) from None
+
+
 def restore_rng(model, directory: str) -> None:
     """Restores the dropout seed states, so that masks continue as before."""
     path = os.path.join(directory, RNG_FILE)
     variables = _rng_variables(model)
-    with np.load(path) as data:
-        if len(data.files) != len(variables):
-            raise ValueError(
-                f"{path} holds {len(data.files)} seed states; the model has "
-                f"{len(variables)}."
-            )
-        for i, variable in enumerate(variables):
-            variable.assign(data[f"arr_{i}"])
+    data = _load_arrays(path)
+    if sorted(data) != sorted(f"arr_{i}" for i in range(len(variables))):
+        raise errors.InputError(
+            f"{path} holds {len(data)} seed states; the model has "
+            f"{len(variables)}. Train into a new --out."
+        )
+    for i, variable in enumerate(variables):
+        variable.assign(data[f"arr_{i}"])
 
 
 def save_optimizer(optimizer, path: str) -> None:
@@ -118,14 +143,10 @@ def save_optimizer(optimizer, path: str) -> None:
 def restore_optimizer(optimizer, directory: str) -> None:
     """Loads the variables `save_optimizer` wrote into a built optimizer."""
     path = os.path.join(directory, OPTIMIZER_FILE)
-    try:
-        with np.load(path) as data:
-            store = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{path} is missing or corrupt: {err}") from None
+    store = _load_arrays(path)
     expected = len(optimizer.variables)
     if len(store) != expected:
-        raise ValueError(
+        raise errors.InputError(
             f"{path} holds {len(store)} optimizer variables; this run's "
             f"optimizer has {expected}. It was written by an incompatible "
             "configuration (precision or optimizer changed?)."
@@ -153,7 +174,7 @@ def check_compatible(
         details = ", ".join(
             f"{k}: saved {saved.get(k)!r}, now {wanted[k]!r}" for k in changed
         )
-        raise ValueError(
+        raise errors.InputError(
             f"{path} describes another architecture ({details}). Resume "
             "with the settings the model was trained with, or name a new "
             "--out."

@@ -13,6 +13,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from tflm.models import train_step
 from tflm.train import config as config_lib
 
 logger = logging.getLogger(__name__)
@@ -189,11 +190,8 @@ def is_default(strategy: tf.distribute.Strategy) -> bool:
     return type(strategy).__name__ == "_DefaultDistributionStrategy"
 
 
-def spans_workers(strategy: tf.distribute.Strategy) -> bool:
-    """Whether `strategy` has replicas on more than one worker."""
-    return isinstance(
-        strategy, tf.distribute.MultiWorkerMirroredStrategy
-    ) and strategy.num_replicas_in_sync > len(strategy.extended.worker_devices)
+# One definition, beside the train step that needs it too.
+spans_workers = train_step.spans_workers
 
 
 def check_workers_agree(

@@ -1,12 +1,19 @@
+"""The model directory: save, load, validate, replace rules, symlinks."""
+
 import json
 import os
+import time
 
 import numpy as np
 import pytest
 
+import tflm
+from tflm import errors
 from tflm import modeldir
 from tflm import tokenizers
+from tflm.atomic import writer
 from tflm.models import CausalLM
+from tflm.models import model_dir
 
 
 @pytest.fixture
@@ -66,7 +73,12 @@ def test_replacing_keeps_other_entries_and_drops_old_state(model, saved):
     (saved / "train").mkdir()
     (saved / "train" / "state.json").write_text("{}")
     extra = {"train/other.json": "{}", "train/blob.bin": b"\x00"}
-    modeldir.save(model, tokenizers.ByteTokenizer(), saved, extra=extra)
+    with pytest.raises(errors.InputError, match="--overwrite"):
+        model_dir.save(model, tokenizers.ByteTokenizer(), saved, extra=extra)
+    assert (saved / "train" / "state.json").read_text() == "{}"
+    model_dir.save(
+        model, tokenizers.ByteTokenizer(), saved, extra=extra, overwrite=True
+    )
     assert (saved / "logs" / "events").read_text() == "old"
     assert (saved / "notes.txt").read_text() == "mine"
     assert sorted(os.listdir(saved / "train")) == ["blob.bin", "other.json"]
@@ -91,14 +103,22 @@ def test_a_failed_save_leaves_the_old_directory(model, saved):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        modeldir.save(
-            model, tokenizers.ByteTokenizer(), saved, extra={"train/x": fail}
+        model_dir.save(
+            model,
+            tokenizers.ByteTokenizer(),
+            saved,
+            extra={"train/x": fail},
+            overwrite=True,
         )
     assert (saved / "model.weights.h5").read_bytes() == before
     assert _hidden(saved.parent) == []
-    with pytest.raises(ValueError, match="inside the model directory"):
-        modeldir.save(
-            model, tokenizers.ByteTokenizer(), saved, extra={"../x": "y"}
+    with pytest.raises(errors.InputError, match="inside the model dir"):
+        model_dir.save(
+            model,
+            tokenizers.ByteTokenizer(),
+            saved,
+            extra={"../x": "y"},
+            overwrite=True,
         )
     assert not (saved.parent / "x").exists()
 
@@ -164,7 +184,12 @@ def test_weights_that_do_not_fit_the_config(saved):
     config = json.loads((saved / "config.json").read_text())
     config["backbone"]["hidden_dim"] = 16
     (saved / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match="does not fit config.json"):
+    with pytest.raises(errors.InputError, match="does not fit config.json"):
+        modeldir.load(saved)
+    config["backbone"]["hidden_dim"] = 8
+    config["backbone"]["num_heads"] = 4  # same sizes, other layout
+    (saved / "config.json").write_text(json.dumps(config))
+    with pytest.raises(errors.InputError, match="does not fit config.json"):
         modeldir.load(saved)
 
 
@@ -174,18 +199,32 @@ def test_is_model_dir(saved, tmp_path):
     assert not modeldir.is_model_dir(tmp_path)
 
 
+def _leftover(saved, kind):
+    # The name a save killed by SIGKILL leaves (its pid is dead now).
+    pid = os.getpid()
+    while True:
+        pid += 7919
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        except PermissionError:
+            continue
+    return saved.parent / f".model.{kind}-{writer._HOST}-{pid}-abc"
+
+
 def test_recover_restores_a_directory_renamed_aside(saved):
-    aside = saved.parent / ".model.old-abc"
+    aside = _leftover(saved, "tflm-old")
     os.rename(saved, aside)
-    (saved.parent / ".model.tmp-abc").mkdir()
+    _leftover(saved, "tflm-tmp").mkdir()
     modeldir.recover(saved)
     assert modeldir.is_model_dir(saved)
     assert _hidden(saved.parent) == []
 
 
 def test_recover_moves_logs_out_of_an_old_directory(model, saved):
-    aside = saved.parent / ".model.old-abc"
-    modeldir.save(model, tokenizers.ByteTokenizer(), aside)
+    aside = _leftover(saved, "tflm-old")
+    model_dir.save(model, tokenizers.ByteTokenizer(), aside)
     (aside / "logs").mkdir()
     (aside / "logs" / "a").write_text("a")
     (saved / "logs").mkdir()
@@ -193,3 +232,75 @@ def test_recover_moves_logs_out_of_an_old_directory(model, saved):
     modeldir.recover(saved)
     assert sorted(os.listdir(saved / "logs")) == ["a", "b"]
     assert _hidden(saved.parent) == []
+
+
+def test_from_preset_loads_a_directory_with_its_tokenizer(tmp_path):
+    model = CausalLM.from_preset("tiny", vocabulary_size=259)
+    saved = tmp_path / "model"
+    model_dir.save(model, tokenizers.ByteTokenizer(), saved)
+    loaded = CausalLM.from_preset(saved)
+    np.testing.assert_allclose(loaded(_inputs()), model(_inputs()), atol=1e-6)
+    assert isinstance(loaded.tokenizer, tokenizers.ByteTokenizer)
+    text = loaded.generate("ab", max_new_tokens=3)
+    assert isinstance(text, str)
+    assert tflm.load(saved).generate("ab", max_new_tokens=3) == text
+    assert tflm.from_preset(str(saved)).generate("ab", max_new_tokens=3) == text
+
+
+def test_save_to_preset_round_trip_and_refusal(model, tmp_path):
+    with pytest.raises(errors.InputError, match="tokenizer"):
+        model.save_to_preset(tmp_path / "m")
+    model.tokenizer = tokenizers.ByteTokenizer()
+    assert model.save_to_preset(tmp_path / "m") == str(tmp_path / "m")
+    with pytest.raises(errors.InputError, match="--overwrite"):
+        model.save_to_preset(tmp_path / "m")
+    model.save_to_preset(tmp_path / "m", overwrite=True)
+    loaded = CausalLM.from_preset(tmp_path / "m")
+    np.testing.assert_allclose(loaded(_inputs()), model(_inputs()), atol=1e-6)
+
+
+def test_unknown_preset_lists_the_known_ones(tmp_path):
+    with pytest.raises(errors.InputError, match="tiny") as info:
+        CausalLM.from_preset("no-such-preset")
+    assert "Unknown preset" in str(info.value)
+    assert "gpt2-124m" in str(info.value)
+    with pytest.raises(errors.InputError, match="No such model directory"):
+        CausalLM.from_preset(str(tmp_path / "missing"))
+
+
+def test_symlinked_model_dir_is_written_through(model, saved, tmp_path):
+    (saved / "NOTES.md").write_text("mine")
+    link = tmp_path / "link"
+    link.symlink_to(saved)
+    path = model_dir.save(
+        model, tokenizers.ByteTokenizer(), link, overwrite=True
+    )
+    assert path == str(saved)
+    assert link.is_symlink() and model_dir.is_model_dir(link)
+    assert (saved / "NOTES.md").read_text() == "mine"
+    assert _hidden(tmp_path) == []
+    # Again through the link: nothing hidden was left to break it.
+    model_dir.save(model, tokenizers.ByteTokenizer(), link, overwrite=True)
+    assert CausalLM.from_preset(link).tokenizer is not None
+
+
+def test_dangling_symlink_is_refused(model, tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "gone")
+    with pytest.raises(errors.InputError, match="symbolic link"):
+        model_dir.save(model, tokenizers.ByteTokenizer(), link)
+    assert sorted(os.listdir(tmp_path)) == ["link"]
+
+
+def test_oversized_config_is_refused_before_building(saved):
+    config = json.loads((saved / "config.json").read_text())
+    # 2**26 x 8 float32 would be a 2 GB embedding if it were built.
+    config["backbone"]["vocabulary_size"] = 2**26
+    config["backbone"]["num_layers"] = 3
+    (saved / "config.json").write_text(json.dumps(config))
+    start = time.perf_counter()
+    with pytest.raises(errors.InputError, match="vocabulary_size=67108864"):
+        CausalLM.from_preset(saved)
+    with pytest.raises(errors.InputError, match="num_layers=3"):
+        model_dir.validate(saved)
+    assert time.perf_counter() - start < 5

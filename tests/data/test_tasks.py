@@ -1,0 +1,138 @@
+"""Task examples: parsing, the template, and the completion-only loss mask."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tflm import errors
+from tflm import tokenizers
+from tflm.data import tasks
+from tflm.data import templates
+
+TOKENIZER = tokenizers.ByteTokenizer()
+
+
+def _write(path, records):
+    path.write_text(
+        "".join(
+            (r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records
+        ),
+        encoding="utf-8",
+    )
+    return str(path)
+
+
+def _masked_text(ids, weight):
+    kept = ids[weight > 0]
+    eos = int(np.sum(kept == TOKENIZER.eos_id))
+    text = TOKENIZER.detokenize(kept[kept != TOKENIZER.eos_id]).numpy()
+    return text.decode(), eos
+
+
+def test_prompt_completion_mask_covers_exactly_the_completion(tmp_path):
+    path = _write(
+        tmp_path / "a.jsonl",
+        [{"prompt": "cat", "completion": "chat"}, {"q": "one", "a": "un"}][:1],
+    )
+    examples = tasks.read_examples([path])
+    ids, loss, real = tasks.encode_examples(examples, TOKENIZER, 64)
+    assert loss.sum() == len("chat") + 1  # And the end id.
+    assert _masked_text(ids[0], loss[0]) == ("chat", 1)
+    assert real[0].sum() == len(templates.encode(examples[0], TOKENIZER)[0])
+
+
+def test_configurable_fields(tmp_path):
+    path = _write(tmp_path / "a.jsonl", [{"q": "one", "a": "un"}])
+    (example,) = tasks.read_examples(
+        [path], prompt_field="q", completion_field="a"
+    )
+    assert example[-1] == {"role": "assistant", "content": "un"}
+
+
+def test_chat_mask_covers_every_assistant_turn(tmp_path):
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "bye"},
+        {"role": "assistant", "content": "ciao"},
+    ]
+    path = _write(tmp_path / "c.jsonl", [{"messages": messages}])
+    ids, loss, _ = tasks.encode_examples(
+        tasks.read_examples([path]), TOKENIZER, 128
+    )
+    assert loss.sum() == len("hello") + len("ciao") + 2
+    assert _masked_text(ids[0], loss[0]) == ("hellociao", 2)
+    # The prompt part is what serving tokenizes for the last reply.
+    prompt = templates.encode_prompt(messages[:-1], TOKENIZER)
+    np.testing.assert_array_equal(ids[0, : len(prompt)], prompt)
+
+
+def test_long_examples_lose_prompt_tokens_and_are_counted(tmp_path, caplog):
+    records = [
+        {"prompt": "x" * 50, "completion": "abc"},
+        {"prompt": "y", "completion": "de"},
+    ]
+    path = _write(tmp_path / "a.jsonl", records)
+    ids, loss, real = tasks.encode_examples(
+        tasks.read_examples([path]), TOKENIZER, 34
+    )
+    assert loss[0].sum() == 4 and loss[1].sum() == 3
+    assert _masked_text(ids[0], loss[0]) == ("abc", 1)
+    assert ids[0, 0] == TOKENIZER.bos_id and real[0].all()
+    assert "1 of 2 examples" in caplog.text
+
+
+def test_a_completion_longer_than_the_window_keeps_its_start(tmp_path):
+    path = _write(
+        tmp_path / "a.jsonl", [{"prompt": "p", "completion": "z" * 40}]
+    )
+    ids, loss, _ = tasks.encode_examples(
+        tasks.read_examples([path]), TOKENIZER, 10
+    )
+    assert loss[0].sum() == 10  # Everything after the start id.
+
+
+def test_shifted_batches_weight_the_completion_labels(tmp_path):
+    path = _write(tmp_path / "a.jsonl", [{"prompt": "ab", "completion": "ba"}])
+    windows = tasks.encode_examples(tasks.read_examples([path]), TOKENIZER, 40)
+    x, y, weight = next(iter(tasks.to_dataset(windows, batch_size=1)))
+    labels = np.asarray(y)[np.asarray(weight) > 0]
+    assert TOKENIZER.detokenize(labels).numpy() == b"ba"
+    assert labels[-1] == TOKENIZER.eos_id
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"prompt": "a", "completion": ', ":2: not valid JSON"),
+        ('{"prompt": "a"}', ":2: no 'completion' field"),
+        (
+            '{"prompt": "a", "completion": ""}',
+            "completion 'completion' is empty",
+        ),
+        (
+            '{"messages": [{"role": "robot", "content": "x"}]}',
+            "role 'robot'",
+        ),
+        (
+            '{"messages": [{"role": "user", "content": "x"}]}',
+            "ends with a 'user' turn",
+        ),
+        ('{"messages": []}', "non-empty list"),
+    ],
+)
+def test_bad_examples_name_file_and_line(tmp_path, line, message):
+    path = _write(
+        tmp_path / "bad.jsonl", ['{"prompt": "a", "completion": "b"}', line]
+    )
+    with pytest.raises(errors.InputError, match=message) as info:
+        tasks.read_examples([path])
+    assert f"{path}:2" in str(info.value)
+
+
+def test_split_holds_out_a_fixed_share():
+    train, held = tasks.split_indices(100, 0.1)
+    assert len(held) == 10 and not set(train) & set(held)
+    np.testing.assert_array_equal(held, tasks.split_indices(100, 0.1)[1])

@@ -1,0 +1,72 @@
+"""`evaluate` checks its arguments and always returns JSON-safe numbers."""
+
+import json
+
+import numpy as np
+import pytest
+import train_helpers
+
+from tflm import cli
+from tflm import errors
+from tflm import modeldir
+from tflm import tokenizers
+from tflm.models import causal_lm
+from tflm.train import evaluate
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Small, to keep the runs short: 60 paragraphs, about 20 batches."""
+    path = tmp_path_factory.mktemp("data") / "corpus.txt"
+    return train_helpers.write_corpus(path, paragraphs=60)
+
+
+def _save_model(out, weight=None):
+    tokenizer = tokenizers.ByteTokenizer()
+    lm = causal_lm.CausalLM.from_preset(
+        "tiny", vocabulary_size=tokenizer.vocabulary_size
+    )
+    if weight is not None:
+        lm.set_weights([np.full(w.shape, weight) for w in lm.get_weights()])
+    modeldir.save(lm, tokenizer, out)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return _save_model(tmp_path_factory.mktemp("eval") / "model")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        # Before, 0 silently meant "the model's context".
+        (dict(sequence_length=0), "--sequence-length must be an integer >= 1"),
+        (dict(sequence_length=-3), "Received: sequence_length=-3"),
+        (dict(sequence_length=17), r"model's context \(16 tokens\)"),
+        (dict(batch_size=0), "--batch-size must be an integer >= 1"),
+    ],
+)
+def test_bad_arguments_raise_input_error(model_dir, corpus, overrides, message):
+    with pytest.raises(errors.InputError, match=message):
+        evaluate.evaluate(model_dir, corpus, **overrides)
+
+
+def test_cli_eval_refuses_sequence_length_0(model_dir, corpus, capsys):
+    argv = ["eval", model_dir, "--data", corpus, "--sequence-length", "0"]
+    assert cli.main(argv) == 2
+    assert "Received: sequence_length=0." in capsys.readouterr().err
+
+
+def test_nan_weights_give_null_metrics_and_valid_json(tmp_path, corpus, capsys):
+    out = _save_model(tmp_path / "nan", weight=np.nan)
+    assert cli.main(["eval", out, "--data", corpus]) == 0
+    # Before, this printed `{"loss": NaN, ...}`, which JSON parsers refuse.
+    result = json.loads(capsys.readouterr().out, parse_constant=_refuse)
+    assert result["loss"] is None and result["perplexity"] is None
+    assert result["bits_per_character"] is None
+    assert result["tokens"] > 0 and result["characters"] > 0
+
+
+def _refuse(constant):
+    raise AssertionError(f"not JSON: {constant}")

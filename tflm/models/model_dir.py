@@ -1,0 +1,307 @@
+"""The model directory: the model's own preset format.
+
+A model directory is the unit a user moves around: `config.json`
+(`format_version`, `tflm_version`, `backbone`, `tokenizer`),
+`model.weights.h5` (Keras `save_weights`), `tokenizer/` (`Tokenizer.save`),
+optionally `train/` (the state `tflm train` resumes from), and anything else
+(TensorBoard `logs/`, a user's notes), which writing never removes.
+
+`save` goes through `tflm.atomic.write_directory`: a crash never leaves a
+half-written directory, and an existing model is replaced only with
+`overwrite=True`. `CausalLM.from_preset(directory)` loads one (through
+`load_model`), and `CausalLM.save_to_preset` writes one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from collections.abc import Mapping
+from typing import Any
+
+import tflm
+from tflm import atomic
+from tflm import errors
+from tflm import tokenizers
+from tflm.models import backbone as backbone_lib
+from tflm.models import lora as lora_lib
+from tflm.models import lora_storage
+from tflm.models import model_dir_checks as checks
+from tflm.models import weights as weights_lib
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.weights.h5"
+TOKENIZER_DIR = "tokenizer"
+TRAIN_DIR = "train"
+ADAPTERS_FILE = lora_storage.ADAPTERS_FILE
+# What `save` owns (the training state belongs to the weights beside it).
+MANAGED = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR, TRAIN_DIR, ADAPTERS_FILE)
+
+Extra = Mapping[str, "str | bytes | Callable[[str], None]"]
+
+
+def save(
+    model,
+    tokenizer: tokenizers.Tokenizer,
+    directory: str | os.PathLike,
+    *,
+    extra: Extra | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    merge_lora: bool = False,
+) -> str:
+    """Writes `model` and `tokenizer` to `directory`, atomically.
+
+    A model with LoRA adapters (`tflm.models.lora`) keeps its base weights
+    in `model.weights.h5` and its adapters apart in `adapters.npz`.
+
+    Args:
+        model: a `CausalLM`. Its backbone config is saved with the dtype of
+            its variables (`"float32"` for mixed policies): the compute
+            precision is chosen when loading.
+        tokenizer: the model's tokenizer.
+        directory: the model directory: new, an empty folder, or (with
+            `overwrite=True`) a model directory to replace. A symbolic link
+            is followed. Other entries of the folder (`logs/`, notes) stay.
+        extra: more files, by path relative to `directory` (for example
+            `"train/state.json"`): a `str` or `bytes` content, or a function
+            called with the file's absolute path that writes it.
+        metadata: more JSON-safe `config.json` entries, such as `parent`
+            (the model it was fine-tuned from), `template` (see
+            `tflm.data.templates`) or `best_step`.
+        overwrite: replace an existing model (and drop its `train/` state).
+        merge_lora: write the adapters merged into the base weights (one
+            plain model, as `tflm.models.lora.merged`); `model` is kept.
+
+    Returns:
+        The real path of the directory.
+
+    Raises:
+        InputError: `directory` is a file, a non-empty non-model folder, an
+            existing model without `overwrite`, or the disk is full.
+    """
+    directory = check_target(directory)
+    extra = dict(extra or {})
+    model = lora_lib.merged(model) if merge_lora else model
+
+    def write(temp: str) -> None:
+        tokenizer.write_files(os.path.join(temp, TOKENIZER_DIR))
+        model.save_weights(os.path.join(temp, WEIGHTS_FILE))
+        lora_storage.save_adapters(model, temp)
+        write_config(
+            os.path.join(temp, CONFIG_FILE), model, tokenizer, metadata
+        )
+        _write_extra(temp, extra)
+
+    return atomic.write_directory(
+        directory, write, overwrite=overwrite, owned=MANAGED
+    )
+
+
+def check_target(directory: str | os.PathLike) -> str:
+    """The real path of `directory` if `save` may write there.
+
+    Raises:
+        InputError: it is a file, a dangling link, or a non-empty folder
+            that holds no tflm model.
+    """
+    directory = atomic.resolve(directory)
+    if os.path.isdir(directory) and os.listdir(directory):
+        if not is_model_dir(directory):
+            raise errors.InputError(
+                f"{directory} holds files but no tflm model ({CONFIG_FILE} "
+                "is missing or unreadable); refusing to write into it. Name "
+                "a new or empty folder."
+            )
+    return directory
+
+
+def _write_extra(temp: str, extra: Extra) -> None:
+    for relative, content in extra.items():
+        path = os.path.normpath(os.path.join(temp, relative))
+        if os.path.isabs(relative) or not path.startswith(temp + os.sep):
+            raise errors.InputError(
+                "extra paths must stay inside the model directory. "
+                f"Received: {relative!r}"
+            )
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if callable(content):
+            content(path)
+        else:
+            mode = "wb" if isinstance(content, bytes) else "w"
+            with open(path, mode) as f:
+                f.write(content)
+
+
+def model_config(
+    model,
+    tokenizer: tokenizers.Tokenizer,
+    metadata: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What `config.json` holds for `model` and `tokenizer` (and the
+    entries of `metadata`)."""
+    return {
+        **(metadata or {}),
+        "format_version": FORMAT_VERSION,
+        "tflm_version": tflm.__version__,
+        "backbone": backbone_config(model),
+        "tokenizer": tokenizers.base.tokenizer_config(tokenizer),
+        **weights_lib.config_entry(model),
+        **lora_storage.config_entry(model),
+    }
+
+
+def write_config(
+    path: str,
+    model,
+    tokenizer: tokenizers.Tokenizer,
+    metadata: Mapping[str, Any] | None = None,
+) -> None:
+    """Writes the config of `model` and `tokenizer` as JSON to `path`.
+
+    The one writer of `config.json`, for model directories and for the
+    `assets/tflm_config.json` of exports.
+    """
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(model_config(model, tokenizer, metadata), f, indent=2)
+        f.write("\n")
+
+
+def backbone_config(model) -> dict[str, Any]:
+    """The backbone's config with the dtype of its variables."""
+    config = model.backbone.get_config()
+    policy = model.backbone.token_embedding.dtype_policy
+    config["dtype"] = policy.variable_dtype
+    return config
+
+
+def recover(directory: str | os.PathLike) -> None:
+    """Finishes or undoes a `save` that a kill interrupted (see
+    `tflm.atomic.sweep`)."""
+    directory = os.path.realpath(os.fspath(directory))
+    atomic.sweep(*os.path.split(directory), MANAGED)
+
+
+def is_model_dir(directory: str | os.PathLike) -> bool:
+    """Whether `directory` has a readable tflm `config.json`."""
+    try:
+        read_config(os.fspath(directory))
+    except ValueError:
+        return False
+    return True
+
+
+def read_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """The parsed `config.json` of a model directory.
+
+    Raises:
+        InputError: it is missing, not JSON, or from a newer tflm.
+    """
+    path = os.path.join(os.fspath(directory), CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise errors.InputError(
+            f"{path} is missing: {directory} is not a tflm model directory."
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise errors.InputError(f"{path} is not valid JSON: {err}") from None
+    keys = ("format_version", "backbone", "tokenizer")
+    missing = [
+        k for k in keys if not isinstance(config, dict) or k not in config
+    ]
+    if missing:
+        raise errors.InputError(f"{path} lacks {', '.join(missing)}.")
+    version = config["format_version"]
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise errors.InputError(
+            f"{path} has format_version={version!r}; this tflm reads up to "
+            f"{FORMAT_VERSION}. Upgrade tflm."
+        )
+    return config
+
+
+def validate(directory: str | os.PathLike) -> dict[str, Any]:
+    """Checks that `directory` is a complete, readable model directory.
+
+    Reads only file headers: the weights' shapes are compared with the
+    config's sizes, and nothing is built.
+
+    Returns:
+        The parsed `config.json`.
+
+    Raises:
+        InputError: naming the file that is missing, corrupt, or does not
+            fit the others.
+    """
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise errors.InputError(f"{directory} is not a directory.")
+    config = read_config(directory)
+    weights = os.path.join(directory, WEIGHTS_FILE)
+    if not os.path.isfile(weights):
+        raise errors.InputError(f"{weights} is missing.")
+    shapes = checks.read_header(weights)
+    backbone = config["backbone"]
+    if isinstance(backbone, dict):
+        checks.check_shapes(weights, shapes, backbone)
+    tokenizer = os.path.join(directory, TOKENIZER_DIR)
+    if not tokenizers.is_tokenizer_directory(tokenizer):
+        path = os.path.join(tokenizer, tokenizers.base.CONFIG_FILE)
+        raise errors.InputError(f"{path} is missing.")
+    return config
+
+
+def load_model(
+    model_class,
+    directory: str | os.PathLike,
+    *,
+    dtype: str | None = None,
+    **overrides,
+):
+    """Builds the model saved in `directory`, with weights and tokenizer.
+
+    Args:
+        model_class: the class to build, such as `CausalLM`; called with
+            the backbone.
+        directory: a model directory written by `save`.
+        dtype: dtype policy for the model, such as `"mixed_bfloat16"`;
+            defaults to the saved variable dtype (`"float32"`).
+        **overrides: `Backbone` arguments to change, such as `dropout`.
+
+    Returns:
+        The model, with its `tokenizer` attribute set.
+
+    Raises:
+        InputError: a missing or corrupt file, or weights that do not fit.
+    """
+    directory = os.fspath(directory)
+    config = validate(directory)
+    kwargs = {**config["backbone"], **overrides}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    weights = os.path.join(directory, WEIGHTS_FILE)
+    if overrides:
+        checks.check_shapes(weights, checks.read_header(weights), kwargs)
+    path = os.path.join(directory, CONFIG_FILE)
+    try:
+        backbone = backbone_lib.Backbone.from_config(kwargs)
+    except (TypeError, ValueError) as err:
+        message = f"{path}: invalid backbone config: {err}"
+        raise errors.InputError(message) from None
+    model = model_class(backbone)
+    weights_lib.restore_weights(model, config)
+    try:
+        model.load_weights(weights)
+    except (OSError, ValueError, KeyError) as err:
+        raise errors.InputError(
+            f"{weights} does not fit {CONFIG_FILE}: {err}"
+        ) from None
+    lora_storage.restore_adapters(model, config, directory)
+    model.tokenizer = tokenizers.load_tokenizer(
+        os.path.join(directory, TOKENIZER_DIR)
+    )
+    return model

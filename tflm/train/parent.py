@@ -1,0 +1,111 @@
+"""The model a run starts from (`init_from`): a model directory or a GPT-2
+checkpoint directory, read and never modified.
+
+A GPT-2 checkpoint (Hugging Face or keras-hub layout) is imported into a
+temporary model directory for the run. The new model directory records its
+parent in `config.json["parent"]`: the path, its kind and a SHA-256 of its
+files, so that anyone can tell which model it was tuned from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+from tflm import errors
+from tflm import importers
+from tflm.models import model_dir
+
+MODEL_DIR = "model_dir"
+
+
+@dataclasses.dataclass(frozen=True)
+class Parent:
+    """A resolved `init_from`.
+
+    Args:
+        path: the absolute path the user named.
+        kind: `"model_dir"`, `"huggingface"` or `"keras_hub"`.
+        directory: a model directory holding it (for an import, temporary).
+        config: that directory's `config.json`.
+        fingerprint: SHA-256 of the files under `path`.
+    """
+
+    path: str
+    kind: str
+    directory: str
+    config: dict[str, Any]
+    fingerprint: str
+
+    def record(self) -> dict[str, str]:
+        """What the new model directory's `config.json` says of it."""
+        return {
+            "path": self.path,
+            "kind": self.kind,
+            "sha256": self.fingerprint,
+        }
+
+
+def fingerprint(path: str) -> str:
+    """SHA-256 over the relative names and contents of the files under
+    `path` (its `train/` and `logs/` left out: they are not the model)."""
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(
+            d for d in dirs if d not in (model_dir.TRAIN_DIR, "logs")
+        )
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            digest.update(os.path.relpath(full, path).encode() + b"\0")
+            with open(full, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def resolve(path: str) -> Iterator[Parent]:
+    """The `Parent` at `path`, valid inside the `with` block.
+
+    Raises:
+        InputError: `path` does not exist, or is neither a complete model
+            directory (weights and tokenizer) nor a GPT-2 checkpoint.
+    """
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        raise errors.InputError(
+            f"The parent model {path} does not exist (or is not a "
+            "directory). Name a model directory or a GPT-2 checkpoint "
+            "directory."
+        )
+    if model_dir.is_model_dir(path):
+        # Missing weights or tokenizer: one line naming the file.
+        config = model_dir.validate(path)
+        yield Parent(path, MODEL_DIR, path, config, fingerprint(path))
+        return
+    kind = _checkpoint_kind(path)
+    temp = tempfile.mkdtemp(prefix="tflm-parent-")
+    try:
+        imported = os.path.join(temp, "model")
+        importers.import_checkpoint(path, imported)
+        config = model_dir.read_config(imported)
+        yield Parent(path, kind, imported, config, fingerprint(path))
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _checkpoint_kind(path: str) -> str:
+    try:
+        return importers.detect_format(path)
+    except ValueError as err:
+        raise errors.InputError(
+            f"{path} is neither a tflm model directory ({err}) nor an "
+            "importable GPT-2 checkpoint. Name a directory written by tflm "
+            "train/finetune/import, or a GPT-2 checkpoint directory."
+        ) from None

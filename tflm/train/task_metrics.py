@@ -1,0 +1,135 @@
+"""Task metrics of a model on prompt/completion (or chat) examples.
+
+The loss is the token-weighted cross-entropy on the completion tokens
+(rendered by `tflm.data.templates`, as in fine-tuning); the completions are
+greedy, from the templated prompt, and are scored against the references
+with exact match, chrF and BLEU (`sacrebleu`) and ROUGE-L F1
+(`rouge-score`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from tflm import errors
+from tflm.data import tasks
+from tflm.data import templates
+from tflm.models import causal_lm
+from tflm.models import train_step
+
+
+def is_task_data(paths: Sequence[str]) -> bool:
+    """Whether `paths` are `.jsonl` files whose first record is a
+    prompt/completion or chat example (not `{"text": ...}`)."""
+    if not paths or not all(str(p).endswith(".jsonl") for p in paths):
+        return False
+    first = str(paths[0])
+    if not os.path.isfile(first):
+        return False
+    with open(first, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    return False
+                keys = ("messages", "completion")
+                return isinstance(record, dict) and any(
+                    k in record for k in keys
+                )
+    return False
+
+
+def _loss(lm, windows, batch_size: int) -> float:
+    dataset = tasks.to_dataset(windows, batch_size=batch_size)
+    total = weight = 0.0
+    for x, y, w in dataset:
+        total += float(train_step.token_loss_sum(lm, x, y, w, False))
+        weight += float(np.sum(w))
+    return total / max(weight, 1.0)
+
+
+def _scores(predictions: list[str], references: list[str]) -> dict:
+    try:
+        import sacrebleu
+        from rouge_score import rouge_scorer
+    except ImportError:
+        raise errors.InputError(
+            "Task metrics need sacrebleu and rouge-score: pip install "
+            "'tflm[metrics]'."
+        ) from None
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    rouge = [
+        scorer.score(ref, pred)["rougeL"].fmeasure
+        for pred, ref in zip(predictions, references, strict=True)
+    ]
+    exact = [
+        p.strip() == r.strip()
+        for p, r in zip(predictions, references, strict=True)
+    ]
+    return {
+        "exact_match": float(np.mean(exact)),
+        "chrf": sacrebleu.corpus_chrf(predictions, [references]).score,
+        "bleu": sacrebleu.corpus_bleu(predictions, [references]).score,
+        "rouge_l": float(np.mean(rouge)),
+    }
+
+
+def greedy_completions(
+    lm, conversations, max_new_tokens: int, batch_size: int = 32
+) -> list[str]:
+    """The greedy reply to each conversation (its last turn excluded)."""
+    tokenizer = lm.tokenizer
+    context = lm.backbone.max_sequence_length
+    prompts = []
+    for conversation in conversations:
+        ids = templates.encode_prompt(conversation[:-1], tokenizer)
+        keep = max(context - max_new_tokens, 1)
+        if len(ids) > keep:  # Truncated from the prompt side.
+            ids = np.concatenate([ids[:1], ids[len(ids) - keep + 1 :]])
+        prompts.append(ids.tolist())
+    outputs = []
+    for start in range(0, len(prompts), batch_size):
+        rows = lm.generate(
+            prompts[start : start + batch_size],
+            max_new_tokens=max_new_tokens,
+            temperature=0.0,
+        )
+        for row in rows:
+            text = tokenizer.detokenize(tf.constant(row, tf.int32))
+            outputs.append(text.numpy().decode("utf-8", "replace"))
+    return outputs
+
+
+def evaluate_task(
+    model_dir: str,
+    paths: Sequence[str],
+    *,
+    batch_size: int = 8,
+    max_new_tokens: int = 64,
+    prompt_field: str = "prompt",
+    completion_field: str = "completion",
+) -> dict[str, Any]:
+    """Loss and task metrics of the model in `model_dir` on `paths`."""
+    lm = causal_lm.CausalLM.from_preset(model_dir)
+    conversations = tasks.read_examples(
+        paths, prompt_field=prompt_field, completion_field=completion_field
+    )
+    context = lm.backbone.max_sequence_length
+    windows = tasks.encode_examples(conversations, lm.tokenizer, context)
+    loss = _loss(lm, windows, batch_size)
+    max_new = min(max_new_tokens, context - 1)
+    predictions = greedy_completions(lm, conversations, max_new, batch_size)
+    references = [c[-1]["content"] for c in conversations]
+    return {
+        "examples": len(conversations),
+        "loss": loss,
+        "perplexity": float(np.exp(min(loss, 50.0))),
+        **_scores(predictions, references),
+    }
