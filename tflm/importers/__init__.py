@@ -30,14 +30,14 @@ def detect_format(path: str | os.PathLike) -> str:
     """
     path = os.fspath(path)
     if not os.path.isdir(path):
-        raise ValueError(f"{path} is not a directory.")
+        raise errors.InputError(f"{path} is not a directory.")
     config_path = os.path.join(path, gpt2.CONFIG_FILE)
     config = weights.read_json(config_path)
     if keras_hub_gpt2.is_keras_hub_preset(config):
         return KERAS_HUB
     if "model_type" in config:
         return HUGGING_FACE
-    raise ValueError(
+    raise errors.InputError(
         f"{config_path} is neither a Hugging Face config (no model_type) nor "
         "a keras-hub preset config (no class_name)."
     )

@@ -14,6 +14,7 @@ import logging
 import os
 from typing import Any
 
+from tflm import errors
 from tflm import tokenizers
 from tflm.importers import keras_hub_gpt2
 from tflm.importers import safetensors
@@ -56,19 +57,19 @@ def backbone_args(config: dict[str, Any], path: str) -> dict[str, Any]:
     """
     model_type = config.get("model_type")
     if model_type != "gpt2":
-        raise ValueError(
+        raise errors.InputError(
             f"{path}: model_type is {model_type!r}; tflm imports GPT-2 "
             "checkpoints (model_type 'gpt2') only."
         )
     activation = config.get("activation_function", "gelu_new")
     if activation not in TANH_GELU:
-        raise ValueError(
+        raise errors.InputError(
             f"{path}: activation_function is {activation!r}; tflm's GPT-2 "
             f"uses GELU with the tanh approximation ({', '.join(TANH_GELU)})."
         )
     for key, value in _REQUIRED.items():
         if config.get(key, value) != value:
-            raise ValueError(
+            raise errors.InputError(
                 f"{path}: {key} is {config[key]!r}; tflm imports GPT-2 with "
                 f"{key}={value} only."
             )
@@ -84,7 +85,7 @@ def backbone_args(config: dict[str, Any], path: str) -> dict[str, Any]:
             max_sequence_length=int(context),
         )
     except KeyError as err:
-        raise ValueError(f"{path} lacks {err.args[0]!r}.") from None
+        raise errors.InputError(f"{path} lacks {err.args[0]!r}.") from None
     return dict(
         presets.GPT2_BLOCK,
         **args,
@@ -137,7 +138,7 @@ class _Checkpoint:
         elif os.path.isfile(os.path.join(directory, WEIGHTS_FILE)):
             files = [WEIGHTS_FILE]
         else:
-            raise FileNotFoundError(
+            raise errors.InputError(
                 f"{os.path.join(directory, WEIGHTS_FILE)} is missing (PyTorch "
                 "`.bin` files are not read; download the `.safetensors` one)."
             )
@@ -157,13 +158,13 @@ class _Checkpoint:
         for name, variable in variables.items():
             full = self.prefix + name
             if full not in self.where:
-                raise ValueError(
+                raise errors.InputError(
                     f"{self.files[0].path}: tensor {full!r} is missing; the "
                     "file does not hold the GPT-2 that config.json describes."
                 )
             file = self.where[full]
             if not file.dtype(full).startswith(("F", "BF")):
-                raise ValueError(
+                raise errors.InputError(
                     f"{file.path}: tensor {full!r} is {file.dtype(full)}, "
                     "not floating point."
                 )

@@ -15,6 +15,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from tflm import errors
 from tflm import tokenizers
 from tflm.importers import weights
 from tflm.models import backbone as backbone_lib
@@ -40,7 +41,7 @@ def backbone_args(config: dict[str, Any], path: str) -> dict[str, Any]:
     """`Backbone` arguments from a keras-hub `GPT2Backbone` config."""
     name = config.get("class_name")
     if name != BACKBONE_CLASS:
-        raise ValueError(
+        raise errors.InputError(
             f"{path}: class_name is {name!r}; tflm imports keras-hub GPT-2 "
             f"presets ({BACKBONE_CLASS}) only."
         )
@@ -58,7 +59,7 @@ def backbone_args(config: dict[str, Any], path: str) -> dict[str, Any]:
             )
         }
     except KeyError as err:
-        raise ValueError(f"{path} lacks {err.args[0]!r}.") from None
+        raise errors.InputError(f"{path} lacks {err.args[0]!r}.") from None
     return dict(
         presets.GPT2_BLOCK,
         **args,
@@ -79,18 +80,18 @@ class _Weights:
     def __init__(self, path: str):
         self.path = path
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path} is missing.")
+            raise errors.InputError(f"{path} is missing.")
         try:
             self.file = h5py.File(path, "r")
         except OSError as err:
-            raise ValueError(
+            raise errors.InputError(
                 f"{path} is not a readable HDF5 file: {err}"
             ) from None
 
     def dataset(self, name: str):
         item = self.file.get(name)
         if not isinstance(item, h5py.Dataset):
-            raise ValueError(
+            raise errors.InputError(
                 f"{self.path}: tensor {name!r} is missing; this is not the "
                 "GPT2Backbone that config.json describes."
             )
@@ -118,7 +119,7 @@ class _Weights:
         for name in names:
             ds = self.dataset(name)
             if tuple(ds.shape) != tuple(shape):
-                raise ValueError(
+                raise errors.InputError(
                     f"{self.path}: tensor {name!r} has shape "
                     f"{list(ds.shape)}, but the architecture in config.json "
                     f"needs {list(shape)}."

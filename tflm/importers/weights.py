@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tflm import errors
 from tflm.models import presets as presets_lib
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def assign(
     """
     shape, expected = list(shape), list(variable.shape)
     if shape != expected:
-        raise ValueError(
+        raise errors.InputError(
             f"{source}: tensor {name!r} has shape {shape}, but the "
             f"architecture in the checkpoint's config needs {expected}."
         )
@@ -93,20 +94,20 @@ def log_architecture(args: dict, source: str) -> None:
 
 def read_json(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} is missing.")
+        raise errors.InputError(f"{path} is missing.")
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
+        raise errors.InputError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path} is not a JSON object.")
+        raise errors.InputError(f"{path} is not a JSON object.")
     return data
 
 
 def check_vocabulary(tokenizer, vocabulary_size: int, source: str) -> None:
     if tokenizer.vocabulary_size > vocabulary_size:
-        raise ValueError(
+        raise errors.InputError(
             f"{source}: the model has {vocabulary_size} token ids but the "
             f"tokenizer has {tokenizer.vocabulary_size}."
         )

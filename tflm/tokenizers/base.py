@@ -91,7 +91,7 @@ class Tokenizer(tf.Module):
             return self._tokenize_batch(tf.reshape(strings, [1])).flat_values
         if rank == 1:
             return self._tokenize_batch(strings)
-        raise ValueError(
+        raise errors.InputError(
             "tokenize expects a string scalar or vector. "
             f"Received: shape={strings.shape}"
         )
@@ -113,14 +113,16 @@ class Tokenizer(tf.Module):
             return self._detokenize_batch(self._drop_special(ids))
         ids = tf.convert_to_tensor(ids)
         if not ids.dtype.is_integer:
-            raise ValueError(f"ids must be integers. Received: {ids.dtype}")
+            raise errors.InputError(
+                f"ids must be integers. Received: {ids.dtype}"
+            )
         if ids.shape.rank == 1:
             ragged = tf.RaggedTensor.from_tensor(ids[tf.newaxis])
             return self._detokenize_batch(self._drop_special(ragged))[0]
         if ids.shape.rank == 2:
             ragged = tf.RaggedTensor.from_tensor(ids)
             return self._detokenize_batch(self._drop_special(ragged))
-        raise ValueError(
+        raise errors.InputError(
             "detokenize expects ids of rank 1 or 2. "
             f"Received: shape={ids.shape}"
         )
@@ -187,7 +189,7 @@ class Tokenizer(tf.Module):
         """Loads a tokenizer written by `save`; see `load_tokenizer`."""
         tokenizer = load_tokenizer(directory)
         if not isinstance(tokenizer, cls):
-            raise ValueError(
+            raise errors.InputError(
                 f"{directory} holds a {type(tokenizer).__name__}, "
                 f"not a {cls.__name__}."
             )

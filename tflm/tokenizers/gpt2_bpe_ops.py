@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tflm import errors
+
 # Unicode White_Space, what `\s` means to GPT-2's Python `regex` pattern
 # (RE2's `\s` is ASCII only).
 _WS = (
@@ -174,7 +176,7 @@ def merge_tables(vocabulary, merges, size: int, source: str):
         parts = rule.split(" ")
         ids = [vocabulary.get(p) for p in (*parts, "".join(parts))]
         if len(parts) != 2 or None in ids:
-            raise ValueError(
+            raise errors.InputError(
                 f"{source}: merge {line} ({rule!r}) is not two tokens of the "
                 "vocabulary whose join is a token too."
             )

@@ -9,6 +9,7 @@ import os
 import tensorflow as tf
 
 from tflm import data
+from tflm import errors
 from tflm import tokenizers
 from tflm.models import model_dir
 from tflm.train import config as config_lib
@@ -44,19 +45,19 @@ def make_tokenizer(
     if spec.startswith(_SENTENCEPIECE):
         size = spec[len(_SENTENCEPIECE) :]
         if not size.isdigit():
-            raise ValueError(
+            raise errors.InputError(
                 "tokenizer 'sentencepiece:N' needs an integer N. Received: "
                 f"tokenizer={spec!r}."
             )
         if multi_worker:
-            raise ValueError(
+            raise errors.InputError(
                 "Several workers cannot train a tokenizer on the fly: train "
                 "it once with `tflm tokenizer train` and pass its directory."
             )
         return _train_sentencepiece(config, int(size))
     if os.path.isdir(spec):
         return tokenizers.load_tokenizer(spec)
-    raise ValueError(
+    raise errors.InputError(
         "tokenizer must be 'byte', 'sentencepiece:N' or a tokenizer "
         f"directory. Received: tokenizer={spec!r} (no such directory)."
     )
@@ -96,7 +97,7 @@ def _saved_tokenizer(config, directory: str) -> tokenizers.Tokenizer:
         wanted = f"{requested.type_name} from {spec!r}"
         same = _signature(requested) == _signature(saved)
     if not same:
-        raise ValueError(
+        raise errors.InputError(
             f"{directory} was trained with another tokenizer (saved: "
             f"{saved.type_name} with {saved.vocabulary_size} ids; asked: "
             f"{wanted}). Resume with the same --tokenizer, or name a new "

@@ -13,6 +13,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from tflm import errors
 from tflm.models import train_step
 from tflm.train import config as config_lib
 
@@ -41,7 +42,7 @@ def parse_tf_config(text: str | None = None) -> dict[str, Any] | None:
     try:
         config = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(f"TF_CONFIG is not valid JSON: {err}") from None
+        raise errors.InputError(f"TF_CONFIG is not valid JSON: {err}") from None
     example = (
         '{"cluster": {"worker": ["host1:port", "host2:port"]}, '
         '"task": {"type": "worker", "index": 0}}'
@@ -52,7 +53,7 @@ def parse_tf_config(text: str | None = None) -> dict[str, Any] | None:
         isinstance(v, list) and all(isinstance(a, str) for a in v)
         for v in cluster.values()
     ):
-        raise ValueError(
+        raise errors.InputError(
             "TF_CONFIG needs a 'cluster' mapping job names to lists of "
             f"'host:port' strings, for example {example}. Received: {text}"
         )
@@ -62,7 +63,7 @@ def parse_tf_config(text: str | None = None) -> dict[str, Any] | None:
         or not isinstance(task.get("index"), int)
         or not 0 <= task["index"] < len(cluster[task["type"]])
     ):
-        raise ValueError(
+        raise errors.InputError(
             "TF_CONFIG needs a 'task' with a 'type' from its cluster and an "
             f"'index' into that job's list, for example {example}. "
             f"Received: {text}"
@@ -103,7 +104,7 @@ def resolve_strategy(name: str = "auto") -> tf.distribute.Strategy:
         ValueError: unknown name, or a malformed `TF_CONFIG`.
     """
     if name not in STRATEGIES:
-        raise ValueError(
+        raise errors.InputError(
             f"Unknown strategy. Received: strategy={name!r}. Expected one of "
             f"{', '.join(STRATEGIES)}."
         )
@@ -177,7 +178,7 @@ def check_batch_size(
     """
     parts = num_replicas * accumulation_steps
     if batch_size % parts:
-        raise ValueError(
+        raise errors.InputError(
             f"batch_size must be a multiple of replicas x accumulation steps "
             f"= {num_replicas} x {accumulation_steps} = {parts}. Received: "
             f"batch_size={batch_size}."
@@ -222,7 +223,7 @@ def check_workers_agree(
         if q * n != t * t
     ]
     if differ:
-        raise ValueError(
+        raise errors.InputError(
             f"The workers disagree on {', '.join(differ)}: every worker must "
             "see the same model directory (put --out on a filesystem they "
             "share) and run the same command."
