@@ -67,10 +67,12 @@ def _exists(target: str) -> errors.InputError:
     )
 
 
-def _write_assets(directory: str, model, tokenizer) -> None:
+def _write_assets(directory: str, model, tokenizer, template) -> None:
     assets = os.path.join(directory, "assets")
     os.makedirs(assets, exist_ok=True)
-    model_dir.write_config(os.path.join(assets, CONFIG_ASSET), model, tokenizer)
+    metadata = {"template": template} if template else None
+    path = os.path.join(assets, CONFIG_ASSET)
+    model_dir.write_config(path, model, tokenizer, metadata)
     with open(os.path.join(assets, VERSION_ASSET), "w") as f:
         f.write(tflm.__version__ + "\n")
 
@@ -104,8 +106,9 @@ def export(
     """Exports `model` to `base_dir/<version>/` and returns that path.
 
     The SavedModel holds the signatures of the serving contract
-    (`serving_default`, `score`, `tokenize`, `detokenize`), the tokenizer as
-    an asset, `assets/tflm_config.json` (what a model directory's
+    (`serving_default`, `score`, `tokenize`, `detokenize`; `chat` for a
+    model with a template, which `serving_default` then applies), the
+    tokenizer as an asset, `assets/tflm_config.json` (what a model directory's
     `config.json` holds), `assets/tflm_version.txt` and TF Serving warm-up
     requests.
 
@@ -149,9 +152,9 @@ def export(
                     errno.ENOSPC, "No space left on device", tmp
                 ) from err
             raise
-        _write_assets(tmp, model, tokenizer)
+        _write_assets(tmp, model, tokenizer, module.template)
         if warmup:
-            warmup_lib.write_warmup(tmp)
+            warmup_lib.write_warmup(tmp, chat=module.template is not None)
         target = _claim(tmp, base_dir, version, overwrite)
     logger.debug("Exported SavedModel to %s", target)
     return target

@@ -15,8 +15,13 @@ from tflm.generation import frontend
 from tflm.generation import loop
 from tflm.generation import samplers
 from tflm.generation import settings as settings_lib
+from tflm.generation import templating
 
 GENERATE_INPUTS = ("prompt", *settings_lib.SERVING_DEFAULT)
+# The `chat` signature of a model with a template: the turns, then the
+# controls of `serving_default`.
+CHAT_TURNS = ("role", "content")
+CHAT_INPUTS = (*CHAT_TURNS, *settings_lib.SERVING_DEFAULT)
 # The full-control `generate` signature: every setting, then the stops.
 FULL_INPUTS = (
     "prompt",
@@ -45,6 +50,9 @@ class ServingModule(tf.Module):
         self._keep_untracked(model)
         self.tokenizer = tokenizer
         self.context = int(model.backbone.max_sequence_length)
+        # A fine-tuned model's template: prompts are rendered into it, and
+        # the `chat` signature exists (see `tflm.generation.templating`).
+        self.template = templating.check(getattr(model, "template", None))
         self._decode = tf.function(self._decode_graph, jit_compile=jit_compile)
         self._decode_text = tf.function(self._decode_graph)
         self._functions = self._signature_functions()
@@ -82,9 +90,12 @@ class ServingModule(tf.Module):
 
     def _run(self, prompt, values, stop, stop_ids):
         """`prepare -> loop -> finish`, as `CausalLM.generate` runs them."""
-        ragged, lengths = frontend.tokenize(
-            self.tokenizer, prompt, self.context
+        ragged, lengths = frontend.tokenize_prompts(
+            self.tokenizer, self.template, prompt, self.context
         )
+        return self._run_ids(ragged, lengths, values, stop, stop_ids)
+
+    def _run_ids(self, ragged, lengths, values, stop, stop_ids):
         config = {
             "context": self.context,
             "start_id": self.tokenizer.eos_id,
@@ -113,6 +124,18 @@ class ServingModule(tf.Module):
     def generate(self, prompt, max_new_tokens, temperature, top_k, top_p, seed):
         """`serving_default`: the contract's inputs and outputs, unchanged."""
         batch = tf.shape(prompt)[0]
+        values = self._default_values(
+            batch, max_new_tokens, temperature, top_k, top_p, seed
+        )
+        stop_ids = tf.fill([batch, 0], -1)
+        result, _ = self._run(prompt, values, None, stop_ids)
+        return result
+
+    def _default_values(
+        self, batch, max_new_tokens, temperature, top_k, top_p, seed
+    ):
+        """`serving_default`'s controls, checked, with every other setting
+        at its default."""
         given = {
             "max_new_tokens": max_new_tokens,
             "temperature": temperature,
@@ -129,10 +152,33 @@ class ServingModule(tf.Module):
         )
         with tf.control_dependencies(checks):
             given = {k: tf.identity(v) for k, v in given.items()}
-        values = settings_lib.fill_defaults(given, batch)
+        return settings_lib.fill_defaults(given, batch)
+
+    def chat(
+        self, role, content, max_new_tokens, temperature, top_k, top_p, seed
+    ):
+        """`chat`: the assistant's reply to each conversation `[B, M]`."""
+        checks = [
+            _check(
+                tf.reduce_all(tf.equal(tf.shape(role), tf.shape(content))),
+                "role and content must have the same shape [B, M]",
+            ),
+            templating.role_check(role),
+        ]
+        with tf.control_dependencies(checks):
+            checks = [templating.last_check(role)]
+        with tf.control_dependencies(checks):
+            role, content = tf.identity(role), tf.identity(content)
+        batch = tf.shape(role)[0]
+        values = self._default_values(
+            batch, max_new_tokens, temperature, top_k, top_p, seed
+        )
+        ragged, lengths = frontend.tokenize_turns(
+            self.tokenizer, self.template, role, content, self.context
+        )
         stop_ids = tf.fill([batch, 0], -1)
-        result, _ = self._run(prompt, values, None, stop_ids)
-        return result
+        result, _ = self._run_ids(ragged, lengths, values, None, stop_ids)
+        return {k: result[k] for k in ("text", "num_tokens", "stop_reason")}
 
     def generate_full(
         self,
@@ -246,13 +292,27 @@ class ServingModule(tf.Module):
                 spec([None], i, "num_tokens"),
             ],
         )
-        return {
+        functions = {
             "serving_default": generate,
             "generate": generate_full,
             "score": score,
             "tokenize": tokenize,
             "detokenize": detokenize,
         }
+        if self.template is not None:
+            functions["chat"] = self._chat_function()
+        return functions
+
+    def _chat_function(self):
+        """`chat`'s tf.function: turns `[B, M]`, `serving_default`'s
+        controls."""
+        turns = [tf.TensorSpec([None, None], tf.string, n) for n in CHAT_TURNS]
+        dtypes = (tf.int32, tf.float32, tf.int32, tf.float32, tf.int32)
+        controls = [
+            tf.TensorSpec([None], d, n)
+            for n, d in zip(settings_lib.SERVING_DEFAULT, dtypes, strict=True)
+        ]
+        return tf.function(self.chat, input_signature=[*turns, *controls])
 
     def signatures(self) -> dict:
         """Concrete functions keyed by signature name."""

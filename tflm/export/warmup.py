@@ -26,8 +26,9 @@ def _request(signature: str, inputs: dict):
     )
 
 
-def warmup_requests(max_new_tokens: int = 4) -> list:
-    """One small request per signature, batch 1 and a batch of 2."""
+def warmup_requests(max_new_tokens: int = 4, chat: bool = False) -> list:
+    """One small request per signature, batch 1 and a batch of 2; with
+    `chat`, also one of the `chat` signature (a model with a template)."""
     logs = []
     for prompts in (["Hello"], ["Hello", "A longer prompt to warm up"]):
         n = len(prompts)
@@ -56,7 +57,24 @@ def warmup_requests(max_new_tokens: int = 4) -> list:
             },
         )
     )
+    if chat:
+        logs.append(_request("chat", chat_request(max_new_tokens)))
     return logs
+
+
+def chat_request(max_new_tokens: int = 4) -> dict:
+    """Inputs of the `chat` signature: two conversations (one padded)."""
+    role = [["system", "user"], ["user", ""]]
+    content = [["Be brief.", "Hello"], ["Hi", ""]]
+    return {
+        "role": tf.constant(role),
+        "content": tf.constant(content),
+        "max_new_tokens": tf.fill([2], max_new_tokens),
+        "temperature": tf.zeros([2]),
+        "top_k": tf.zeros([2], tf.int32),
+        "top_p": tf.ones([2]),
+        "seed": tf.zeros([2], tf.int32),
+    }
 
 
 def full_request(prompts, max_new_tokens: int = 4) -> dict:
@@ -74,13 +92,16 @@ def full_request(prompts, max_new_tokens: int = 4) -> dict:
     return inputs
 
 
-def write_warmup(saved_model_dir: str, max_new_tokens: int = 4) -> str:
-    """Writes the warm-up TFRecord file into `saved_model_dir`; returns it."""
+def write_warmup(
+    saved_model_dir: str, max_new_tokens: int = 4, chat: bool = False
+) -> str:
+    """Writes the warm-up TFRecord file into `saved_model_dir`; returns it
+    (`chat`: include a request of the `chat` signature)."""
     directory = os.path.join(saved_model_dir, "assets.extra")
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, WARMUP_FILE)
     with tf.io.TFRecordWriter(path) as writer:
-        for log in warmup_requests(max_new_tokens):
+        for log in warmup_requests(max_new_tokens, chat):
             writer.write(log.SerializeToString())
     return path
 

@@ -18,6 +18,7 @@ from tflm.generation import frontend
 from tflm.generation import loop
 from tflm.generation import samplers
 from tflm.generation import settings as settings_lib
+from tflm.generation import templating
 
 _SPECS = {
     s.name: tf.TensorSpec([None], s.dtype, s.name) for s in settings_lib.SPEC
@@ -39,6 +40,8 @@ class Generator:
         vocabulary_size: the number of logits.
         tokenizer: a `tflm.tokenizers.Tokenizer`, or `None` (ids only).
         jit_compile: compile the loop with XLA (not with stop strings).
+        template: the model's prompt template (`config.json["template"]`),
+            applied to text prompts and conversations; `None`: none.
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class Generator:
         vocabulary_size: int,
         tokenizer=None,
         jit_compile: bool = True,
+        template=None,
     ):
         self.forward, self.to_logits = forward, to_logits
         self.init_cache = init_cache
@@ -57,12 +61,17 @@ class Generator:
         self.vocabulary_size = int(vocabulary_size)
         self.tokenizer = tokenizer
         self.jit_compile = bool(jit_compile)
+        self.template = templating.check(template)
         self.trace_count = 0
         self.strategy = samplers.Sampling()
         common = [_SPECS, _STOP_SPEC, _STOP_IDS_SPEC]
         self._prepare_text = tf.function(
             self._prepare_text_graph,
             input_signature=[tf.TensorSpec([None], tf.string), *common],
+        )
+        turns = tf.TensorSpec([None, None], tf.string)
+        self._prepare_chat = tf.function(
+            self._prepare_chat_graph, input_signature=[turns, turns, *common]
         )
         ids_spec = tf.RaggedTensorSpec([None, None], tf.int32, 1, tf.int64)
         self._prepare_ids = tf.function(
@@ -87,7 +96,18 @@ class Generator:
 
     def _prepare_text_graph(self, text, values, stop, stop_ids):
         self.trace_count += 1
-        ragged, lengths = frontend.tokenize(self.tokenizer, text, self.context)
+        ragged, lengths = frontend.tokenize_prompts(
+            self.tokenizer, self.template, text, self.context
+        )
+        return frontend.prepare(
+            ragged, lengths, values, stop, stop_ids, self._config()
+        )
+
+    def _prepare_chat_graph(self, role, content, values, stop, stop_ids):
+        self.trace_count += 1
+        ragged, lengths = frontend.tokenize_turns(
+            self.tokenizer, self.template, role, content, self.context
+        )
         return frontend.prepare(
             ragged, lengths, values, stop, stop_ids, self._config()
         )
@@ -146,7 +166,10 @@ class Generator:
 
     # Python side -----------------------------------------------------------
     def prepare(self, prompts, values, stop, stop_ids):
-        """Runs `frontend.prepare` on strings `[B]` or ragged ids."""
+        """Runs `frontend.prepare` on strings `[B]`, ragged ids, or
+        conversations as a `(role, content)` pair `[B, M]`."""
+        if isinstance(prompts, tuple):
+            return self._prepare_chat(*prompts, values, stop, stop_ids)
         if isinstance(prompts, tf.RaggedTensor):
             return self._prepare_ids(prompts, values, stop, stop_ids)
         return self._prepare_text(prompts, values, stop, stop_ids)

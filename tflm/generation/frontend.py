@@ -9,7 +9,9 @@ the length settings (see `tflm.generation.settings`), repeats each prompt
 prompt from the left to fit beside its new tokens, and left-pads; with
 `bucket=True` (in-process) the prompt width and cache length are rounded up
 to powers of two so that similar calls reuse one trace. `finish`
-detokenizes, cuts text at stop strings and names the stop reasons.
+detokenizes, cuts text at stop strings and names the stop reasons. A model
+with a template (`tflm.generation.templating`) has its text prompts and
+conversations rendered into it first, so the output is the reply only.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from tflm.generation import clipping
 from tflm.generation import loop
 from tflm.generation import settings as settings_lib
 from tflm.generation import stops
+from tflm.generation import templating
 
 MIN_BUCKET = 8
 STOP_REASONS = tf.constant(loop.STOP_REASONS)
@@ -71,6 +74,24 @@ def tokenize(tokenizer, text, context: int):
         lengths = tf.cast(ragged.row_lengths(), tf.int32)
     ragged = clipping.clip_rows(ragged, context, from_end=True)
     return tf.cast(ragged, tf.int32), tf.cast(lengths, tf.int32)
+
+
+def tokenize_turns(tokenizer, template, role, content, context: int):
+    """`tokenize` for conversations `[B, M]` under the model's template
+    (`tflm.generation.templating`): each row's last `context` ids and its
+    full length."""
+    ragged = templating.render(template, tokenizer, role, content)
+    lengths = tf.cast(ragged.row_lengths(), tf.int32)
+    return clipping.clip_rows(ragged, context, from_end=True), lengths
+
+
+def tokenize_prompts(tokenizer, template, text, context: int):
+    """`tokenize`, or with a template each prompt as the conversation
+    `[user: prompt]`."""
+    if template is None:
+        return tokenize(tokenizer, text, context)
+    role, content = templating.prompt_turns(text)
+    return tokenize_turns(tokenizer, template, role, content, context)
 
 
 def prepare(ragged, lengths, values, stop, stop_ids, config):

@@ -5,9 +5,12 @@ or token ids. An empty string prompt starts from the end-of-text id, which
 is what the model saw before every document in training. Output follows
 input: strings for strings, lists of ids for ids; a single prompt with one
 return sequence gives a single result, else a flat list, prompt by prompt
-(`num_return_sequences` items each). Settings are checked here against
-`tflm.generation.settings` (the spec the exported signatures check in their
-graph) and bad ones raise `InputError`.
+(`num_return_sequences` items each). A prompt may also be a conversation,
+a list of `{"role", "content"}` turns (or a list of them), for a model with
+a template; a model with a template renders text prompts into it too, and
+the output is the reply only (id prompts are taken as they are). Settings
+are checked here against `tflm.generation.settings` (the spec the exported
+signatures check in their graph) and bad ones raise `InputError`.
 """
 
 from __future__ import annotations
@@ -20,13 +23,25 @@ import numpy as np
 import tensorflow as tf
 
 from tflm import errors
+from tflm.generation import conversations
 from tflm.generation import settings as settings_lib
 
 logger = logging.getLogger("tflm")
 
 
 def _prompts(prompts, generator):
-    """`(strings [B] or ragged ids, single, is_text)`."""
+    """`(strings [B], ragged ids or (role, content), single, is_text)`."""
+    if isinstance(prompts, Sequence) and not isinstance(prompts, str):
+        first = prompts[0] if prompts else None
+        if conversations.is_turn(first) or (
+            isinstance(first, Sequence)
+            and not isinstance(first, str)
+            and first
+            and conversations.is_turn(first[0])
+        ):
+            need_tokenizer(generator)
+            turns, single = conversations.batch(prompts, generator)
+            return turns, single, True
     if isinstance(prompts, tf.Tensor):
         prompts = prompts.numpy()
         if prompts.dtype == object:
@@ -44,7 +59,7 @@ def _prompts(prompts, generator):
     else:
         prompts, single = list(prompts), False
     if prompts and all(isinstance(p, str) for p in prompts):
-        _need_tokenizer(generator)
+        need_tokenizer(generator)
         return tf.constant(prompts, tf.string), single, True
     rows = [np.asarray(p, np.int64).reshape(-1).tolist() for p in prompts]
     if any(not r for r in rows):
@@ -63,7 +78,7 @@ def _prompts(prompts, generator):
     return ragged, single, False
 
 
-def _need_tokenizer(generator):
+def need_tokenizer(generator):
     if generator.tokenizer is None:
         raise errors.InputError(
             "Text prompts and stop strings need a tokenizer: load the model "
@@ -117,7 +132,7 @@ def _stops(stop, batch, generator):
     strings = [s for s in stop if isinstance(s, str)]
     ids = [int(s) for s in stop if not isinstance(s, str)]
     if strings:
-        _need_tokenizer(generator)
+        need_tokenizer(generator)
     limit = settings_lib.MAX_STOP_STRINGS
     if len(strings) > limit:
         raise errors.InputError(
@@ -148,7 +163,10 @@ def _stops(stop, batch, generator):
 def _setup(generator, prompts, settings):
     stop = settings.pop("stop", None)
     inputs, single, is_text = _prompts(prompts, generator)
-    batch = int(inputs.shape[0] if is_text else inputs.nrows())
+    if isinstance(inputs, tuple):
+        batch = int(inputs[0].shape[0])
+    else:
+        batch = int(inputs.shape[0] if is_text else inputs.nrows())
     values = _values(settings, batch)
     stop, stop_ids, strings = _stops(stop, batch, generator)
     prepared = generator.prepare(inputs, values, stop, stop_ids)
@@ -205,9 +223,16 @@ def stream(
         raise errors.InputError(
             f"chunk must be an int >= 1. Received: {chunk!r}."
         )
-    if not isinstance(prompt, str) or generator.tokenizer is None:
+    one_chat = isinstance(prompt, Sequence) and all(
+        map(conversations.is_turn, prompt)
+    )
+    if (
+        not (isinstance(prompt, str) or (one_chat and prompt))
+        or generator.tokenizer is None
+    ):
         raise errors.InputError(
-            "stream takes one text prompt and needs a tokenizer."
+            "stream takes one text prompt or one conversation and needs a "
+            "tokenizer."
         )
     if kw.get("num_return_sequences", 1) != 1:
         raise errors.InputError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import keras
@@ -86,6 +87,10 @@ class CausalLM(keras.Model):
         # Set by `from_preset(directory)` or by the user; `generate` needs
         # it for text prompts. Not part of the Keras config.
         self.tokenizer = None
+        # The prompt template it was fine-tuned with (`config.json
+        # ["template"]`, see `tflm.data.templates`), or `None`: generation
+        # then renders text prompts and conversations into it.
+        self.template = None
         self._generators = {}
 
     def logits_from_hidden(self, hidden):
@@ -160,6 +165,7 @@ class CausalLM(keras.Model):
             directory,
             overwrite=overwrite,
             merge_lora=merge_lora,
+            metadata={"template": self.template} if self.template else None,
         )
 
     def compile(
@@ -267,7 +273,8 @@ class CausalLM(keras.Model):
         from tflm.generation import api
 
         tokenizer = tokenizer or self.tokenizer
-        key = (bool(jit_compile), tokenizer)
+        template = json.dumps(self.template, sort_keys=True)
+        key = (bool(jit_compile), tokenizer, template)
         if key not in self._generators:
             self._generators[key] = api.Generator(
                 self.backbone.call_with_cache,
@@ -277,6 +284,7 @@ class CausalLM(keras.Model):
                 vocabulary_size=self.backbone.vocabulary_size,
                 tokenizer=tokenizer,
                 jit_compile=jit_compile,
+                template=self.template,
             )
         return self._generators[key]
 
@@ -293,7 +301,11 @@ class CausalLM(keras.Model):
 
         Args:
             prompts: a string, a list of strings, a list of ids, or a list
-                of id lists (of different lengths).
+                of id lists (of different lengths); for a model with a
+                `template`, also a conversation (a list of `{"role",
+                "content"}` turns) or a list of them. With a template, text
+                prompts and conversations are rendered into it, and the
+                output is the reply only; ids are taken as they are.
             max_new_tokens: int, or one per prompt. Default: 64, or
                 `context - 1` if smaller; capped at `context - 1`.
             tokenizer: overrides `self.tokenizer`.
@@ -328,6 +340,9 @@ class CausalLM(keras.Model):
         **kwargs,
     ):
         """Yields text pieces of one prompt's continuation as they are made.
+
+        `prompt` is one string, or one conversation for a model with a
+        `template` (see `generate`).
 
         Takes `generate`'s settings and `chunk` (tokens per piece); runs the
         plain graph, and the pieces join to `generate`'s text.

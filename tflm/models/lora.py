@@ -294,4 +294,5 @@ def merged(model):
     copy.set_weights(model.get_weights())
     merge_lora(copy)
     copy.tokenizer = getattr(model, "tokenizer", None)
+    copy.template = getattr(model, "template", None)
     return copy

@@ -24,6 +24,7 @@ import tflm
 from tflm import atomic
 from tflm import errors
 from tflm import tokenizers
+from tflm.generation import templating
 from tflm.models import backbone as backbone_lib
 from tflm.models import lora as lora_lib
 from tflm.models import lora_storage
@@ -273,7 +274,8 @@ def load_model(
         **overrides: `Backbone` arguments to change, such as `dropout`.
 
     Returns:
-        The model, with its `tokenizer` attribute set.
+        The model, with its `tokenizer` and `template` (`None` if the
+        config records none) attributes set.
 
     Raises:
         InputError: a missing or corrupt file, or weights that do not fit.
@@ -304,4 +306,5 @@ def load_model(
     model.tokenizer = tokenizers.load_tokenizer(
         os.path.join(directory, TOKENIZER_DIR)
     )
+    model.template = templating.check(config.get("template"))
     return model

@@ -220,6 +220,7 @@ def converted(model, weights: str):
     copy = type(model).from_config(model.get_config())
     copy.set_weights(model.get_weights())
     copy.tokenizer = getattr(model, "tokenizer", None)
+    copy.template = getattr(model, "template", None)
     return convert_weights(copy, weights)
 
 
