@@ -15,6 +15,7 @@ import os
 import sys
 import traceback
 
+from tflm.cli import chat
 from tflm.cli import evaluate
 from tflm.cli import export
 from tflm.cli import finetune
@@ -33,6 +34,7 @@ COMMANDS = (
     finetune,
     evaluate,
     generate,
+    chat,
     export,
     importer,
     version,
