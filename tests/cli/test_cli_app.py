@@ -1,5 +1,6 @@
 """Exit codes, error lines and a quiet terminal, for every command."""
 
+import json
 import os
 import re
 import subprocess
@@ -110,6 +111,35 @@ def test_every_command_keeps_cpp_logging_off_the_terminal(
     assert not NOISE.search(done.stderr), done.stderr
 
 
+def test_finetune_and_chat_keep_cpp_logging_off_the_terminal(
+    quickstart, tmp_path
+):
+    out, _ = quickstart
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"prompt": f"say {w}", "completion": w} for w in "abcdefgh"]
+    pairs.write_text("\n".join(json.dumps(row) for row in rows))
+    tuned = str(tmp_path / "tuned")
+    done = tflm(
+        "finetune",
+        str(out / "model"),
+        "--data",
+        str(pairs),
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--out",
+        tuned,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not NOISE.search(done.stderr), done.stderr
+    done = tflm(
+        "chat", tuned, "--max-new-tokens", "3", input="hi\n/reset\nyo\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert not NOISE.search(done.stderr), done.stderr
+
+
 def test_verbose_shows_what_the_filter_hides(quickstart):
     out, _ = quickstart
     done = tflm(
@@ -192,6 +222,8 @@ def test_debug_prints_the_traceback(monkeypatch, capsys, where):
         "generate",
         "export",
         "import",
+        "finetune",
+        "chat",
         "version",
     ],
 )
