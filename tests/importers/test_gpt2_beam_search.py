@@ -66,7 +66,9 @@ def _hf_beams(hf, eos, **kwargs):
 
 @pytest.mark.parametrize("early_stopping", [False, True])
 @pytest.mark.parametrize("length_penalty", [1.0, 0.6])
-def test_beam_search_equals_transformers(models, length_penalty, early_stopping):
+def test_beam_search_equals_transformers(
+    models, length_penalty, early_stopping
+):
     hf, lm, eos = models
     expected, scores = _hf_beams(
         hf, eos, length_penalty=length_penalty, early_stopping=early_stopping

@@ -29,15 +29,38 @@ INPUTS = {
 }
 
 
-def input_signature() -> list:
-    return [tf.TensorSpec([None], d, n) for n, d in INPUTS.items()]
+def function(module) -> tf.function:
+    """The signature's `tf.function` for a `ServingModule`."""
+
+    def beam_search(
+        prompt,
+        max_new_tokens,
+        max_length,
+        num_beams,
+        num_return_sequences,
+        length_penalty,
+        early_stopping,
+    ):
+        return run(
+            module,
+            prompt,
+            max_new_tokens=max_new_tokens,
+            max_length=max_length,
+            num_beams=num_beams,
+            num_return_sequences=num_return_sequences,
+            length_penalty=length_penalty,
+            early_stopping=early_stopping,
+        )
+
+    specs = [tf.TensorSpec([None], d, n) for n, d in INPUTS.items()]
+    return tf.function(beam_search, input_signature=specs)
 
 
 def _first(x, batch):
     return tf.cond(batch > 0, lambda: x[0], lambda: tf.ones([], x.dtype))
 
 
-def beam_search(module, prompt, **given):
+def run(module, prompt, **given):
     """`prepare -> beam search -> finish` for a `ServingModule`."""
     batch = tf.shape(prompt)[0]
     lengths = {k: given[k] for k in ("max_new_tokens", "max_length")}
@@ -78,4 +101,5 @@ def beam_search(module, prompt, **given):
     )
     loop_out = {k: out[k] for k in ("token_ids", "num_tokens", "stop_reason")}
     result = frontend.finish(tok.detokenize, loop_out, None)
-    return {**result, "score": out["score"], "prompt_index": out["prompt_index"]}
+    index = out["prompt_index"]
+    return {**result, "score": out["score"], "prompt_index": index}

@@ -162,28 +162,6 @@ class ServingModule(tf.Module):
         result, index = self._run(prompt, inputs, stop, stop_ids)
         return {**result, "prompt_index": index}
 
-    def beam_search(
-        self,
-        prompt,
-        max_new_tokens,
-        max_length,
-        num_beams,
-        num_return_sequences,
-        length_penalty,
-        early_stopping,
-    ):
-        """`beam_search`: see `tflm.export.beam_signature`."""
-        return beam_signature.beam_search(
-            self,
-            prompt,
-            max_new_tokens=max_new_tokens,
-            max_length=max_length,
-            num_beams=num_beams,
-            num_return_sequences=num_return_sequences,
-            length_penalty=length_penalty,
-            early_stopping=early_stopping,
-        )
-
     def score_text(self, text):
         """Log-likelihood of each text after an end-of-text start token."""
         ragged = self._tokenize_clipped(text, self.context - 1, False)
@@ -262,9 +240,7 @@ class ServingModule(tf.Module):
         generate_full = tf.function(
             self.generate_full, input_signature=full_specs
         )
-        beam_search = tf.function(
-            self.beam_search, input_signature=beam_signature.input_signature()
-        )
+        beam_search = beam_signature.function(self)
         detokenize = tf.function(
             self.detokenize_ids,
             input_signature=[

@@ -46,8 +46,7 @@ def pop_beam_settings(kw: dict) -> dict | None:
         )
     if not math.isfinite(lp):
         raise errors.InputError(
-            "length_penalty must be finite. Received: "
-            f"length_penalty={lp!r}."
+            f"length_penalty must be finite. Received: length_penalty={lp!r}."
         )
     if not isinstance(values["early_stopping"], (bool, np.bool_)):
         raise errors.InputError(

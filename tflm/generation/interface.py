@@ -220,6 +220,11 @@ def stream(
         raise errors.InputError(
             "stream takes one text prompt and needs a tokenizer."
         )
+    if beam_settings.pop_beam_settings(kw) is not None:
+        raise errors.InputError(
+            "stream does not support beam search; use generate with "
+            "num_beams > 1."
+        )
     if kw.get("num_return_sequences", 1) != 1:
         raise errors.InputError(
             "stream makes one sequence. Received: num_return_sequences="
