@@ -60,6 +60,11 @@ def test_generate_bad_input_exits_2(model_dir, capsys):
         (["--stop"] * 0 + sum((["--stop", str(i)] for i in range(9)), []),
          "stop strings"),
         (["--max-new-tokens", "3", "--max-length", "9"], "max_length"),
+        (["--num-beams", "0"], "num_beams"),
+        (["--num-beams", "2", "--num-return-sequences", "3"],
+         "num_return_sequences"),
+        (["--num-beams", "2", "--temperature", "0.5"], "temperature"),
+        (["--num-beams", "2", "--stream"], "--stream"),
     ],
 )  # fmt: skip
 def test_generate_bad_controls_exit_2(model_dir, capsys, flags, name):
@@ -78,6 +83,19 @@ def test_generate_controls_and_samples(model_dir, capsys):
     argv = ["generate", model_dir, "--prompt", "ab", "--max-new-tokens", "6"]
     argv += ["--temperature", "2", "--seed", "3", "--no-xla"]
     argv += ["--repetition-penalty", "1.3", "--num-return-sequences", "2"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out == f"--- 1.1: ab\n{expected[0]}\n--- 1.2: ab\n{expected[1]}\n"
+
+
+def test_generate_beam_search(model_dir, capsys):
+    expected = modeldir.load(model_dir).generate(
+        "ab", 6, num_beams=3, num_return_sequences=2, length_penalty=0.6,
+        early_stopping=True, jit_compile=False,
+    )  # fmt: skip
+    argv = ["generate", model_dir, "--prompt", "ab", "--max-new-tokens", "6"]
+    argv += ["--num-beams", "3", "--num-return-sequences", "2", "--no-xla"]
+    argv += ["--length-penalty", "0.6", "--early-stopping"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert out == f"--- 1.1: ab\n{expected[0]}\n--- 1.2: ab\n{expected[1]}\n"

@@ -79,6 +79,25 @@ CONTRACT = {
             "prompt_index": ("DT_INT32", [-1]),
         },
     ),
+    "beam_search": (
+        {
+            "prompt": ("DT_STRING", [-1]),
+            "max_new_tokens": ("DT_INT32", [-1]),
+            "max_length": ("DT_INT32", [-1]),
+            "num_beams": ("DT_INT32", [-1]),
+            "num_return_sequences": ("DT_INT32", [-1]),
+            "length_penalty": ("DT_FLOAT", [-1]),
+            "early_stopping": ("DT_BOOL", [-1]),
+        },
+        {
+            "text": ("DT_STRING", [-1]),
+            "token_ids": ("DT_INT32", [-1, -1]),
+            "num_tokens": ("DT_INT32", [-1]),
+            "stop_reason": ("DT_STRING", [-1]),
+            "score": ("DT_FLOAT", [-1]),
+            "prompt_index": ("DT_INT32", [-1]),
+        },
+    ),
     "score": (
         {"text": ("DT_STRING", [-1])},
         {
@@ -232,6 +251,24 @@ def full_request(rows: list[dict]) -> dict:
         for r in rows
     ]
     return {"signature_name": "generate", "inputs": inputs}
+
+
+BEAM_DEFAULTS = dict(
+    max_new_tokens=-1,
+    max_length=-1,
+    num_beams=4,
+    num_return_sequences=1,
+    length_penalty=1.0,
+    early_stopping=False,
+)
+
+
+def beam_request(rows: list[dict]) -> dict:
+    """A columnar body for the `beam_search` signature from per-row dicts."""
+    inputs = {"prompt": [r["prompt"] for r in rows]}
+    for name, default in BEAM_DEFAULTS.items():
+        inputs[name] = [r.get(name, default) for r in rows]
+    return {"signature_name": "beam_search", "inputs": inputs}
 
 
 def generate(lm: CausalLM, rows, jit_compile: bool = False) -> dict:

@@ -59,6 +59,9 @@ def _requests():
         "generate": helpers.full_request(
             [{"prompt": t, "max_new_tokens": 4} for t in TEXTS]
         ),
+        "beam_search": helpers.beam_request(
+            [{"prompt": t, "max_new_tokens": 4, "num_beams": 2} for t in TEXTS]
+        ),
         "score": {"signature_name": "score", "inputs": {"text": TEXTS}},
         "tokenize": {"signature_name": "tokenize", "inputs": {"text": TEXTS}},
         "detokenize": {

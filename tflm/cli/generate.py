@@ -55,6 +55,26 @@ def add(subparsers) -> None:
         help="samples per prompt (copy j uses seed + j)",
     )
     parser.add_argument(
+        "--num-beams",
+        type=int,
+        default=1,
+        metavar="N",
+        help="beam search with N beams (1: the ordinary loop); prints the "
+        "best --num-return-sequences beams",
+    )
+    parser.add_argument(
+        "--length-penalty",
+        type=float,
+        default=1.0,
+        metavar="X",
+        help="beam score = sum of log-probs / length**X (as Hugging Face)",
+    )
+    parser.add_argument(
+        "--early-stopping",
+        action="store_true",
+        help="end a prompt's beam search once it has N finished beams",
+    )
+    parser.add_argument(
         "--stream",
         action="store_true",
         help="print text as it is produced (one prompt)",
@@ -122,7 +142,17 @@ def run(args: argparse.Namespace) -> int:
         repetition_penalty=args.repetition_penalty,
         no_repeat_ngram_size=args.no_repeat_ngram_size,
         num_return_sequences=args.num_return_sequences,
+        num_beams=args.num_beams,
+        length_penalty=args.length_penalty,
+        early_stopping=args.early_stopping,
     )
+    if args.stream and args.num_beams != 1:
+        from tflm.errors import InputError
+
+        raise InputError(
+            "--stream is not supported with beam search. Received: "
+            f"--num-beams {args.num_beams}."
+        )
     if args.stream:
         for piece in model.stream(prompts[0], args.max_new_tokens, **settings):
             sys.stdout.write(piece)

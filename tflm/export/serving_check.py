@@ -119,6 +119,9 @@ def _scalar(value, dtype: str):
     elif dtype in ("float32", "float64"):
         if isinstance(value, int | float) and not isinstance(value, bool):
             return value
+    elif dtype == "bool":
+        if isinstance(value, bool):
+            return value
     elif dtype in ("int32", "int64"):
         low, high = INT32 if dtype == "int32" else (-(2**63), 2**63 - 1)
         if type(value) is int and low <= value <= high:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tflm.export import beam_signature
 from tflm.generation import clipping
 from tflm.generation import frontend
 from tflm.generation import loop
@@ -285,6 +286,7 @@ class ServingModule(tf.Module):
         generate_full = tf.function(
             self.generate_full, input_signature=full_specs
         )
+        beam_search = beam_signature.function(self)
         detokenize = tf.function(
             self.detokenize_ids,
             input_signature=[
@@ -295,6 +297,7 @@ class ServingModule(tf.Module):
         functions = {
             "serving_default": generate,
             "generate": generate_full,
+            "beam_search": beam_search,
             "score": score,
             "tokenize": tokenize,
             "detokenize": detokenize,

@@ -46,6 +46,7 @@ def warmup_requests(max_new_tokens: int = 4, chat: bool = False) -> list:
             )
         )
     logs.append(_request("generate", full_request(["Hello"], max_new_tokens)))
+    logs.append(_request("beam_search", beam_request(["Hello"], 2)))
     logs.append(_request("score", {"text": tf.constant(["Hello"])}))
     logs.append(_request("tokenize", {"text": tf.constant(["Hello"])}))
     logs.append(
@@ -90,6 +91,20 @@ def full_request(prompts, max_new_tokens: int = 4) -> dict:
     inputs["stop"] = tf.fill([n, 1], "\n\n")
     inputs["stop_ids"] = tf.fill([n, 1], -1)
     return inputs
+
+
+def beam_request(prompts, max_new_tokens: int = 4) -> dict:
+    """Inputs of the `beam_search` signature: 2 beams, 1 sequence each."""
+    n = len(prompts)
+    return {
+        "prompt": tf.constant(prompts),
+        "max_new_tokens": tf.fill([n], max_new_tokens),
+        "max_length": tf.fill([n], -1),
+        "num_beams": tf.fill([n], 2),
+        "num_return_sequences": tf.fill([n], 1),
+        "length_penalty": tf.ones([n]),
+        "early_stopping": tf.zeros([n], tf.bool),
+    }
 
 
 def write_warmup(

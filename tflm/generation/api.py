@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tflm.generation import beam
 from tflm.generation import frontend
 from tflm.generation import loop
 from tflm.generation import samplers
@@ -82,6 +83,7 @@ class Generator:
         self._prefill = tf.function(self._prefill_graph)
         self._decode = tf.function(self._decode_graph)
         self._finish = tf.function(self._finish_graph)
+        self._beam = tf.function(self._beam_graph, jit_compile=jit_compile)
 
     # Graph functions -------------------------------------------------------
     def _config(self):
@@ -164,6 +166,22 @@ class Generator:
         self.trace_count += 1
         return frontend.finish(self._detokenize(), out, stop)
 
+    def _beam_graph(self, ids, mask, settings, cache_length, beams):
+        self.trace_count += 1
+        cache = self.init_cache(tf.shape(ids)[0], cache_length)
+        return beam.generate(
+            self.forward,
+            self.to_logits,
+            cache,
+            ids,
+            mask,
+            settings,
+            beams["num_beams"],
+            beams["length_penalty"],
+            beams["early_stopping"],
+            beams["num_return_sequences"],
+        )
+
     # Python side -----------------------------------------------------------
     def prepare(self, prompts, values, stop, stop_ids):
         """Runs `frontend.prepare` on strings `[B]`, ragged ids, or
@@ -185,6 +203,22 @@ class Generator:
             stop = None
             out = self._run(*args, cache_length)
         return self._finish(out, stop)
+
+    def run_beam(self, prepared, beams: dict) -> dict:
+        """Beam search and `finish`; `beams`: `num_beams`,
+        `num_return_sequences` (ints), `length_penalty` float32 `[B]`,
+        `early_stopping` bool `[B]`. Adds `score` and `prompt_index`."""
+        out = self._beam(
+            prepared["ids"],
+            prepared["mask"],
+            prepared["settings"],
+            int(prepared["cache_length"]),
+            beams,
+        )
+        result = self._finish(
+            {k: out[k] for k in ("token_ids", "num_tokens", "stop_reason")}
+        )
+        return {**result, "score": out["score"], "index": out["prompt_index"]}
 
     def steps(self, prepared, has_stop: bool, chunk: int):
         """Yields `(loop outputs, finished)` after every `chunk` steps."""

@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from tflm import errors
+from tflm.generation import beam_settings
 from tflm.generation import conversations
 from tflm.generation import settings as settings_lib
 
@@ -183,12 +184,21 @@ def generate(
     generator, prompts, max_new_tokens=None, *, return_details=False, **kw
 ):
     """Continues each prompt; see `CausalLM.generate` for the arguments."""
+    beams = beam_settings.pop_beam_settings(kw)
+    if beams is not None:
+        beam_settings.check_beam_compatible(kw)
+        kw["num_return_sequences"] = 1  # beam search returns several
     prepared, single, is_text, strings = _setup(
         generator, prompts, {"max_new_tokens": max_new_tokens, **kw}
     )
     if not single and int(tf.shape(prepared["ids"])[0]) == 0:
         return [] if not return_details else {"outputs": []}
-    out = generator.run(prepared, bool(strings))
+    if beams is None:
+        out = generator.run(prepared, bool(strings))
+    else:
+        batch = int(tf.shape(prepared["ids"])[0])
+        out = generator.run_beam(prepared, beam_settings.batched(beams, batch))
+        prepared = {**prepared, "prompt_index": out["index"]}
     counts = out["num_tokens"].numpy().tolist()
     ids = [
         row[:n].tolist()
@@ -206,6 +216,7 @@ def generate(
         "num_tokens": counts,
         "stop_reason": [r.decode() for r in out["stop_reason"].numpy()],
         "prompt_index": prepared["prompt_index"].numpy().tolist(),
+        **({} if beams is None else {"score": out["score"].numpy().tolist()}),
     }
 
 
@@ -233,6 +244,11 @@ def stream(
         raise errors.InputError(
             "stream takes one text prompt or one conversation and needs a "
             "tokenizer."
+        )
+    if beam_settings.pop_beam_settings(kw) is not None:
+        raise errors.InputError(
+            "stream does not support beam search; use generate with "
+            "num_beams > 1."
         )
     if kw.get("num_return_sequences", 1) != 1:
         raise errors.InputError(

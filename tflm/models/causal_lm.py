@@ -319,7 +319,12 @@ class CausalLM(keras.Model):
                 (matched on text, not returned) and stop ids;
                 `return_details`: also return `token_ids`, `num_tokens`,
                 `stop_reason` and `prompt_index` per sequence. See
-                `tflm.generation.settings` for the rules.
+                `tflm.generation.settings` for the rules. Beam search:
+                `num_beams` (> 1), `length_penalty`, `early_stopping`,
+                Hugging Face's semantics; it returns the best
+                `num_return_sequences` beams per prompt (with
+                `return_details`, their `score`), and refuses sampling,
+                penalties and stops (`tflm.generation.beam_settings`).
 
         Returns:
             The continuations (without the prompt): strings for text
