@@ -11,6 +11,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tflm.export import beam_signature
+from tflm.export import chat_signature
 from tflm.generation import clipping
 from tflm.generation import frontend
 from tflm.generation import loop
@@ -19,10 +20,7 @@ from tflm.generation import settings as settings_lib
 from tflm.generation import templating
 
 GENERATE_INPUTS = ("prompt", *settings_lib.SERVING_DEFAULT)
-# The `chat` signature of a model with a template: the turns, then the
-# controls of `serving_default`.
-CHAT_TURNS = ("role", "content")
-CHAT_INPUTS = (*CHAT_TURNS, *settings_lib.SERVING_DEFAULT)
+CHAT_INPUTS = chat_signature.INPUTS
 # The full-control `generate` signature: every setting, then the stops.
 FULL_INPUTS = (
     "prompt",
@@ -155,32 +153,6 @@ class ServingModule(tf.Module):
             given = {k: tf.identity(v) for k, v in given.items()}
         return settings_lib.fill_defaults(given, batch)
 
-    def chat(
-        self, role, content, max_new_tokens, temperature, top_k, top_p, seed
-    ):
-        """`chat`: the assistant's reply to each conversation `[B, M]`."""
-        checks = [
-            _check(
-                tf.reduce_all(tf.equal(tf.shape(role), tf.shape(content))),
-                "role and content must have the same shape [B, M]",
-            ),
-            templating.role_check(role),
-        ]
-        with tf.control_dependencies(checks):
-            checks = [templating.last_check(role)]
-        with tf.control_dependencies(checks):
-            role, content = tf.identity(role), tf.identity(content)
-        batch = tf.shape(role)[0]
-        values = self._default_values(
-            batch, max_new_tokens, temperature, top_k, top_p, seed
-        )
-        ragged, lengths = frontend.tokenize_turns(
-            self.tokenizer, self.template, role, content, self.context
-        )
-        stop_ids = tf.fill([batch, 0], -1)
-        result, _ = self._run_ids(ragged, lengths, values, None, stop_ids)
-        return {k: result[k] for k in ("text", "num_tokens", "stop_reason")}
-
     def generate_full(
         self,
         prompt,
@@ -303,19 +275,8 @@ class ServingModule(tf.Module):
             "detokenize": detokenize,
         }
         if self.template is not None:
-            functions["chat"] = self._chat_function()
+            functions["chat"] = chat_signature.function(self)
         return functions
-
-    def _chat_function(self):
-        """`chat`'s tf.function: turns `[B, M]`, `serving_default`'s
-        controls."""
-        turns = [tf.TensorSpec([None, None], tf.string, n) for n in CHAT_TURNS]
-        dtypes = (tf.int32, tf.float32, tf.int32, tf.float32, tf.int32)
-        controls = [
-            tf.TensorSpec([None], d, n)
-            for n, d in zip(settings_lib.SERVING_DEFAULT, dtypes, strict=True)
-        ]
-        return tf.function(self.chat, input_signature=[*turns, *controls])
 
     def signatures(self) -> dict:
         """Concrete functions keyed by signature name."""
