@@ -55,15 +55,23 @@ def _loss(lm, windows, batch_size: int) -> float:
     return total / max(weight, 1.0)
 
 
-def _scores(predictions: list[str], references: list[str]) -> dict:
+def _require_metrics() -> None:
+    """Raises `InputError` if sacrebleu or rouge-score is missing."""
     try:
-        import sacrebleu
-        from rouge_score import rouge_scorer
-    except ImportError:
+        import rouge_score  # noqa: F401
+        import sacrebleu  # noqa: F401
+    except ImportError as err:
         raise errors.InputError(
-            "Task metrics need sacrebleu and rouge-score: pip install "
-            "'tflm[metrics]'."
+            f"Task metrics need sacrebleu and rouge-score ({err}); install "
+            'them with: pip install "tflm[metrics]"'
         ) from None
+
+
+def _scores(predictions: list[str], references: list[str]) -> dict:
+    _require_metrics()
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
     scorer = rouge_scorer.RougeScorer(["rougeL"])
     rouge = [
         scorer.score(ref, pred)["rougeL"].fmeasure
@@ -117,6 +125,7 @@ def evaluate_task(
     completion_field: str = "completion",
 ) -> dict[str, Any]:
     """Loss and task metrics of the model in `model_dir` on `paths`."""
+    _require_metrics()  # Before the model is loaded and run.
     lm = causal_lm.CausalLM.from_preset(model_dir)
     conversations = tasks.read_examples(
         paths, prompt_field=prompt_field, completion_field=completion_field
