@@ -5,7 +5,13 @@ batch 1 and 8. Prints one JSON line per measurement: new tokens/s, time to
 first token, and, at batch 1, the weight-read bandwidth limit measured in
 the same run (`bandwidth_GBps / weight bytes`).
 
+`--beam` measures beam search instead: batch 1 x 4 beams, prompt 64, 128
+new tokens (impls `tflm_beam_xla`, `tflm_beam_graph`, `hf_beam`,
+`keras_hub_beam`: keras-hub's `BeamSampler`, XLA on). Tokens/s counts the
+returned sequence's new tokens, not the beams'.
+
     python benchmarks/generate.py --presets bench-small,gpt2-124m
+    python benchmarks/generate.py --presets bench-small --beam
 """
 
 from __future__ import annotations
@@ -47,16 +53,21 @@ def _prompts(batch, length, vocab, seed=0):
     return rng.integers(3, vocab, size=(batch, length)).astype("int32")
 
 
-def bench_tflm(preset, batch, prompt_len, new, repeats, jit):
+def bench_tflm(preset, batch, prompt_len, new, repeats, jit, beams=1):
     from tflm.models import CausalLM
 
     model = CausalLM.from_preset(preset)
     ids = _prompts(batch, prompt_len, model.backbone.vocabulary_size)
     rows = ids.tolist()
-    kw = dict(jit_compile=jit, stop=[])
+    kw = dict(jit_compile=jit)
+    if beams > 1:
+        kw["num_beams"] = beams  # Beam search takes no stop list.
+    else:
+        kw["stop"] = []
 
     def run(n):
         out = model.generate(rows, max_new_tokens=n, return_details=True, **kw)
+        # A beam may end at end-of-text; random weights make it rare.
         assert min(out["num_tokens"]) == n, out["num_tokens"]
 
     total = _best(lambda: run(new), repeats)
@@ -65,9 +76,10 @@ def bench_tflm(preset, batch, prompt_len, new, repeats, jit):
     return total, first, weights
 
 
-def bench_keras_hub(preset, batch, prompt_len, new, repeats, jit):
-    """keras-hub's `GPT2CausalLM`, greedy. `jit=True` is its fastest setting
-    on a CPU; its default `jit_compile="auto"` turns XLA off without a GPU."""
+def bench_keras_hub(preset, batch, prompt_len, new, repeats, jit, beams=1):
+    """keras-hub's `GPT2CausalLM`, greedy (or `BeamSampler`). `jit=True` is
+    its fastest setting on a CPU; its default `jit_compile="auto"` turns XLA
+    off without a GPU."""
     import keras_hub
 
     from tflm.models import get_preset
@@ -83,7 +95,10 @@ def bench_keras_hub(preset, batch, prompt_len, new, repeats, jit):
         dropout=0.0,
     )
     model = keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)
-    model.compile(sampler="greedy", jit_compile=jit)
+    sampler = "greedy"
+    if beams > 1:
+        sampler = keras_hub.samplers.BeamSampler(num_beams=beams)
+    model.compile(sampler=sampler, jit_compile=jit)
     ids = _prompts(batch, prompt_len, c["vocabulary_size"])
 
     def run(n):
@@ -97,7 +112,7 @@ def bench_keras_hub(preset, batch, prompt_len, new, repeats, jit):
     return _best(lambda: run(new), repeats), _best(lambda: run(1), repeats)
 
 
-def bench_hf(preset, batch, prompt_len, new, repeats):
+def bench_hf(preset, batch, prompt_len, new, repeats, beams=1):
     import torch
     import transformers
 
@@ -124,6 +139,7 @@ def bench_hf(preset, batch, prompt_len, new, repeats):
                 max_new_tokens=n,
                 min_new_tokens=n,
                 do_sample=False,
+                num_beams=beams,
                 use_cache=True,
                 pad_token_id=0,
             )
@@ -131,17 +147,45 @@ def bench_hf(preset, batch, prompt_len, new, repeats):
     return _best(lambda: run(new), repeats), _best(lambda: run(1), repeats)
 
 
+BEAM_IMPLS = ("tflm_beam_xla", "tflm_beam_graph", "hf_beam", "keras_hub_beam")
+NUM_BEAMS = 4
+GREEDY_DEFAULTS = {
+    "batches": "1,8",
+    "new": 192,
+    "impls": "tflm_xla,tflm_graph,keras_hub_xla,keras_hub,hf",
+}
+BEAM_DEFAULTS = {"batches": "1", "new": 128, "impls": ",".join(BEAM_IMPLS)}
+
+
+def _measure(impl, shape):
+    """`(total s, first-token s, weight bytes or None)` of one impl."""
+    beams = NUM_BEAMS if "beam" in impl else 1
+    jit = impl.endswith("xla") or impl == "keras_hub_beam"
+    if impl.startswith("tflm"):
+        return bench_tflm(*shape, jit=jit, beams=beams)
+    if impl.startswith("keras_hub"):
+        return (*bench_keras_hub(*shape, jit=jit, beams=beams), None)
+    return (*bench_hf(*shape, beams=beams), None)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", default="bench-small,gpt2-124m")
-    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--batches", default=None, help="default: 1,8")
     parser.add_argument("--prompt", type=int, default=64)
-    parser.add_argument("--new", type=int, default=192)
+    parser.add_argument("--new", type=int, default=None, help="default: 192")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--impls", default=None)
     parser.add_argument(
-        "--impls", default="tflm_xla,tflm_graph,keras_hub_xla,keras_hub,hf"
+        "--beam",
+        action="store_true",
+        help="beam search (4 beams); default batch 1, 128 new tokens",
     )
     args = parser.parse_args()
+    defaults = (BEAM_DEFAULTS if args.beam else GREEDY_DEFAULTS).items()
+    for name, value in defaults:
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     bandwidth = read_bandwidth_gbps()
     print(json.dumps({"read_bandwidth_GBps": round(bandwidth, 1)}), flush=True)
     impls = args.impls.split(",")
@@ -151,16 +195,8 @@ def main():
             weights = None
             for impl in impls:
                 try:
-                    if impl.startswith("tflm"):
-                        total, first, weights = bench_tflm(
-                            *shape, jit=impl == "tflm_xla"
-                        )
-                    elif impl.startswith("keras_hub"):
-                        total, first = bench_keras_hub(
-                            *shape, jit=impl == "keras_hub_xla"
-                        )
-                    else:
-                        total, first = bench_hf(*shape)
+                    total, first, bytes_ = _measure(impl, shape)
+                    weights = bytes_ or weights
                 except ImportError as err:
                     print(json.dumps({"impl": impl, "skipped": str(err)}))
                     continue
@@ -170,6 +206,7 @@ def main():
                     "batch": batch,
                     "prompt": args.prompt,
                     "new_tokens": args.new,
+                    "num_beams": NUM_BEAMS if "beam" in impl else 1,
                     "new_tokens_per_s": round(batch * args.new / total, 1),
                     "time_to_first_token_ms": round(1000 * first, 1),
                 }
