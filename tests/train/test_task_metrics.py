@@ -101,7 +101,13 @@ def _run_cli(argv):
     return json.loads(stdout.getvalue().strip().splitlines()[-1])
 
 
-def test_missing_metrics_packages_is_an_input_error(monkeypatch):
+def test_missing_metrics_packages_is_an_input_error(
+    chat_dir, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setitem(sys.modules, "sacrebleu", None)
     with pytest.raises(errors.InputError, match=r'pip install "tflm\[metr'):
         task_metrics.evaluate_task("no_such_model", ["pairs.jsonl"])
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
+    assert cli.main(["eval", chat_dir, "--data", str(data)]) == 2
+    assert 'pip install "tflm[metrics]"' in capsys.readouterr().err
