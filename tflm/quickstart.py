@@ -44,7 +44,7 @@ class QuickstartConfig:
     out: str = "tflm-quickstart"
     data: tuple[str, ...] = ()
     preset: str = "mini"
-    steps: int = 700
+    steps: int = 500
     vocabulary_size: int = 1024
     batch_size: int = 16
     max_new_tokens: int = 48
