@@ -146,7 +146,11 @@ def _train(run: _Run, config, verbose, callbacks) -> TrainResult:
     strategy_lib.check_workers_agree(
         run.strategy, start_step=run.start_step, total_steps=run.total_steps
     )
-    if run.saved and run.saved.finished:
+    # Done when this run's total is reached (a resumed run may be given more
+    # --steps than it was first) or it stopped early.
+    if run.saved and (
+        run.start_step >= run.total_steps or run.saved.progress.get("stopped")
+    ):
         logger.info(
             "%s is trained to step %d of %d; nothing to do.",
             run.out,
