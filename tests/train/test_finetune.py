@@ -111,6 +111,21 @@ def test_finetuning_learns_a_task_the_parent_cannot_do(task, tmp_path):
     assert saved["parent"]["sha256"] == parent_lib.fingerprint(task["parent"])
 
 
+def test_lora_learns_the_task_with_the_base_frozen(task, tmp_path):
+    pytest.importorskip("tflm.models.lora")
+    before = _exact_match(task["parent"], task["heldout"])
+    config = _config(task, tmp_path / "lora", lora_rank=8, learning_rate=1e-2)
+    result = fit.train(config, verbose=0)
+    after = _exact_match(result.directory, task["heldout"])
+    assert before == 0.0
+    assert after >= 0.5
+    saved = json.load(open(os.path.join(result.directory, "config.json")))
+    assert saved["lora"]["rank"] == 8
+    adapters = os.path.getsize(os.path.join(result.directory, "adapters.npz"))
+    base = os.path.getsize(os.path.join(result.directory, "model.weights.h5"))
+    assert adapters < base / 4
+
+
 def test_early_stopping_keeps_the_best_step(task, tmp_path):
     config = _config(
         task,
