@@ -161,3 +161,21 @@ def write_checkpoint(
         metadata={"format": "pt"},
     )
     return tensors
+
+
+def write_checkpoint_ending_like(
+    directory: str, token: int, scale: float
+) -> int:
+    """Writes a random GPT-2 whose end-of-text embedding (tied to its logit)
+    is `scale` times token `token`'s, so that generation ends early or at
+    varied lengths; returns the end-of-text id."""
+    tensors = write_checkpoint(directory)
+    with open(os.path.join(directory, "config.json")) as f:
+        eos = json.load(f)["eos_token_id"]
+    tensors["wte.weight"][eos] = scale * tensors["wte.weight"][token]
+    safetensors_numpy.save_file(
+        tensors,
+        os.path.join(directory, "model.safetensors"),
+        metadata={"format": "pt"},
+    )
+    return eos

@@ -1,12 +1,10 @@
 """Beam search on an imported random GPT-2 == Hugging Face transformers'."""
 
-import json
 import os
 
 import gpt2_files
 import numpy as np
 import pytest
-from safetensors import numpy as safetensors_numpy
 
 from tflm import importers
 from tflm.models.causal_lm import CausalLM
@@ -27,16 +25,7 @@ def models(tmp_path_factory):
     logit) is set near a frequent token's, so that beams end at different
     lengths and the length penalty changes the winners."""
     path = str(tmp_path_factory.mktemp("hf_gpt2_beam"))
-    tensors = gpt2_files.write_checkpoint(path)
-    with open(os.path.join(path, "config.json")) as f:
-        eos = json.load(f)["eos_token_id"]
-    wte = tensors["wte.weight"]
-    wte[eos] = 0.9 * wte[EOS_LIKE]
-    safetensors_numpy.save_file(
-        tensors,
-        os.path.join(path, "model.safetensors"),
-        metadata={"format": "pt"},
-    )
+    eos = gpt2_files.write_checkpoint_ending_like(path, EOS_LIKE, 0.9)
     hf = transformers.GPT2LMHeadModel.from_pretrained(path).eval()
     lm = CausalLM.from_preset(
         importers.import_checkpoint(path, os.path.join(path, "tflm"))

@@ -1,12 +1,10 @@
 """Greedy generation with logits processors on an imported random GPT-2
 == Hugging Face transformers' `generate`, token for token."""
 
-import json
 import os
 
 import gpt2_files
 import pytest
-from safetensors import numpy as safetensors_numpy
 
 from tflm import importers
 from tflm.models.causal_lm import CausalLM
@@ -27,16 +25,7 @@ def models(tmp_path_factory):
     logit) is set near a frequent token's, so that greedy decoding would
     end early and `min_new_tokens` has something to ban."""
     path = str(tmp_path_factory.mktemp("hf_gpt2_generate"))
-    tensors = gpt2_files.write_checkpoint(path)
-    with open(os.path.join(path, "config.json")) as f:
-        eos = json.load(f)["eos_token_id"]
-    wte = tensors["wte.weight"]
-    wte[eos] = 1.1 * wte[EOS_LIKE]
-    safetensors_numpy.save_file(
-        tensors,
-        os.path.join(path, "model.safetensors"),
-        metadata={"format": "pt"},
-    )
+    eos = gpt2_files.write_checkpoint_ending_like(path, EOS_LIKE, 1.1)
     hf = transformers.GPT2LMHeadModel.from_pretrained(path).eval()
     lm = CausalLM.from_preset(
         importers.import_checkpoint(path, os.path.join(path, "tflm"))

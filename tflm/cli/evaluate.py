@@ -71,19 +71,18 @@ def run(args: argparse.Namespace) -> int:
             prompt_field=args.prompt_field,
             completion_field=args.completion_field,
         )
-        print(json.dumps(result, allow_nan=False))
-        return 0
-    result = evaluate.evaluate(
-        args.model_dir,
-        args.data,
-        batch_size=args.batch_size,
-        sequence_length=args.sequence_length,
-        split=args.split,
-        validation_fraction=args.validation_fraction,
-        text_format=args.text_format,
-        jsonl_field=args.jsonl_field,
-        precision=args.precision,
-        strategy=args.strategy,
-    )
+    else:
+        result = evaluate.evaluate(
+            args.model_dir,
+            args.data,
+            batch_size=args.batch_size,
+            sequence_length=args.sequence_length,
+            split=args.split,
+            validation_fraction=args.validation_fraction,
+            text_format=args.text_format,
+            jsonl_field=args.jsonl_field,
+            precision=args.precision,
+            strategy=args.strategy,
+        )
     print(json.dumps(result, allow_nan=False))
     return 0
