@@ -5,15 +5,17 @@
    for full fine-tuning (and LoRA when `tflm.models.lora` exists).
 2. gpt2-124m (random weights) at batch 4 x 256 tokens: training tokens/s
    and the peak RSS of full fine-tuning vs LoRA rank 8 (each in its own
-   process, so that peaks do not mix).
+   process, so that peaks do not mix), with the step compiled by XLA (the
+   default of `tflm finetune` on one device) and as a plain graph, and the
+   LoRA/full ratios at each setting.
 
-Usage: python benchmarks/finetune.py [--skip-gpt2] [--steps N]
+Usage: python benchmarks/finetune.py [--skip-gpt2] [--skip-synthetic]
+           [--steps N] [--gpt2-steps N]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import random
@@ -108,7 +110,7 @@ def synthetic(root, steps, lora_rank=None):
     }
 
 
-def gpt2_child(lora_rank, steps):
+def gpt2_child(lora_rank, steps, jit_compile):
     """Runs in a child: times `steps` updates of gpt2-124m at 4 x 256."""
     import numpy as np
     import tensorflow as tf
@@ -117,18 +119,20 @@ def gpt2_child(lora_rank, steps):
     from tflm.models import train_step
 
     lm = causal_lm.CausalLM.from_preset("gpt2-124m")
+    # TensorFlow and the model's weights: what neither setting can shed.
+    built_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if lora_rank:
         from tflm.models import lora
 
         lora.enable_lora(lm, rank=lora_rank)
-    lm.compile(jit_compile=True)
+    lm.compile(jit_compile=jit_compile)
     optimizer = lm.optimizer
     optimizer.build(lm.trainable_variables)
     ids = np.random.RandomState(0).randint(0, 50000, (4, 257)).astype("int32")
     x = {"token_ids": ids[:, :-1], "padding_mask": np.ones((4, 256), bool)}
     data = (x, ids[:, 1:])
 
-    @tf.function(jit_compile=True)
+    @tf.function(jit_compile=jit_compile)
     def step(data):
         return train_step.apply(lm, optimizer, data)[0]
 
@@ -144,12 +148,13 @@ def gpt2_child(lora_rank, steps):
             {
                 "tokens_per_second": 4 * 256 * steps / seconds,
                 "peak_rss_mb": round(peak_mb, 1),
+                "rss_after_build_mb": round(built_mb, 1),
             }
         )
     )
 
 
-def _gpt2(lora_rank, steps):
+def _gpt2(lora_rank, steps, jit_compile):
     output = subprocess.run(
         [
             sys.executable,
@@ -158,6 +163,8 @@ def _gpt2(lora_rank, steps):
             str(lora_rank or 0),
             "--steps",
             str(steps),
+            "--jit-compile",
+            str(int(jit_compile)),
         ],
         capture_output=True,
         text=True,
@@ -171,20 +178,31 @@ def main():
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--gpt2-steps", type=int, default=5)
     parser.add_argument("--skip-gpt2", action="store_true")
+    parser.add_argument("--skip-synthetic", action="store_true")
     parser.add_argument("--gpt2-child", type=int, default=None)
+    parser.add_argument("--jit-compile", type=int, default=1)
     args = parser.parse_args()
     if args.gpt2_child is not None:
-        return gpt2_child(args.gpt2_child, args.steps)
-    has_lora = importlib.util.find_spec("tflm.models.lora") is not None
+        return gpt2_child(args.gpt2_child, args.steps, bool(args.jit_compile))
     report = {}
-    with tempfile.TemporaryDirectory() as root:
-        report["synthetic_full"] = synthetic(root, args.steps)
-        if has_lora:
+    if not args.skip_synthetic:
+        with tempfile.TemporaryDirectory() as root:
+            report["synthetic_full"] = synthetic(root, args.steps)
             report["synthetic_lora8"] = synthetic(root, args.steps, 8)
     if not args.skip_gpt2:
-        report["gpt2_124m_full"] = _gpt2(None, args.gpt2_steps)
-        if has_lora:
-            report["gpt2_124m_lora8"] = _gpt2(8, args.gpt2_steps)
+        for setting, jit_compile in (("xla", True), ("plain_graph", False)):
+            full = _gpt2(None, args.gpt2_steps, jit_compile)
+            lora = _gpt2(8, args.gpt2_steps, jit_compile)
+            report[f"gpt2_124m_{setting}"] = {
+                "full": full,
+                "lora8": lora,
+                "lora_over_full_peak_rss": round(
+                    lora["peak_rss_mb"] / full["peak_rss_mb"], 3
+                ),
+                "lora_over_full_tokens_per_second": round(
+                    lora["tokens_per_second"] / full["tokens_per_second"], 3
+                ),
+            }
     print(json.dumps(report, indent=2))
 
 

@@ -28,10 +28,16 @@ from tflm.models.model_dir import write_config
 
 
 def load(
-    directory: str | os.PathLike, *, dtype: str | None = None
+    directory: str | os.PathLike,
+    *,
+    dtype: str | None = None,
+    weights: str | None = None,
 ) -> causal_lm.CausalLM:
-    """`CausalLM.from_preset(directory)` for a model directory."""
-    return model_dir.load_model(causal_lm.CausalLM, directory, dtype=dtype)
+    """`CausalLM.from_preset(directory)` for a model directory; `weights`
+    converts (`"float32"` casts up or dequantizes stored bf16/int8)."""
+    return model_dir.load_model(
+        causal_lm.CausalLM, directory, dtype=dtype, weights=weights
+    )
 
 
 __all__ = [

@@ -131,3 +131,36 @@ def test_cli_rejects_a_bad_weights_flag(tmp_path, capsys):
             )
         assert exit_info.value.code == 2
         assert "invalid choice: 'fp8'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("weights", ["bfloat16", "int8"])
+def test_a_converted_directory_loads_as_float32(tmp_path, weights):
+    original = _model("gpt2")
+    path = tmp_path / weights
+    modeldir.save(
+        weights_lib.converted(original, weights), ByteTokenizer(), path
+    )
+    loaded = modeldir.load(path, weights="float32")
+    assert weights_lib.weights_of(loaded) == "float32"
+    assert all(v.dtype == "float32" for v in loaded.weights)
+    kernel = loaded.backbone.blocks[0].mlp_in.kernel.numpy()
+    want = original.backbone.blocks[0].mlp_in.kernel.numpy()
+    if weights == "bfloat16":
+        np.testing.assert_array_equal(kernel, want.astype("bfloat16"))
+    else:
+        # Within half a step of the per-column absmax grid.
+        step = np.abs(want).max(axis=0) / 127
+        assert np.all(np.abs(kernel - want) <= step / 2 + 1e-7)
+        assert not np.array_equal(kernel, want)
+    embedding = loaded.backbone.token_embedding.embeddings.numpy()
+    want = original.backbone.token_embedding.embeddings.numpy()
+    step = np.abs(want).max(axis=1, keepdims=True) / 127
+    assert np.all(np.abs(embedding - want) <= step / 2 + 1e-7)
+    # Converting it back stores what a direct conversion stores.
+    again = weights_lib.converted(loaded, weights)
+    x = _inputs()
+    np.testing.assert_allclose(
+        again(x).numpy(),
+        weights_lib.converted(original, weights)(x).numpy(),
+        atol=1e-5,
+    )

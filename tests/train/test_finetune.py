@@ -2,7 +2,6 @@
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -15,7 +14,6 @@ import train_helpers
 
 from tflm import tokenizers
 from tflm.data import templates
-from tflm.models import backbone as backbone_lib
 from tflm.models import causal_lm
 from tflm.train import config as config_lib
 from tflm.train import fit
@@ -27,37 +25,10 @@ corpus = train_helpers.corpus
 TOKENIZER = tokenizers.ByteTokenizer()
 
 
-def _reversal(path, count, seed):
-    rng = random.Random(seed)
-    with open(path, "w", encoding="utf-8") as f:
-        for _ in range(count):
-            word = "".join(rng.choice("abcdefgh") for _ in range(3))
-            f.write(json.dumps({"prompt": word, "completion": word[::-1]}))
-            f.write("\n")
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def task(tmp_path_factory):
     """A parent model directory, and train / held-out reversal examples."""
-    root = tmp_path_factory.mktemp("task")
-    keras.utils.set_random_seed(0)
-    backbone = backbone_lib.Backbone(
-        vocabulary_size=TOKENIZER.vocabulary_size,
-        num_layers=2,
-        num_heads=4,
-        hidden_dim=64,
-        intermediate_dim=128,
-        max_sequence_length=40,
-    )
-    lm = causal_lm.CausalLM(backbone)
-    lm.tokenizer = TOKENIZER
-    parent = lm.save_to_preset(str(root / "parent"))
-    return {
-        "parent": parent,
-        "train": _reversal(root / "train.jsonl", 300, seed=0),
-        "heldout": _reversal(root / "heldout.jsonl", 40, seed=1),
-    }
+    return train_helpers.reversal_task(tmp_path_factory.mktemp("task"))
 
 
 def _config(task, out, **overrides):

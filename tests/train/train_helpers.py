@@ -26,6 +26,45 @@ def write_corpus(path, paragraphs=400, seed=0):
     return str(path)
 
 
+def write_reversal(path, count, seed):
+    """`count` prompt/completion lines: a 3-letter word and its reverse."""
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as f:
+        for _ in range(count):
+            word = "".join(rng.choice("abcdefgh") for _ in range(3))
+            f.write(json.dumps({"prompt": word, "completion": word[::-1]}))
+            f.write("\n")
+    return str(path)
+
+
+def reversal_task(root):
+    """A parent model directory (2 small layers, byte tokenizer, random
+    weights) and train / held-out reversal examples under `root`."""
+    import keras
+
+    from tflm import tokenizers
+    from tflm.models import backbone as backbone_lib
+    from tflm.models import causal_lm
+
+    tokenizer = tokenizers.ByteTokenizer()
+    keras.utils.set_random_seed(0)
+    backbone = backbone_lib.Backbone(
+        vocabulary_size=tokenizer.vocabulary_size,
+        num_layers=2,
+        num_heads=4,
+        hidden_dim=64,
+        intermediate_dim=128,
+        max_sequence_length=40,
+    )
+    lm = causal_lm.CausalLM(backbone)
+    lm.tokenizer = tokenizer
+    return {
+        "parent": lm.save_to_preset(str(root / "parent")),
+        "train": write_reversal(root / "train.jsonl", 300, seed=0),
+        "heldout": write_reversal(root / "heldout.jsonl", 40, seed=1),
+    }
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
     """A small corpus file (a fixture: assign it in the test module)."""

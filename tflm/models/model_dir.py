@@ -261,6 +261,7 @@ def load_model(
     directory: str | os.PathLike,
     *,
     dtype: str | None = None,
+    weights: str | None = None,
     **overrides,
 ):
     """Builds the model saved in `directory`, with weights and tokenizer.
@@ -271,6 +272,10 @@ def load_model(
         directory: a model directory written by `save`.
         dtype: dtype policy for the model, such as `"mixed_bfloat16"`;
             defaults to the saved variable dtype (`"float32"`).
+        weights: one of `tflm.models.weights.WEIGHTS` to convert to, such
+            as `"float32"` for training from a directory stored in bfloat16
+            or int8 (`config.json["weights"]`): the stored values are cast
+            up or dequantized. Defaults to the stored weights.
         **overrides: `Backbone` arguments to change, such as `dropout`.
 
     Returns:
@@ -285,9 +290,11 @@ def load_model(
     kwargs = {**config["backbone"], **overrides}
     if dtype is not None:
         kwargs["dtype"] = dtype
-    weights = os.path.join(directory, WEIGHTS_FILE)
+    weights_file = os.path.join(directory, WEIGHTS_FILE)
     if overrides:
-        checks.check_shapes(weights, checks.read_header(weights), kwargs)
+        checks.check_shapes(
+            weights_file, checks.read_header(weights_file), kwargs
+        )
     path = os.path.join(directory, CONFIG_FILE)
     try:
         backbone = backbone_lib.Backbone.from_config(kwargs)
@@ -297,11 +304,17 @@ def load_model(
     model = model_class(backbone)
     weights_lib.restore_weights(model, config)
     try:
-        model.load_weights(weights)
+        model.load_weights(weights_file)
     except (OSError, ValueError, KeyError) as err:
         raise errors.InputError(
-            f"{weights} does not fit {CONFIG_FILE}: {err}"
+            f"{weights_file} does not fit {CONFIG_FILE}: {err}"
         ) from None
+    if weights is not None and weights_lib.weights_of(model) != weights:
+        model = weights_lib.reconverted(
+            model,
+            lambda: model_class(backbone_lib.Backbone.from_config(kwargs)),
+            weights,
+        )
     lora_storage.restore_adapters(model, config, directory)
     model.tokenizer = tokenizers.load_tokenizer(
         os.path.join(directory, TOKENIZER_DIR)

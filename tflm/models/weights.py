@@ -224,6 +224,52 @@ def converted(model, weights: str):
     return convert_weights(copy, weights)
 
 
+def float32_values(model) -> dict:
+    """`{variable path: float32 array}` of a converted `model`, as the
+    float32 model it came from would hold them.
+
+    bfloat16 kernels are cast up; int8 ones are divided by their scales (the
+    token embedding's scale is per row, every other per output column). The
+    scale variables themselves are left out. For training from a converted
+    model: assign these to a freshly built float32 model (see
+    `tflm.models.model_dir.load_model(..., weights="float32")`).
+    """
+    variables = {v.path: v for v in model.variables}
+    values = {}
+    for path, variable in variables.items():
+        if path.endswith("_scale") and path[: -len("_scale")] in variables:
+            continue
+        value = keras.ops.convert_to_numpy(variable.value)
+        if keras.backend.standardize_dtype(variable.dtype) == "int8":
+            scale = keras.ops.convert_to_numpy(variables[path + "_scale"])
+            if path.rsplit("/", 1)[-1] == "embeddings":
+                scale = scale[:, None]
+            value = value.astype("float32") / scale
+        values[path] = value.astype("float32")
+    return values
+
+
+def reconverted(stored, build, weights: str):
+    """A model with `weights` holding the values of converted `stored`.
+
+    Args:
+        stored: a converted model (bfloat16 or int8 weights).
+        build: makes a new float32 model of the same architecture (and
+            the dtype policy wanted, such as `"mixed_bfloat16"`).
+        weights: one of `WEIGHTS`.
+    """
+    check_weights(weights)
+    values = float32_values(stored)
+    model = build()
+    for variable in model.variables:
+        variable.assign(values[variable.path])
+    logger.info(
+        "Loaded %s weights as float32 (cast up or dequantized).",
+        weights_of(stored),
+    )
+    return convert_weights(model, weights)
+
+
 # The model directory ------------------------------------------------------
 CONFIG_KEY = "weights"
 

@@ -66,8 +66,9 @@ def parent_tokenizer(parent: parent_lib.Parent) -> tokenizers.Tokenizer:
 def build_from_parent(
     parent: parent_lib.Parent, config: config_lib.TrainConfig
 ) -> causal_lm.CausalLM:
-    """The parent model, in this run's precision and dropout; call it in
-    the strategy's scope."""
+    """The parent model, in this run's precision and dropout, with float32
+    weights (a parent stored in bfloat16 or int8 is cast up or dequantized);
+    call it in the strategy's scope."""
     overrides = {}
     if config.dropout is not None:
         overrides["dropout"] = config.dropout
@@ -75,6 +76,7 @@ def build_from_parent(
         causal_lm.CausalLM,
         parent.directory,
         dtype=config.precision,
+        weights="float32",
         **overrides,
     )
 
