@@ -10,7 +10,8 @@ alternation with in-process `CausalLM.generate(jit_compile=False)`, so that
 load from other processes hits both alike. XLA rows (tflm, and keras-hub's
 `GPT2CausalLM.generate` built as in `benchmarks/generate.py`) run first,
 alternating with the same in-process graph run, before XLA is disabled.
-Prints export time and size, one JSON line per measurement (best of
+Prints export time and size, the op count of one decode step of the
+exported loop, one JSON line per measurement (best of
 `--repeats`), then speed ratios (served / other; > 1 means served is
 faster).
 
@@ -94,6 +95,59 @@ def export_model(model, workdir: str) -> tuple:
         for f in files
     )
     return path, seconds, size / 1e6
+
+
+# Ops that cost (next to) nothing per step: not counted.
+_FREE_OPS = {"Const", "Identity", "NoOp", "StopGradient", "_Arg", "_Retval"}
+
+
+def _callees(node):
+    for value in node.attr.values():
+        if value.HasField("func"):
+            yield value.func.name
+        yield from (f.name for f in value.list.func)
+
+
+def decode_step_ops(path: str, signature: str = "serving_default") -> dict:
+    """`{op type: count}` of one step of `signature`'s decode loop, as the
+    SavedModel stores it (before the session's grappler passes): the body
+    of the `While` with the most matmuls, functions it calls included."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    meta = saved.meta_graphs[0]
+    library = {f.signature.name: f for f in meta.graph_def.library.function}
+    nodes = {n.name: n for n in meta.graph_def.node}
+    outputs = meta.signature_def[signature].outputs.values()
+    todo = [c for t in outputs for c in _callees(nodes[t.name.split(":")[0]])]
+    seen, bodies = set(todo), []
+    while todo:
+        for node in library[todo.pop()].node_def:
+            if node.op in ("While", "StatelessWhile"):
+                bodies.append(node.attr["body"].func.name)
+            for name in _callees(node):
+                if name in library and name not in seen:
+                    seen.add(name)
+                    todo.append(name)
+
+    def count(name, seen):
+        counts = {}
+        for node in library[name].node_def:
+            if node.op not in _FREE_OPS:
+                counts[node.op] = counts.get(node.op, 0) + 1
+            for callee in _callees(node):
+                if callee in library and callee not in seen:
+                    seen.add(callee)
+                    for op, n in count(callee, seen).items():
+                        counts[op] = counts.get(op, 0) + n
+        return counts
+
+    steps = [count(body, {body}) for body in bodies]
+    return max(
+        steps, key=lambda c: c.get("MatMul", 0) + c.get("BatchMatMulV2", 0)
+    )
 
 
 def load_serving_check():
@@ -220,6 +274,11 @@ def main():
     path, export_seconds, megabytes = export_model(model, workdir)
     _line(
         export_seconds=round(export_seconds, 2), export_MB=round(megabytes, 1)
+    )
+    step_ops = decode_step_ops(path)
+    _line(
+        decode_step_ops=sum(step_ops.values()),
+        top_ops=dict(sorted(step_ops.items(), key=lambda kv: -kv[1])[:12]),
     )
     hub = None if args.no_keras_hub else keras_hub_model()
     # Phase 1, XLA allowed: in-process runs. Phase 2, TF Serving's
