@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tflm import graph
 from tflm.generation import beam
 from tflm.generation import beam_settings
 from tflm.generation import frontend
@@ -53,7 +54,7 @@ def function(module) -> tf.function:
         )
 
     specs = [tf.TensorSpec([None], d, n) for n, d in INPUTS.items()]
-    return tf.function(beam_search, input_signature=specs)
+    return graph.function(beam_search, input_signature=specs)
 
 
 def _first(x, batch):

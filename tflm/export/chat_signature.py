@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tflm import graph
 from tflm.generation import frontend
 from tflm.generation import settings as settings_lib
 from tflm.generation import templating
@@ -57,4 +58,4 @@ def function(module) -> tf.function:
         tf.TensorSpec([None], d, n)
         for n, d in zip(settings_lib.SERVING_DEFAULT, _DTYPES, strict=True)
     ]
-    return tf.function(chat, input_signature=[*turns, *controls])
+    return graph.function(chat, input_signature=[*turns, *controls])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tflm import graph
 from tflm.export import beam_signature
 from tflm.export import chat_signature
 from tflm.generation import clipping
@@ -52,8 +53,10 @@ class ServingModule(tf.Module):
         # A fine-tuned model's template: prompts are rendered into it, and
         # the `chat` signature exists (see `tflm.generation.templating`).
         self.template = templating.check(getattr(model, "template", None))
-        self._decode = tf.function(self._decode_graph, jit_compile=jit_compile)
-        self._decode_text = tf.function(self._decode_graph)
+        self._decode = graph.function(
+            self._decode_graph, jit_compile=jit_compile
+        )
+        self._decode_text = graph.function(self._decode_graph)
         self._functions = self._signature_functions()
         # Dict-in, dict-out twins of the signatures (the Keras convention),
         # so that `keras.layers.TFSMLayer(path, call_endpoint=name)` can call
@@ -239,14 +242,14 @@ class ServingModule(tf.Module):
         s, i, f = tf.string, tf.int32, tf.float32
         spec = tf.TensorSpec
         dtypes = dict(zip(GENERATE_INPUTS, (s, i, f, i, f, i), strict=True))
-        generate = tf.function(
+        generate = graph.function(
             self.generate,
             input_signature=[spec([None], dtypes[n], n) for n in dtypes],
         )
-        score = tf.function(
+        score = graph.function(
             self.score_text, input_signature=[spec([None], s, "text")]
         )
-        tokenize = tf.function(
+        tokenize = graph.function(
             self.tokenize_text, input_signature=[spec([None], s, "text")]
         )
         full_specs = [spec([None], s, "prompt")]
@@ -255,11 +258,11 @@ class ServingModule(tf.Module):
             spec([None, None], s, "stop"),
             spec([None, None], i, "stop_ids"),
         ]
-        generate_full = tf.function(
+        generate_full = graph.function(
             self.generate_full, input_signature=full_specs
         )
         beam_search = beam_signature.function(self)
-        detokenize = tf.function(
+        detokenize = graph.function(
             self.detokenize_ids,
             input_signature=[
                 spec([None, None], i, "token_ids"),
@@ -300,6 +303,6 @@ def _dict_endpoint(function):
     """`function(**inputs)` as a tf.function of one dict argument."""
     concrete = function.get_concrete_function()
     specs = {t.name: t for t in concrete.structured_input_signature[0]}
-    return tf.function(
+    return graph.function(
         lambda inputs: function(**inputs), input_signature=[specs]
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tflm import graph
 from tflm.generation import beam
 from tflm.generation import frontend
 from tflm.generation import loop
@@ -66,24 +67,24 @@ class Generator:
         self.trace_count = 0
         self.strategy = samplers.Sampling()
         common = [_SPECS, _STOP_SPEC, _STOP_IDS_SPEC]
-        self._prepare_text = tf.function(
+        self._prepare_text = graph.function(
             self._prepare_text_graph,
             input_signature=[tf.TensorSpec([None], tf.string), *common],
         )
         turns = tf.TensorSpec([None, None], tf.string)
-        self._prepare_chat = tf.function(
+        self._prepare_chat = graph.function(
             self._prepare_chat_graph, input_signature=[turns, turns, *common]
         )
         ids_spec = tf.RaggedTensorSpec([None, None], tf.int32, 1, tf.int64)
-        self._prepare_ids = tf.function(
+        self._prepare_ids = graph.function(
             self._prepare_ids_graph, input_signature=[ids_spec, *common]
         )
-        self._run = tf.function(self._run_graph, jit_compile=jit_compile)
-        self._run_text = tf.function(self._run_graph)
-        self._prefill = tf.function(self._prefill_graph)
-        self._decode = tf.function(self._decode_graph)
-        self._finish = tf.function(self._finish_graph)
-        self._beam = tf.function(self._beam_graph, jit_compile=jit_compile)
+        self._run = graph.function(self._run_graph, jit_compile=jit_compile)
+        self._run_text = graph.function(self._run_graph)
+        self._prefill = graph.function(self._prefill_graph)
+        self._decode = graph.function(self._decode_graph)
+        self._finish = graph.function(self._finish_graph)
+        self._beam = graph.function(self._beam_graph, jit_compile=jit_compile)
 
     # Graph functions -------------------------------------------------------
     def _config(self):
