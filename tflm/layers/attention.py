@@ -34,7 +34,7 @@ def update_cache(cache, key, value, index):
         The updated cache, same shape and dtype.
     """
     updates = keras.ops.cast(keras.ops.stack([key, value]), cache.dtype)
-    shape = _static_shape(updates)
+    shape = static_shape(updates)
     if all(isinstance(d, int) for d in shape[:4]):
         # Static shapes: the index grid is a constant plus the offset.
         grid = np.stack(
@@ -56,7 +56,18 @@ def update_cache(cache, key, value, index):
     return keras.ops.scatter_update(cache, indices, updates)
 
 
-def _static_shape(x):
+def reshape(x, shape):
+    """`keras.ops.reshape`, with `-1` for the one dimension of `shape` that
+    is unknown at trace time (a batch that a signature leaves open): the new
+    shape is then a constant, with no `Shape`/`StridedSlice`/`Pack` ops to
+    build it at every call (every decode step, in every layer)."""
+    dynamic = [i for i, d in enumerate(shape) if not isinstance(d, int)]
+    if len(dynamic) == 1 and all(d != -1 for d in shape if isinstance(d, int)):
+        shape = tuple(-1 if i == dynamic[0] else d for i, d in enumerate(shape))
+    return keras.ops.reshape(x, shape)
+
+
+def static_shape(x):
     """The shape with Python ints where known, scalar tensors elsewhere."""
     dynamic = keras.ops.shape(x)
     return tuple(
@@ -193,11 +204,9 @@ class CausalSelfAttention(keras.layers.Layer):
         Dense becomes a `tensordot` with a dozen shape ops per call).
         """
         n, k, h = self.num_heads, self.num_key_value_heads, self.head_dim
-        x = keras.ops.reshape(x, (-1, n * h))
+        x = reshape(x, (-1, n * h))
         if self.fused_qkv and n == k:
-            qkv = keras.ops.reshape(
-                self.query_key_value(x), (batch, length, 3, n, h)
-            )
+            qkv = reshape(self.query_key_value(x), (batch, length, 3, n, h))
             qkv = keras.ops.transpose(qkv, (2, 0, 3, 1, 4))
             return keras.ops.unstack(qkv, 3)
         if self.fused_qkv:
@@ -207,7 +216,7 @@ class CausalSelfAttention(keras.layers.Layer):
             q, key, v = self.query(x), self.key(x), self.value(x)
 
         def heads(t, num):
-            t = keras.ops.reshape(t, (batch, length, num, h))
+            t = reshape(t, (batch, length, num, h))
             return keras.ops.transpose(t, (0, 2, 1, 3))
 
         return heads(q, n), heads(key, k), heads(v, k)
@@ -216,24 +225,24 @@ class CausalSelfAttention(keras.layers.Layer):
         """q `(B, N, T, H)`, k/v `(B, K, S, H)`, mask `(B|1, 1, T, S)`."""
         n, kv, h = self.num_heads, self.num_key_value_heads, self.head_dim
         groups = n // kv
-        batch, _, length, _ = _static_shape(q)
+        batch, _, length, _ = static_shape(q)
         # Grouped query heads become extra rows of one matmul per kv head.
-        q = keras.ops.reshape(q, (batch, kv, groups * length, h))
+        q = reshape(q, (batch, kv, groups * length, h))
         q32 = keras.ops.cast(q, "float32") * (1.0 / h**0.5)
         scores = keras.ops.matmul(
             q32, keras.ops.swapaxes(keras.ops.cast(k, "float32"), -1, -2)
         )
         if groups > 1:
-            scores = keras.ops.reshape(scores, (batch, kv, groups, length, -1))
+            scores = reshape(scores, (batch, kv, groups, length, -1))
             mask = mask[:, :, None]
         scores = keras.ops.where(mask, scores, _MASKED)
         probs = keras.ops.softmax(scores, axis=-1)
         probs = self.dropout_layer(probs, training=training)
         probs = keras.ops.cast(probs, v.dtype)
         if groups > 1:
-            probs = keras.ops.reshape(probs, (batch, kv, groups * length, -1))
+            probs = reshape(probs, (batch, kv, groups * length, -1))
         out = keras.ops.matmul(probs, v)
-        return keras.ops.reshape(out, (batch, n, length, h))
+        return reshape(out, (batch, n, length, h))
 
     def call(
         self,
@@ -245,7 +254,7 @@ class CausalSelfAttention(keras.layers.Layer):
         attention_mask=None,
         training=None,
     ):
-        batch, length, hidden = _static_shape(x)
+        batch, length, hidden = static_shape(x)
         q, k, v = self._project(x, batch, length)
         offset = 0 if cache_index is None else cache_index
         if self.use_rotary:
@@ -267,10 +276,8 @@ class CausalSelfAttention(keras.layers.Layer):
                 length, keras.ops.shape(k)[2], offset, padding_mask
             )
         out = self._attend(q, k, v, attention_mask, training)
-        out = keras.ops.reshape(
-            keras.ops.transpose(out, (0, 2, 1, 3)), (-1, hidden)
-        )
-        out = keras.ops.reshape(self.output_dense(out), (batch, length, hidden))
+        out = reshape(keras.ops.transpose(out, (0, 2, 1, 3)), (-1, hidden))
+        out = reshape(self.output_dense(out), (batch, length, hidden))
         return out if cache is None else (out, cache)
 
     def compute_output_shape(self, input_shape):

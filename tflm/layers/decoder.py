@@ -165,7 +165,7 @@ class DecoderBlock(keras.layers.Layer):
         self.mlp_out.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
 
     def _mlp(self, x):
-        shape = keras.ops.shape(x)
+        shape = attention_lib.static_shape(x)
         # On `(B*T, D)` each projection is one matmul (see attention).
         h = self.mlp_in(keras.ops.reshape(x, (-1, shape[-1])))
         if self.activation == "swiglu":
@@ -173,7 +173,7 @@ class DecoderBlock(keras.layers.Layer):
             h = keras.ops.silu(gate) * up
         else:
             h = keras.ops.gelu(h, approximate=True)
-        return keras.ops.reshape(self.mlp_out(h), shape)
+        return attention_lib.reshape(self.mlp_out(h), shape)
 
     def call(
         self,
