@@ -26,15 +26,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 
-def read_bandwidth_gbps(megabytes=512, repeats=5):
-    """Main-memory read bandwidth: best of `repeats` sums of a large array."""
+def read_bandwidth_gbps(megabytes=512, repeats=7):
+    """Main-memory read bandwidth: the median of `repeats` sums of an array
+    far larger than the caches."""
+    import statistics
+
     import tensorflow as tf
 
     data = tf.random.uniform([megabytes * (1 << 18)])
     total = tf.function(lambda x: tf.reduce_sum(x))
     total(data)
-    best = min(_timed(lambda: total(data).numpy()) for _ in range(repeats))
-    return megabytes * (1 << 20) / best / 1e9
+    times = [_timed(lambda: total(data).numpy()) for _ in range(repeats)]
+    return megabytes * (1 << 20) / statistics.median(times) / 1e9
 
 
 def _timed(fn):

@@ -11,9 +11,11 @@ load from other processes hits both alike. XLA rows (tflm, and keras-hub's
 `GPT2CausalLM.generate` built as in `benchmarks/generate.py`) run first,
 alternating with the same in-process graph run, before XLA is disabled.
 Prints export time and size, the op count of one decode step of the
-exported loop, one JSON line per measurement (best of
-`--repeats`), then speed ratios (served / other; > 1 means served is
-faster).
+exported loop, the read bandwidth (median of several passes over
+512 MB) and the weight-read limit (steps/s at which every weight is read
+once per step), one JSON line per measurement (best of `--repeats`, with
+its fraction of that limit), then speed ratios (served / other; > 1 means
+served is faster).
 
     python benchmarks/serving.py --batches 1,8 --repeats 3
 """
@@ -280,6 +282,20 @@ def main():
         decode_step_ops=sum(step_ops.values()),
         top_ops=dict(sorted(step_ops.items(), key=lambda kv: -kv[1])[:12]),
     )
+    from generate import read_bandwidth_gbps
+
+    bandwidth = read_bandwidth_gbps()
+    weight_bytes = sum(
+        int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+        for v in model.weights
+    )
+    # Each decode step reads every weight once: at most this many steps/s.
+    step_limit = bandwidth * 1e9 / weight_bytes
+    _line(
+        read_bandwidth_GBps=round(bandwidth, 1),
+        weight_MB=round(weight_bytes / 1e6, 1),
+        weight_read_limit_steps_per_s=round(step_limit, 1),
+    )
     hub = None if args.no_keras_hub else keras_hub_model()
     # Phase 1, XLA allowed: in-process runs. Phase 2, TF Serving's
     # conditions (XLA disabled for the whole process): the served signature.
@@ -318,6 +334,7 @@ def main():
             impl=name,
             batch=batch,
             new_tokens_per_s=round(speed, 1),
+            fraction_of_weight_read_limit=round(speed / batch / step_limit, 3),
         )
     for batch in batches:
         served = best[2, "served", batch]
