@@ -31,24 +31,7 @@ def task(tmp_path_factory):
     return train_helpers.reversal_task(tmp_path_factory.mktemp("task"))
 
 
-def _config(task, out, **overrides):
-    values = dict(
-        data=[task["train"]],
-        out=str(out),
-        init_from=task["parent"],
-        data_format="task",
-        steps=400,
-        batch_size=16,
-        learning_rate=3e-3,
-        warmup_steps=10,
-        weight_decay=0.0,
-        checkpoint_every=100,
-        validate_every=100,
-        jit_compile="on",
-        log_every=50,
-    )
-    values.update(overrides)
-    return config_lib.TrainConfig(**values)
+_config = train_helpers.task_config
 
 
 def _exact_match(directory, data):

@@ -9,7 +9,6 @@ import train_helpers
 
 from tflm.models import causal_lm
 from tflm.models import weights as weights_lib
-from tflm.train import config as config_lib
 from tflm.train import fit
 
 
@@ -19,16 +18,12 @@ def task(tmp_path_factory):
 
 
 def _config(task, parent, out, steps):
-    return config_lib.TrainConfig(
-        data=[task["train"]],
-        out=str(out),
+    return train_helpers.task_config(
+        task,
+        out,
         init_from=parent,
-        data_format="task",
         steps=steps,
-        batch_size=16,
-        learning_rate=3e-3,
         warmup_steps=5,
-        weight_decay=0.0,
         checkpoint_every=20,
         validate_every=20,
         jit_compile="off",

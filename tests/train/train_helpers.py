@@ -65,6 +65,29 @@ def reversal_task(root):
     }
 
 
+def task_config(task, out, **overrides):
+    """A `TrainConfig` fine-tuning `task["parent"]` on the reversal task."""
+    from tflm.train import config as config_lib
+
+    values = dict(
+        data=[task["train"]],
+        out=str(out),
+        init_from=task["parent"],
+        data_format="task",
+        steps=400,
+        batch_size=16,
+        learning_rate=3e-3,
+        warmup_steps=10,
+        weight_decay=0.0,
+        checkpoint_every=100,
+        validate_every=100,
+        jit_compile="on",
+        log_every=50,
+    )
+    values.update(overrides)
+    return config_lib.TrainConfig(**values)
+
+
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
     """A small corpus file (a fixture: assign it in the test module)."""
