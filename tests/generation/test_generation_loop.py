@@ -200,3 +200,57 @@ def test_decode_in_chunks_equals_one_call():
     for key in whole:
         np.testing.assert_array_equal(pieces[key], whole[key])
     assert pieces["num_tokens"].numpy().tolist() == [10, 6]
+
+
+def _op_types(concrete):
+    """Op type of every node of a concrete function, its loop bodies and
+    the other functions it calls."""
+    graph_def = concrete.graph.as_graph_def()
+    nodes = list(graph_def.node)
+    for function in graph_def.library.function:
+        nodes.extend(function.node_def)
+    return [node.op for node in nodes]
+
+
+def test_in_place_decode_equals_the_scatter_and_keeps_its_input():
+    lm = _varied_model()
+    forward, to_logits = lm.backbone.call_with_cache, lm.logits_from_hidden
+    layers = len(lm.backbone.blocks)
+
+    @tf.function(autograph=False)
+    def prefill():
+        cache = lm.backbone.init_cache(2, CACHE_LENGTH)
+        return loop.prefill(
+            forward, to_logits, cache, tf.constant(IDS), MASK, _settings()
+        )
+
+    def decoder(in_place):
+        @tf.function(autograph=False)
+        def decode(state):
+            state = loop.decode(forward, to_logits, state, in_place=in_place)
+            return state["cache"], loop.finish(state)
+
+        return decode
+
+    state = prefill()
+    before = [c.numpy() for c in state["cache"]]
+    in_place, scatter = decoder(True), decoder(False)
+    cache, out = in_place(state)
+    cache_s, out_s = scatter(state)
+    for key in out:
+        np.testing.assert_array_equal(out[key], out_s[key])
+    for a, b in zip(cache, cache_s, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The caller's cache is not the one written to: decoding again from the
+    # same state gives the same tokens, and its cache still holds the prompt.
+    for c, b in zip(state["cache"], before, strict=True):
+        np.testing.assert_array_equal(c.numpy(), b)
+    again = in_place(state)[1]
+    np.testing.assert_array_equal(again["token_ids"], out["token_ids"])
+    assert out["num_tokens"].numpy().tolist() == [10, 6]
+    # One in-place write per layer and step, on one copy per layer.
+    ops = _op_types(in_place.get_concrete_function(state))
+    assert ops.count("InplaceUpdate") == layers
+    assert ops.count("DeepCopy") == layers
+    scatter_ops = _op_types(scatter.get_concrete_function(state))
+    assert "InplaceUpdate" not in scatter_ops

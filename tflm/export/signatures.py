@@ -88,6 +88,7 @@ class ServingModule(tf.Module):
             samplers.Sampling(),
             frontend.text_stop(self.tokenizer.detokenize, stop),
             trim=True,
+            in_place=True,
         )
 
     def _run(self, prompt, values, stop, stop_ids):

@@ -79,7 +79,10 @@ class Generator:
         self._prepare_ids = graph.function(
             self._prepare_ids_graph, input_signature=[ids_spec, *common]
         )
-        self._run = graph.function(self._run_graph, jit_compile=jit_compile)
+        self._run = graph.function(
+            self._run_xla_graph if jit_compile else self._run_graph,
+            jit_compile=jit_compile,
+        )
         self._run_text = graph.function(self._run_graph)
         self._prefill = graph.function(self._prefill_graph)
         self._decode = graph.function(self._decode_graph)
@@ -148,7 +151,13 @@ class Generator:
         state = self._decode_state(state, None, stop)
         return loop.finish(state, trim=False)
 
-    def _decode_state(self, state, max_steps, stop):
+    def _run_xla_graph(self, ids, mask, settings, cache_length):
+        # XLA has no in-place cache write; its own scatter is in place.
+        state = self._prefill_graph(ids, mask, settings, cache_length)
+        state = self._decode_state(state, None, None, in_place=False)
+        return loop.finish(state, trim=False)
+
+    def _decode_state(self, state, max_steps, stop, in_place=True):
         return loop.decode(
             self.forward,
             self.to_logits,
@@ -156,6 +165,7 @@ class Generator:
             max_steps,
             self.strategy,
             self._text_stop(stop),
+            in_place=in_place,
         )
 
     def _decode_graph(self, state, max_steps, stop=None):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from tflm.generation import samplers
+from tflm.layers import kv_cache
 
 # Why each row stopped (the exported signature maps these to strings).
 STOP_LENGTH, STOP_EOS, STOP_TOKEN, STOP_STRING = 0, 1, 2, 3
@@ -151,10 +152,15 @@ def decode(
     max_steps=None,
     strategy=None,
     text_stop=None,
+    in_place: bool = False,
 ):
     """Advances `state` until every row stopped, or by `max_steps` steps.
 
     `strategy` must be the one `prefill` got (`None` for the default).
+    `in_place=True` (the plain graph only: XLA has no kernel for it) copies
+    the cache once and then writes each step's keys and values into that
+    copy in place, instead of a scatter that copies the whole cache at
+    every step (`tflm.layers.kv_cache`).
     """
     strategy = strategy or samplers.Sampling()
     end = state["steps"]
@@ -172,7 +178,12 @@ def decode(
         tf.nest.map_structure(lambda n, o: n.set_shape(o.shape), new, state)
         return (new,)
 
-    (state,) = tf.while_loop(cond, body, (state,))
+    if not in_place:
+        (state,) = tf.while_loop(cond, body, (state,))
+        return state
+    state = {**state, "cache": kv_cache.owned_copy(state["cache"])}
+    with kv_cache.writes_in_place():
+        (state,) = tf.while_loop(cond, body, (state,))
     return state
 
 
@@ -213,11 +224,15 @@ def generate(
     strategy=None,
     text_stop=None,
     trim: bool = True,
+    in_place: bool = False,
 ):
-    """Prefill, decode to the end, and return `finish`'s outputs."""
+    """Prefill, decode to the end, and return `finish`'s outputs
+    (`in_place`: see `decode`)."""
     strategy = strategy or samplers.Sampling()
     state = prefill(
         forward, to_logits, cache, prompt_ids, prompt_mask, settings, strategy
     )
-    state = decode(forward, to_logits, state, None, strategy, text_stop)
+    state = decode(
+        forward, to_logits, state, None, strategy, text_stop, in_place
+    )
     return finish(state, trim)

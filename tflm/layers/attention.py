@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import keras
-import numpy as np
 
+from tflm.layers import kv_cache
 from tflm.layers import masks
 from tflm.layers import rotary
 
@@ -16,44 +16,10 @@ def default_initializer():
     return keras.initializers.RandomNormal(stddev=0.02)
 
 
-def update_cache(cache, key, value, index):
-    """Writes `key` and `value` into `cache` at slot `index`, in place.
-
-    Uses `scatter_update` (`TensorScatterUpdate` on TensorFlow), which runs
-    without XLA, unlike `slice_update` (`XlaDynamicUpdateSlice`). TensorFlow
-    forwards the input buffer when the old cache has no other reader, so no
-    copy of the cache is made inside a decode loop.
-
-    Args:
-        cache: `(2, B, K, S, H)`.
-        key: `(B, K, T, H)`.
-        value: `(B, K, T, H)`.
-        index: int scalar, the slot of the first of the `T` new positions.
-
-    Returns:
-        The updated cache, same shape and dtype.
-    """
-    updates = keras.ops.cast(keras.ops.stack([key, value]), cache.dtype)
-    shape = static_shape(updates)
-    if all(isinstance(d, int) for d in shape[:4]):
-        # Static shapes: the index grid is a constant plus the offset.
-        grid = np.stack(
-            np.meshgrid(*[np.arange(d) for d in shape[:4]], indexing="ij"),
-            axis=-1,
-        ).astype("int32")
-        indices = grid + keras.ops.cast(index, "int32") * np.array(
-            [0, 0, 0, 1], "int32"
-        )
-    else:
-        grids = keras.ops.meshgrid(
-            keras.ops.arange(2, dtype="int32"),
-            keras.ops.arange(shape[1], dtype="int32"),
-            keras.ops.arange(shape[2], dtype="int32"),
-            keras.ops.arange(shape[3], dtype="int32") + index,
-            indexing="ij",
-        )
-        indices = keras.ops.stack(grids, axis=-1)
-    return keras.ops.scatter_update(cache, indices, updates)
+# The cache write lives in `kv_cache` (a scatter, or in place in a loop
+# that owns its cache); these names stay importable from here.
+update_cache = kv_cache.update
+static_shape = kv_cache.static_shape
 
 
 def reshape(x, shape):
@@ -67,12 +33,13 @@ def reshape(x, shape):
     return keras.ops.reshape(x, shape)
 
 
-def static_shape(x):
-    """The shape with Python ints where known, scalar tensors elsewhere."""
-    dynamic = keras.ops.shape(x)
-    return tuple(
-        d if isinstance(d, int) else dynamic[i] for i, d in enumerate(x.shape)
-    )
+def _small_softmax(scores):
+    """Softmax over the last axis from elementwise ops. For one query row
+    per head (a decode step), the plain graph's fused softmax kernel costs
+    several times these five small ops."""
+    shifted = scores - keras.ops.max(scores, axis=-1, keepdims=True)
+    exp = keras.ops.exp(shifted)
+    return exp / keras.ops.sum(exp, axis=-1, keepdims=True)
 
 
 @keras.saving.register_keras_serializable(package="tflm")
@@ -205,7 +172,10 @@ class CausalSelfAttention(keras.layers.Layer):
         """
         n, k, h = self.num_heads, self.num_key_value_heads, self.head_dim
         x = reshape(x, (-1, n * h))
-        if self.fused_qkv and n == k:
+        # One position (a decode step): `(B, 1, N, H)` and `(B, N, 1, H)` are
+        # the same memory, so heads need slices and reshapes, no transpose.
+        one = isinstance(length, int) and length == 1
+        if self.fused_qkv and n == k and not one:
             qkv = reshape(self.query_key_value(x), (batch, length, 3, n, h))
             qkv = keras.ops.transpose(qkv, (2, 0, 3, 1, 4))
             return keras.ops.unstack(qkv, 3)
@@ -216,6 +186,8 @@ class CausalSelfAttention(keras.layers.Layer):
             q, key, v = self.query(x), self.key(x), self.value(x)
 
         def heads(t, num):
+            if one:
+                return reshape(t, (batch, num, 1, h))
             t = reshape(t, (batch, length, num, h))
             return keras.ops.transpose(t, (0, 2, 1, 3))
 
@@ -236,7 +208,10 @@ class CausalSelfAttention(keras.layers.Layer):
             scores = reshape(scores, (batch, kv, groups, length, -1))
             mask = mask[:, :, None]
         scores = keras.ops.where(mask, scores, _MASKED)
-        probs = keras.ops.softmax(scores, axis=-1)
+        if isinstance(length, int) and length == 1:
+            probs = _small_softmax(scores)
+        else:
+            probs = keras.ops.softmax(scores, axis=-1)
         probs = self.dropout_layer(probs, training=training)
         probs = keras.ops.cast(probs, v.dtype)
         if groups > 1:
@@ -276,7 +251,9 @@ class CausalSelfAttention(keras.layers.Layer):
                 length, keras.ops.shape(k)[2], offset, padding_mask
             )
         out = self._attend(q, k, v, attention_mask, training)
-        out = reshape(keras.ops.transpose(out, (0, 2, 1, 3)), (-1, hidden))
+        if not (isinstance(length, int) and length == 1):
+            out = keras.ops.transpose(out, (0, 2, 1, 3))
+        out = reshape(out, (-1, hidden))
         out = reshape(self.output_dense(out), (batch, length, hidden))
         return out if cache is None else (out, cache)
 
