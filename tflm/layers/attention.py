@@ -181,7 +181,10 @@ class CausalSelfAttention(keras.layers.Layer):
             return keras.ops.unstack(qkv, 3)
         if self.fused_qkv:
             qkv = self.query_key_value(x)
-            q, key, v = keras.ops.split(qkv, [n * h, (n + k) * h], axis=-1)
+            # Slices, not `split` (which builds its sizes from the shape).
+            q = qkv[:, : n * h]
+            key = qkv[:, n * h : (n + k) * h]
+            v = qkv[:, (n + k) * h :]
         else:
             q, key, v = self.query(x), self.key(x), self.value(x)
 

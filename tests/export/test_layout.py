@@ -1,0 +1,57 @@
+"""The export's transposed projection kernels (`tflm.export.layout`)."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tflm.export import layout
+from tflm.models import weights as weights_lib
+from tflm.models.causal_lm import CausalLM
+
+
+@pytest.mark.parametrize(
+    ("dtype", "use_bias"),
+    [("float32", True), ("float32", False), ("bfloat16", True)],
+)
+def test_transposed_dense_computes_what_the_dense_does(dtype, use_bias):
+    dense = keras.layers.Dense(5, use_bias=use_bias, dtype=dtype)
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    dense(x)
+    if use_bias:
+        dense.bias.assign(np.arange(5, dtype="float32") / 10)
+    expected = dense(x)
+    out = layout.TransposedDense(dense)(x)
+    assert out.dtype == expected.dtype
+    assert layout.TransposedDense(dense).kernel_t.shape == (5, 4)
+    tol = 1e-6 if dtype == "float32" else 1e-2
+    np.testing.assert_allclose(
+        tf.cast(out, tf.float32), tf.cast(expected, tf.float32), atol=tol
+    )
+
+
+def test_projections_are_swapped_only_inside_the_context():
+    lm = CausalLM.from_preset("tiny", vocabulary_size=64)
+    before = weights_lib.projections(lm)
+    paths = [v.path for v in lm.weights]
+    ids = {
+        "token_ids": np.arange(6, dtype="int32")[None],
+        "padding_mask": np.ones((1, 6), "int32"),
+    }
+    expected = lm(ids)
+    with layout.transposed_projections(lm) as count:
+        assert count == len(before)
+        block = lm.backbone.blocks[0]
+        assert isinstance(block.mlp_in, layout.TransposedDense)
+        # Keras' tracking never sees the swap: the same weights, in order.
+        assert [v.path for v in lm.weights] == paths
+        inside = lm(ids)
+    np.testing.assert_allclose(inside, expected, atol=1e-5)
+    assert weights_lib.projections(lm) == before
+
+
+def test_int8_projections_keep_their_own_matmul():
+    lm = CausalLM.from_preset("tiny", vocabulary_size=64)
+    lm = weights_lib.converted(lm, "int8")
+    with layout.transposed_projections(lm) as count:
+        assert count == 0
