@@ -5,16 +5,21 @@ conditions vs in-process generation.
 trained on Tiny Shakespeare; prompts of exactly 64 tokens; greedy, 192 new
 tokens; batch 1 and 8. The export runs through `serving_check.Server` (TF1
 session, `saved_model.loader.load`, XLA disabled for the process, warm-up
-replayed): what stock TF Serving does, minus the network. It is timed in
+replayed): what stock TF Serving does, minus the network; one export per
+`--weights` type (float32 and bfloat16 by default). It is timed in
 alternation with in-process `CausalLM.generate(jit_compile=False)`, so that
 load from other processes hits both alike. XLA rows (tflm, and keras-hub's
 `GPT2CausalLM.generate` built as in `benchmarks/generate.py`) run first,
 alternating with the same in-process graph run, before XLA is disabled.
+HF transformers' `GPT2LMHeadModel.generate` (eager PyTorch, greedy, the
+same shape and random weights) runs in phase 2, alternating with the
+served exports (XLA has no part in it).
 Prints export time and size, the op count of one decode step of the
 exported loop, the read bandwidth (median of several passes over
 512 MB) and the weight-read limit (steps/s at which every weight is read
-once per step), one JSON line per measurement (best of `--repeats`, with
-its fraction of that limit), then speed ratios (served / other; > 1 means
+once per step; for an export, of the variables it stores), one JSON line
+per measurement (best of `--repeats`, with its fraction of that limit),
+then speed ratios (served / other; > 1 means
 served is faster).
 
     python benchmarks/serving.py --batches 1,8 --repeats 3
@@ -30,6 +35,9 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# PyTorch's OpenMP threads otherwise spin after each HF run and take the
+# cores from the TensorFlow run that follows it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 
@@ -85,11 +93,13 @@ def build_model(tokenizer):
     return model
 
 
-def export_model(model, workdir: str) -> tuple:
+def export_model(model, workdir: str, weights: str = "float32") -> tuple:
     from tflm import export
 
     start = time.perf_counter()
-    path = export.export(model, os.path.join(workdir, "export"))
+    path = export.export(
+        model, os.path.join(workdir, f"export-{weights}"), weights=weights
+    )
     seconds = time.perf_counter() - start
     size = sum(
         os.path.getsize(os.path.join(d, f))
@@ -97,6 +107,15 @@ def export_model(model, workdir: str) -> tuple:
         for f in files
     )
     return path, seconds, size / 1e6
+
+
+def _variables_bytes(path: str) -> int:
+    folder = os.path.join(path, "variables")
+    return sum(
+        os.path.getsize(os.path.join(folder, f))
+        for f in os.listdir(folder)
+        if f.startswith("variables.data")
+    )
 
 
 # Ops that cost (next to) nothing per step: not counted.
@@ -251,6 +270,50 @@ def keras_hub_runner(model, batch, prompt_len, new):
     )
 
 
+def hf_model(preset: str = "bench-small"):
+    """HF transformers' GPT2LMHeadModel of `preset`'s shape (random
+    weights), eager PyTorch on every core, as `benchmarks/generate.py`."""
+    import torch
+    import transformers
+
+    from tflm.models import get_preset
+
+    torch.set_num_threads(os.cpu_count())
+    c = get_preset(preset)
+    config = transformers.GPT2Config(
+        vocab_size=c["vocabulary_size"],
+        n_positions=c["max_sequence_length"],
+        n_embd=c["hidden_dim"],
+        n_layer=c["num_layers"],
+        n_head=c["num_heads"],
+        n_inner=c["intermediate_dim"],
+    )
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+def hf_runner(model, batch, prompt_len, new):
+    import torch
+
+    vocab = model.config.vocab_size
+    rng = np.random.default_rng(0)
+    ids = torch.tensor(rng.integers(1, vocab, (batch, prompt_len)))
+
+    def run():
+        with torch.inference_mode():
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=new,
+                min_new_tokens=new,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=0,
+            )
+        assert out.shape[1] == prompt_len + new, out.shape
+
+    return run
+
+
 def _line(**fields):
     print(json.dumps(fields), flush=True)
 
@@ -264,6 +327,12 @@ def main():
     parser.add_argument("--data", default=DATA)
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--no-keras-hub", action="store_true")
+    parser.add_argument("--no-hf", action="store_true")
+    parser.add_argument(
+        "--weights",
+        default="float32,bfloat16",
+        help="exports to serve, by weight type (float32 first)",
+    )
     args = parser.parse_args()
     if not os.path.exists(args.data):
         _line(skipped=f"{args.data} not found (../shared/data)")
@@ -273,10 +342,18 @@ def main():
     tokenizer = train_tokenizer(args.data, workdir)
     prompts = exact_prompts(tokenizer, args.data, max(batches), args.prompt)
     model = build_model(tokenizer)
-    path, export_seconds, megabytes = export_model(model, workdir)
-    _line(
-        export_seconds=round(export_seconds, 2), export_MB=round(megabytes, 1)
-    )
+    kinds = args.weights.split(",")
+    paths = {}
+    for weights in kinds:
+        paths[weights], export_seconds, megabytes = export_model(
+            model, workdir, weights
+        )
+        _line(
+            weights=weights,
+            export_seconds=round(export_seconds, 2),
+            export_MB=round(megabytes, 1),
+        )
+    path = paths[kinds[0]]
     step_ops = decode_step_ops(path)
     _line(
         decode_step_ops=sum(step_ops.values()),
@@ -291,6 +368,17 @@ def main():
     )
     # Each decode step reads every weight once: at most this many steps/s.
     step_limit = bandwidth * 1e9 / weight_bytes
+    # A served export reads the variables it stores (bf16 ones are smaller).
+    limits = {}
+    for weights, export_path in paths.items():
+        name = "served" if weights == kinds[0] else f"served_{weights}"
+        stored = _variables_bytes(export_path)
+        limits[name] = bandwidth * 1e9 / stored
+        _line(
+            weights=weights,
+            stored_variables_MB=round(stored / 1e6, 1),
+            weight_read_limit_steps_per_s=round(limits[name], 1),
+        )
     _line(
         read_bandwidth_GBps=round(bandwidth, 1),
         weight_MB=round(weight_bytes / 1e6, 1),
@@ -316,15 +404,22 @@ def main():
     serving_check = load_serving_check()
     xla = serving_check.disable_xla()
     assert xla["xla_disabled"], xla
-    server = serving_check.Server(path)
-    warmup = os.path.join(path, serving_check.WARMUP_FILE)
-    for signature, arrays in serving_check.warmup_requests(warmup):
-        server.run(signature, arrays)
+    hf = None if args.no_hf else hf_model()
+    servers = {}
+    for weights, export_path in paths.items():
+        servers[weights] = serving_check.Server(export_path)
+        warmup = os.path.join(export_path, serving_check.WARMUP_FILE)
+        for signature, arrays in serving_check.warmup_requests(warmup):
+            servers[weights].run(signature, arrays)
     for batch in batches:
         runners = {
-            "served": served_runner(server, prompts[:batch], args.new),
-            "tflm_graph": tflm_runner(model, prompts[:batch], args.new, False),
+            "tflm_graph": tflm_runner(model, prompts[:batch], args.new, False)
         }
+        for weights, server in servers.items():
+            name = "served" if weights == kinds[0] else f"served_{weights}"
+            runners[name] = served_runner(server, prompts[:batch], args.new)
+        if hf is not None:
+            runners["hf"] = hf_runner(hf, batch, args.prompt, args.new)
         for name, seconds in best_interleaved(runners, args.repeats).items():
             best[2, name, batch] = seconds
     for (phase, name, batch), seconds in sorted(best.items()):
@@ -334,7 +429,9 @@ def main():
             impl=name,
             batch=batch,
             new_tokens_per_s=round(speed, 1),
-            fraction_of_weight_read_limit=round(speed / batch / step_limit, 3),
+            fraction_of_weight_read_limit=round(
+                speed / batch / limits.get(name, step_limit), 3
+            ),
         )
     for batch in batches:
         served = best[2, "served", batch]
@@ -347,6 +444,11 @@ def main():
                 ratios[f"served_over_{name}"] = (
                     ratios["served_over_tflm_graph"] * via_graph
                 )
+        for weights in kinds[1:]:
+            other = best[2, f"served_{weights}", batch]
+            ratios[f"served_{weights}_over_served"] = served / other
+        if (2, "hf", batch) in best:
+            ratios["served_over_hf"] = best[2, "hf", batch] / served
         _line(batch=batch, **{k: round(v, 3) for k, v in ratios.items()})
 
 
