@@ -30,8 +30,25 @@ def test_transposed_dense_computes_what_the_dense_does(dtype, use_bias):
     )
 
 
-def test_projections_are_swapped_only_inside_the_context():
-    lm = CausalLM.from_preset("tiny", vocabulary_size=64)
+LLAMA_BLOCK = dict(
+    num_heads=2,
+    num_key_value_heads=1,
+    norm="rmsnorm",
+    activation="swiglu",
+    position_embedding="rotary",
+    use_bias=False,
+    tie_embeddings=False,
+)
+
+
+@pytest.mark.parametrize(
+    ("shape", "weights"),
+    [({}, None), ({}, "bfloat16"), (LLAMA_BLOCK, None)],
+)
+def test_projections_are_swapped_only_inside_the_context(shape, weights):
+    lm = CausalLM.from_preset("tiny", vocabulary_size=64, **shape)
+    if weights:
+        lm = weights_lib.converted(lm, weights)
     before = weights_lib.projections(lm)
     paths = [v.path for v in lm.weights]
     ids = {
@@ -46,7 +63,9 @@ def test_projections_are_swapped_only_inside_the_context():
         # Keras' tracking never sees the swap: the same weights, in order.
         assert [v.path for v in lm.weights] == paths
         inside = lm(ids)
-    np.testing.assert_allclose(inside, expected, atol=1e-5)
+    assert inside.dtype == expected.dtype
+    tol = 1e-5 if weights is None else 2e-2
+    np.testing.assert_allclose(inside, expected, atol=tol)
     assert weights_lib.projections(lm) == before
 
 
@@ -55,3 +74,21 @@ def test_int8_projections_keep_their_own_matmul():
     lm = weights_lib.converted(lm, "int8")
     with layout.transposed_projections(lm) as count:
         assert count == 0
+
+
+def test_mixed_precision_projections_keep_keras_autocast():
+    lm = CausalLM.from_preset(
+        "tiny", vocabulary_size=64, dtype="mixed_bfloat16"
+    )
+    assert lm.backbone.blocks[0].mlp_in.compute_dtype == "bfloat16"
+    with layout.transposed_projections(lm) as count:
+        assert count == 0
+
+
+def test_the_model_is_restored_when_the_export_fails():
+    lm = CausalLM.from_preset("tiny", vocabulary_size=64)
+    before = weights_lib.projections(lm)
+    with pytest.raises(RuntimeError, match="disk"):
+        with layout.transposed_projections(lm):
+            raise RuntimeError("disk full")
+    assert weights_lib.projections(lm) == before

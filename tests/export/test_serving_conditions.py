@@ -278,3 +278,25 @@ def test_xla_export_needs_xla_in_the_server(tmp_path):
     assert report["graph"]["must_compile"]
     error = report["results"][0]["error"]
     assert "XLA compilation disabled" in error["message"]
+
+
+def test_xla_export_runs_where_xla_is_on(tmp_path):
+    # XLA has no kernel for the plain graph's in-place cache write: the XLA
+    # export must use the scatter, and give the plain export's text.
+    model = helpers.byte_model()
+    path = export_lib.export(
+        model, str(tmp_path), jit_compile=True, warmup=False
+    )
+    loaded = tf.saved_model.load(path)
+    rows = [r for r in helpers.ROWS[:2]]
+    columns = list(zip(*rows, strict=True))
+    inputs = {"prompt": tf.constant(list(columns[0]))}
+    dtypes = (tf.int32, tf.float32, tf.int32, tf.float32, tf.int32)
+    for name, values, dtype in zip(
+        helpers.SETTINGS, columns[1:], dtypes, strict=True
+    ):
+        inputs[name] = tf.constant(list(values), dtype)
+    out = loaded.signatures["serving_default"](**inputs)
+    expected = helpers.generate(model, rows)
+    texts = [t.decode("utf-8", "replace") for t in out["text"].numpy()]
+    assert texts == expected["outputs"]

@@ -66,12 +66,15 @@ def _slots(model):
 
 
 def _transposable(layer) -> bool:
+    # A mixed policy (float32 kernel, bf16/f16 compute) would need Keras'
+    # autocast; such layers keep their `Dense`.
+    kernel = keras.backend.standardize_dtype(layer.kernel.dtype)
     return (
         type(layer) is keras.layers.Dense
         and layer.activation in (None, keras.activations.linear)
         and not layer.quantization_mode
-        and keras.backend.standardize_dtype(layer.kernel.dtype)
-        in ("float32", "bfloat16")
+        and kernel in ("float32", "bfloat16")
+        and layer.compute_dtype == kernel
     )
 
 
@@ -81,14 +84,16 @@ def transposed_projections(model):
     transposed kernels (see the module docstring). Yields how many layers
     were swapped."""
     swapped = []
-    for parent, attr, layer in list(_slots(model)):
-        if _transposable(layer):
-            object.__setattr__(parent, attr, TransposedDense(layer))
-            swapped.append((parent, attr, layer))
-    model._generators = {}  # traced with the other layers
     try:
+        for parent, attr, layer in list(_slots(model)):
+            if _transposable(layer):
+                object.__setattr__(parent, attr, TransposedDense(layer))
+                swapped.append((parent, attr, layer))
+        if swapped:
+            model._generators = {}  # traced with the other layers
         yield len(swapped)
     finally:
         for parent, attr, layer in swapped:
             object.__setattr__(parent, attr, layer)
-        model._generators = {}
+        if swapped:
+            model._generators = {}

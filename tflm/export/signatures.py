@@ -53,8 +53,10 @@ class ServingModule(tf.Module):
         # A fine-tuned model's template: prompts are rendered into it, and
         # the `chat` signature exists (see `tflm.generation.templating`).
         self.template = templating.check(getattr(model, "template", None))
+        # XLA has no in-place cache write (its own scatter is in place).
         self._decode = graph.function(
-            self._decode_graph, jit_compile=jit_compile
+            self._decode_xla_graph if jit_compile else self._decode_graph,
+            jit_compile=jit_compile,
         )
         self._decode_text = graph.function(self._decode_graph)
         self._functions = self._signature_functions()
@@ -77,6 +79,12 @@ class ServingModule(tf.Module):
         self.model = model
 
     def _decode_graph(self, ids, mask, cache_length, settings, stop=None):
+        return self._generate(ids, mask, cache_length, settings, stop, True)
+
+    def _decode_xla_graph(self, ids, mask, cache_length, settings):
+        return self._generate(ids, mask, cache_length, settings, None, False)
+
+    def _generate(self, ids, mask, cache_length, settings, stop, in_place):
         cache = self.model.backbone.init_cache(tf.shape(ids)[0], cache_length)
         return loop.generate(
             self.model.backbone.call_with_cache,
@@ -88,7 +96,7 @@ class ServingModule(tf.Module):
             samplers.Sampling(),
             frontend.text_stop(self.tokenizer.detokenize, stop),
             trim=True,
-            in_place=True,
+            in_place=in_place,
         )
 
     def _run(self, prompt, values, stop, stop_ids):

@@ -19,6 +19,13 @@ the buffer it is given, so it is only for a decode loop that owns its cache:
 `writes_in_place()`, and every read of a slot follows the write that the
 same step made. XLA has no `InplaceUpdate` kernel, so loops compiled with
 XLA keep the scatter.
+
+Two things the in-place write does not check, which its one caller keeps
+true: slots must lie inside the cache (`InplaceUpdate` wraps a row index
+that is out of range, where the scatter raises; the loop's step count is
+bounded by `S - P`), and the mode is read when the layers are traced, so a
+`forward` that is itself a `tf.function` must not reuse a trace across
+modes.
 """
 
 from __future__ import annotations
