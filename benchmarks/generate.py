@@ -115,7 +115,9 @@ def bench_keras_hub(preset, batch, prompt_len, new, repeats, jit, beams=1):
     return _best(lambda: run(new), repeats), _best(lambda: run(1), repeats)
 
 
-def bench_hf(preset, batch, prompt_len, new, repeats, beams=1):
+def hf_gpt2(preset: str):
+    """HF transformers' GPT2LMHeadModel of `preset`'s shape (random
+    weights), for eager PyTorch on every core."""
     import torch
     import transformers
 
@@ -131,8 +133,15 @@ def bench_hf(preset, batch, prompt_len, new, repeats, beams=1):
         n_head=c["num_heads"],
         n_inner=c["intermediate_dim"],
     )
-    model = transformers.GPT2LMHeadModel(config).eval()
-    ids = torch.tensor(_prompts(batch, prompt_len, c["vocabulary_size"]))
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+def bench_hf(preset, batch, prompt_len, new, repeats, beams=1):
+    import torch
+
+    model = hf_gpt2(preset)
+    vocab = model.config.vocab_size
+    ids = torch.tensor(_prompts(batch, prompt_len, vocab))
 
     def run(n):
         with torch.inference_mode():

@@ -270,33 +270,11 @@ def keras_hub_runner(model, batch, prompt_len, new):
     )
 
 
-def hf_model(preset: str = "bench-small"):
-    """HF transformers' GPT2LMHeadModel of `preset`'s shape (random
-    weights), eager PyTorch on every core, as `benchmarks/generate.py`."""
-    import torch
-    import transformers
-
-    from tflm.models import get_preset
-
-    torch.set_num_threads(os.cpu_count())
-    c = get_preset(preset)
-    config = transformers.GPT2Config(
-        vocab_size=c["vocabulary_size"],
-        n_positions=c["max_sequence_length"],
-        n_embd=c["hidden_dim"],
-        n_layer=c["num_layers"],
-        n_head=c["num_heads"],
-        n_inner=c["intermediate_dim"],
-    )
-    return transformers.GPT2LMHeadModel(config).eval()
-
-
 def hf_runner(model, batch, prompt_len, new):
     import torch
+    from generate import _prompts
 
-    vocab = model.config.vocab_size
-    rng = np.random.default_rng(0)
-    ids = torch.tensor(rng.integers(1, vocab, (batch, prompt_len)))
+    ids = torch.tensor(_prompts(batch, prompt_len, model.config.vocab_size))
 
     def run():
         with torch.inference_mode():
@@ -359,6 +337,7 @@ def main():
         decode_step_ops=sum(step_ops.values()),
         top_ops=dict(sorted(step_ops.items(), key=lambda kv: -kv[1])[:12]),
     )
+    from generate import hf_gpt2
     from generate import read_bandwidth_gbps
 
     bandwidth = read_bandwidth_gbps()
@@ -404,7 +383,7 @@ def main():
     serving_check = load_serving_check()
     xla = serving_check.disable_xla()
     assert xla["xla_disabled"], xla
-    hf = None if args.no_hf else hf_model()
+    hf = None if args.no_hf else hf_gpt2("bench-small")
     servers = {}
     for weights, export_path in paths.items():
         servers[weights] = serving_check.Server(export_path)

@@ -23,6 +23,8 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from tflm.models import weights as weights_lib
+
 
 class TransposedDense(tf.Module):
     """`x @ kernel_t^T + bias`, `kernel_t` being a `Dense` kernel transposed
@@ -48,23 +50,6 @@ class TransposedDense(tf.Module):
         return tf.nn.bias_add(x, bias)
 
 
-def _slots(model):
-    """`(parent, attribute, layer)` for every projection of `model`."""
-    for block in model.backbone.blocks:
-        attention = block.attention
-        names = (
-            ("query_key_value",)
-            if attention.fused_qkv
-            else ("query", "key", "value")
-        )
-        for parent, attrs in (
-            (attention, names + ("output_dense",)),
-            (block, ("mlp_in", "mlp_out")),
-        ):
-            for attr in attrs:
-                yield parent, attr, getattr(parent, attr)
-
-
 def _transposable(layer) -> bool:
     # A mixed policy (float32 kernel, bf16/f16 compute) would need Keras'
     # autocast; such layers keep their `Dense`.
@@ -85,7 +70,7 @@ def transposed_projections(model):
     were swapped."""
     swapped = []
     try:
-        for parent, attr, layer in list(_slots(model)):
+        for parent, attr, layer in weights_lib.projection_slots(model):
             if _transposable(layer):
                 object.__setattr__(parent, attr, TransposedDense(layer))
                 swapped.append((parent, attr, layer))

@@ -23,6 +23,8 @@ tokens a few steps at a time.
 
 from __future__ import annotations
 
+import contextlib
+
 import tensorflow as tf
 
 from tflm.generation import samplers
@@ -178,11 +180,11 @@ def decode(
         tf.nest.map_structure(lambda n, o: n.set_shape(o.shape), new, state)
         return (new,)
 
-    if not in_place:
-        (state,) = tf.while_loop(cond, body, (state,))
-        return state
-    state = {**state, "cache": kv_cache.owned_copy(state["cache"])}
-    with kv_cache.writes_in_place():
+    mode = contextlib.nullcontext()
+    if in_place:
+        state = {**state, "cache": kv_cache.owned_copy(state["cache"])}
+        mode = kv_cache.writes_in_place()
+    with mode:
         (state,) = tf.while_loop(cond, body, (state,))
     return state
 

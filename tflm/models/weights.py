@@ -59,17 +59,26 @@ def check_weights(weights: str) -> str:
     return weights
 
 
-def projections(model) -> list[keras.layers.Dense]:
-    """The `Dense` projections of every decoder block of `model`."""
-    layers = []
+def projection_slots(model) -> list[tuple]:
+    """`(parent layer, attribute, Dense)` for every projection of every
+    decoder block of `model`."""
+    slots = []
     for block in model.backbone.blocks:
         attention = block.attention
+        names = ("query", "key", "value")
         if attention.fused_qkv:
-            layers.append(attention.query_key_value)
-        else:
-            layers.extend((attention.query, attention.key, attention.value))
-        layers.extend((attention.output_dense, block.mlp_in, block.mlp_out))
-    return layers
+            names = ("query_key_value",)
+        for parent, attrs in (
+            (attention, (*names, "output_dense")),
+            (block, ("mlp_in", "mlp_out")),
+        ):
+            slots.extend((parent, a, getattr(parent, a)) for a in attrs)
+    return slots
+
+
+def projections(model) -> list[keras.layers.Dense]:
+    """The `Dense` projections of every decoder block of `model`."""
+    return [layer for _, _, layer in projection_slots(model)]
 
 
 def weights_of(model) -> str:
