@@ -1,8 +1,11 @@
 """Serving speed: the exported `serving_default` under TF Serving's
 conditions vs in-process generation.
 
-`bench-small` (random weights) with a vocab-8192 SentencePiece tokenizer
-trained on Tiny Shakespeare; prompts of exactly 64 tokens; greedy, 192 new
+`--preset bench-small` (random weights) with a vocab-8192 SentencePiece
+tokenizer trained on Tiny Shakespeare, or `--preset gpt2-124m`: a random
+GPT-2 124M checkpoint in the Hugging Face layout with its 50,257-token BPE
+(written as `benchmarks/import_gpt2.py` does) and brought in by tflm's
+importer; prompts of exactly 64 tokens; greedy, 192 new
 tokens; batch 1 and 8. The export runs through `serving_check.Server` (TF1
 session, `saved_model.loader.load`, XLA disabled for the process, warm-up
 replayed): what stock TF Serving does, minus the network; one export per
@@ -73,12 +76,28 @@ def exact_prompts(tokenizer, data: str, count: int, length: int) -> list:
     return prompts
 
 
-def build_model(tokenizer):
-    """bench-small with random weights; the end-of-text logit is pinned to
-    0 so that greedy decoding never stops early (other logits exceed it)."""
+def imported_gpt2(workdir: str):
+    """`(CausalLM, tokenizer)`: a random GPT-2 124M in the Hugging Face
+    layout, written once under `workdir` and loaded by tflm's importer."""
+    import import_gpt2
+
+    from tflm import importers
+
+    source = os.path.join(workdir, "hf-gpt2-124m")
+    if not os.path.isfile(os.path.join(source, "model.safetensors")):
+        os.makedirs(source, exist_ok=True)
+        import_gpt2.write_tokenizer(source)
+        import_gpt2.write_checkpoint(source)
+    return importers.load_checkpoint(source)
+
+
+def build_model(tokenizer, preset: str = "bench-small", model=None):
+    """`preset` with random weights (or `model`); the end-of-text logit is
+    pinned to 0 so that greedy decoding never stops early (other logits
+    exceed it)."""
     from tflm.models import CausalLM
 
-    model = CausalLM.from_preset("bench-small")
+    model = model or CausalLM.from_preset(preset)
     assert model.backbone.vocabulary_size == tokenizer.vocabulary_size
     embedding = model.backbone.token_embedding
     eos = tokenizer.eos_id
@@ -231,8 +250,8 @@ def served_runner(server, prompts, new):
     return run
 
 
-def keras_hub_model():
-    """keras-hub's GPT2CausalLM of bench-small's shape, greedy, with XLA.
+def keras_hub_model(preset: str):
+    """keras-hub's GPT2CausalLM of `preset`'s shape, greedy, with XLA.
 
     `jit_compile=True` is keras-hub's fastest setting here: its default
     `"auto"` turns XLA off on a machine without a GPU.
@@ -241,7 +260,7 @@ def keras_hub_model():
 
     from tflm.models import get_preset
 
-    c = get_preset("bench-small")
+    c = get_preset(preset)
     backbone = keras_hub.models.GPT2Backbone(
         vocabulary_size=c["vocabulary_size"],
         num_layers=c["num_layers"],
@@ -298,6 +317,9 @@ def _line(**fields):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--preset", default="bench-small", choices=["bench-small", "gpt2-124m"]
+    )
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--prompt", type=int, default=64)
     parser.add_argument("--new", type=int, default=192)
@@ -317,9 +339,13 @@ def main():
         return
     workdir = args.workdir or tempfile.mkdtemp(prefix="tflm-serving-bench-")
     batches = [int(b) for b in args.batches.split(",")]
-    tokenizer = train_tokenizer(args.data, workdir)
+    if args.preset == "gpt2-124m":
+        imported, tokenizer = imported_gpt2(workdir)
+    else:
+        imported, tokenizer = None, train_tokenizer(args.data, workdir)
     prompts = exact_prompts(tokenizer, args.data, max(batches), args.prompt)
-    model = build_model(tokenizer)
+    model = build_model(tokenizer, args.preset, imported)
+    _line(preset=args.preset, parameters=model.count_params())
     kinds = args.weights.split(",")
     paths = {}
     for weights in kinds:
@@ -363,7 +389,7 @@ def main():
         weight_MB=round(weight_bytes / 1e6, 1),
         weight_read_limit_steps_per_s=round(step_limit, 1),
     )
-    hub = None if args.no_keras_hub else keras_hub_model()
+    hub = None if args.no_keras_hub else keras_hub_model(args.preset)
     # Phase 1, XLA allowed: in-process runs. Phase 2, TF Serving's
     # conditions (XLA disabled for the whole process): the served signature.
     # `tflm_graph` runs in both phases, so each ratio compares runs that
@@ -383,7 +409,7 @@ def main():
     serving_check = load_serving_check()
     xla = serving_check.disable_xla()
     assert xla["xla_disabled"], xla
-    hf = None if args.no_hf else hf_gpt2("bench-small")
+    hf = None if args.no_hf else hf_gpt2(args.preset)
     servers = {}
     for weights, export_path in paths.items():
         servers[weights] = serving_check.Server(export_path)

@@ -163,8 +163,10 @@ def test_merged_model_equals_the_lora_model():
     copy = lora.merged(lm)
     assert lora.lora_config(copy) is None and lora.lora_config(lm) is not None
     assert copy.tokenizer is lm.tokenizer
-    np.testing.assert_allclose(copy(x).numpy(), logits, atol=1e-5)
-    np.testing.assert_allclose(_cached_logits(copy, PROMPT), cached, atol=1e-5)
+    # W + BA and Wx + B(Ax) sum in different orders: float32 round-off of
+    # logits up to ~5 reaches ~2e-5; the adapters' effect above is > 1e-2.
+    np.testing.assert_allclose(copy(x).numpy(), logits, atol=1e-4)
+    np.testing.assert_allclose(_cached_logits(copy, PROMPT), cached, atol=1e-4)
     out = lm.generate(PROMPT, 12, jit_compile=False)
     assert len(set(out)) > 3  # not one repeated id
     assert out == copy.generate(PROMPT, 12, jit_compile=False)
@@ -172,7 +174,7 @@ def test_merged_model_equals_the_lora_model():
     lora.merge_lora(lm)
     assert type(lm.backbone.blocks[0].mlp_out) is keras.layers.Dense
     assert len(lm.trainable_variables) == len(plain.trainable_variables)
-    np.testing.assert_allclose(lm(x).numpy(), logits, atol=1e-5)
+    np.testing.assert_allclose(lm(x).numpy(), logits, atol=1e-4)
 
 
 def _h5_keys(path):
