@@ -3,6 +3,7 @@ import math
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tflm.models import CausalLM
 from tflm.train import optimizer as optimizer_lib
@@ -80,6 +81,66 @@ def test_weight_decay_skips_biases_norms_and_embeddings():
         if v.path.split("/", 1)[-1] not in decayed
     }
     assert skipped == {"bias", "gamma", "beta", "embeddings"}
+
+
+def test_a_step_decays_only_matmul_kernels():
+    model = CausalLM.from_preset("tiny", tie_embeddings=False)
+    optimizer = optimizer_lib.make_optimizer(
+        learning_rate=0.1,
+        min_learning_rate=0.1,
+        warmup_steps=0,
+        total_steps=10,
+        weight_decay=0.5,
+        schedule="constant",
+    )
+    variables = model.trainable_variables
+    before = [v.numpy() for v in variables]
+    zeros = [np.zeros(v.shape, "float32") for v in variables]
+    optimizer.build(variables)
+    tf.function(lambda g: optimizer.apply(g, variables))(zeros)
+    for variable, old in zip(variables, before, strict=True):
+        name = variable.path.split("/")[-1]
+        if name in ("kernel", "reverse_embeddings"):
+            np.testing.assert_allclose(variable.numpy(), old * 0.95, rtol=1e-6)
+        else:
+            np.testing.assert_array_equal(variable.numpy(), old, err_msg=name)
+
+
+def test_the_fused_update_is_keras_adamw():
+    """`AdamW.update_step` (one ResourceApplyAdam per variable) moves the
+    weights and moments as Keras' own Adam update does."""
+
+    class KerasUpdate(optimizer_lib.AdamW):
+        update_step = keras.optimizers.AdamW.update_step
+
+    rng = np.random.default_rng(0)
+    start = [rng.normal(size=s).astype("float32") for s in [(6, 5), (5,)]]
+    grads = [
+        [rng.normal(size=x.shape).astype("float32") for x in start]
+        for _ in range(6)
+    ]
+    results = []
+    for cls in (optimizer_lib.AdamW, KerasUpdate):
+        variables = [
+            keras.Variable(x, name=n)
+            for x, n in zip(start, ["kernel", "bias"], strict=True)
+        ]
+        optimizer = cls(learning_rate=0.05, weight_decay=0.1, clip_norm=1.0)
+        optimizer.build(variables)
+        step = tf.function(lambda g, o=optimizer, v=variables: o.apply(g, v))
+        for g in grads:
+            step(g)
+        graph = step.get_concrete_function(grads[0]).graph
+        ops = {op.type for op in graph.get_operations()}
+        state = [v.numpy() for v in [*variables, *optimizer.variables]]
+        results.append((state, ops))
+    (fused, fused_ops), (reference, reference_ops) = results
+    assert "ResourceApplyAdam" in fused_ops
+    assert "ResourceApplyAdam" not in reference_ops
+    assert np.abs(fused[0] - start[0]).max() > 0.05  # the weights moved
+    assert len(fused) == len(reference) > 4  # weights, step, lr, moments
+    for a, b in zip(fused, reference, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_clips_the_global_norm():

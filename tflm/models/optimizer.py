@@ -134,6 +134,45 @@ class AdamW(keras.optimizers.AdamW):
             (g, v) for g, (_, v) in zip(clipped, grads_and_vars, strict=True)
         ]
 
+    def _apply_weight_decay(self, variables):
+        # Decide on the Keras variables, whose names are the short ones that
+        # `NO_DECAY_NAMES` match ("bias"): Keras' TensorFlow optimizer asks
+        # with the `tf.Variable` inside ("bias:0"), which matches none, and
+        # caches the answer by variable. Asking first caches the right one.
+        if self.weight_decay is None:
+            return
+        super()._apply_weight_decay(
+            [v for v in variables if self._use_weight_decay(v)]
+        )
+
+    def update_step(self, gradient, variable, learning_rate):
+        # Keras' Adam makes ~10 passes over each variable (sub, mul,
+        # assign_add for `m`, the same and a square for `v`, then mul,
+        # sqrt, add, div, assign_sub); core TensorFlow's ResourceApplyAdam
+        # is the same update in one pass (it has CPU, GPU and XLA kernels).
+        if (
+            self.amsgrad
+            or isinstance(gradient, tf.IndexedSlices)
+            or variable.dtype != tf.float32
+        ):
+            return super().update_step(gradient, variable, learning_rate)
+        index = self._get_variable_index(variable)
+        step = tf.cast(self.iterations + 1, tf.float32)
+        beta_1 = tf.cast(self.beta_1, tf.float32)
+        beta_2 = tf.cast(self.beta_2, tf.float32)
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle,
+            m=self._momentums[index].value.handle,
+            v=self._velocities[index].value.handle,
+            beta1_power=tf.pow(beta_1, step),
+            beta2_power=tf.pow(beta_2, step),
+            lr=tf.cast(learning_rate, tf.float32),
+            beta1=beta_1,
+            beta2=beta_2,
+            epsilon=tf.cast(self.epsilon, tf.float32),
+            grad=tf.cast(gradient, tf.float32),
+        )
+
     def get_config(self):
         config = super().get_config()
         config.update(
