@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 from tflm.layers import attention as attention_lib
+from tflm.layers import fused
 
 NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu", "swiglu")
@@ -13,9 +14,7 @@ ACTIVATIONS = ("gelu", "swiglu")
 def make_norm(norm: str, epsilon: float, dtype, name: str):
     """A normalization layer by name; statistics run in float32."""
     if norm == "layernorm":
-        return keras.layers.LayerNormalization(
-            epsilon=epsilon, dtype=dtype, name=name
-        )
+        return fused.LayerNormalization(epsilon=epsilon, dtype=dtype, name=name)
     if norm == "rmsnorm":
         return keras.layers.RMSNormalization(
             epsilon=epsilon, dtype=dtype, name=name
@@ -164,7 +163,7 @@ class DecoderBlock(keras.layers.Layer):
         self.mlp_in.build(input_shape)
         self.mlp_out.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
 
-    def _mlp(self, x):
+    def _mlp(self, x, training=None):
         shape = attention_lib.static_shape(x)
         # On `(B*T, D)` each projection is one matmul (see attention).
         h = self.mlp_in(keras.ops.reshape(x, (-1, shape[-1])))
@@ -172,7 +171,7 @@ class DecoderBlock(keras.layers.Layer):
             gate, up = keras.ops.split(h, 2, axis=-1)
             h = keras.ops.silu(gate) * up
         else:
-            h = keras.ops.gelu(h, approximate=True)
+            h = fused.gelu(h, training)
         return attention_lib.reshape(self.mlp_out(h), shape)
 
     def call(
@@ -197,7 +196,7 @@ class DecoderBlock(keras.layers.Layer):
         if cache is not None:
             h, cache = h
         x = x + self.residual_dropout(h, training=training)
-        h = self._mlp(self.mlp_norm(x))
+        h = self._mlp(self.mlp_norm(x), training)
         x = x + self.residual_dropout(h, training=training)
         return x if cache is None else (x, cache)
 
