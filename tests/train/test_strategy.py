@@ -94,3 +94,17 @@ def test_batch_must_divide_across_replicas_and_micro_batches():
         strategy_lib.check_batch_size(7, 2)
     with pytest.raises(ValueError, match="batch_size=12"):
         strategy_lib.check_batch_size(12, 1, 8)
+
+
+def test_xla_choice_by_setting_strategy_and_precision():
+    from tflm.train import fit
+
+    default = strategy_lib.resolve_strategy("default")
+    mirrored = strategy_lib.resolve_strategy("mirrored")
+    assert fit.use_xla("auto", default, "float32")
+    assert not fit.use_xla("auto", mirrored, "float32")
+    # This machine has no GPU: bf16 matmuls are faster outside XLA.
+    assert not fit.use_xla("auto", default, "mixed_bfloat16")
+    assert fit.use_xla("on", default, "mixed_bfloat16")
+    assert fit.use_xla("on", mirrored, "float32")
+    assert not fit.use_xla("off", default, "float32")

@@ -166,7 +166,9 @@ class TrainConfig:
     )
     seed: int = _option(0, "seed for initialization and data order")
     jit_compile: str = _option(
-        "auto", "XLA (auto: on unless distributed)", choices=JIT_CHOICES
+        "auto",
+        "XLA (auto: on, except distributed or mixed_bfloat16 on a CPU)",
+        choices=JIT_CHOICES,
     )
     log_every: int = _option(10, "steps between TensorBoard points")
 
