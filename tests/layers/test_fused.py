@@ -104,3 +104,18 @@ def test_training_runs_the_fused_kernels_and_inference_does_not():
     # final norm too.
     assert _compiled_calls(training) >= 2 * (3 * layers + 1)
     assert _compiled_calls(inference) == 0
+
+
+def test_the_environment_switch_keeps_training_plain(monkeypatch):
+    lm = CausalLM.from_preset("tiny")
+    x = {
+        "token_ids": tf.ones((2, 8), tf.int32),
+        "padding_mask": tf.ones((2, 8), tf.int32),
+    }
+    monkeypatch.setenv("TFLM_FUSED_KERNELS", "0")
+    assert not fused.enabled()
+    graph = tf.function(lambda: lm(x, training=True)).get_concrete_function()
+    assert _compiled_calls(graph.graph) == 0
+    monkeypatch.setenv("TFLM_FUSED_KERNELS", "1")
+    graph = tf.function(lambda: lm(x, training=True)).get_concrete_function()
+    assert _compiled_calls(graph.graph) > 0

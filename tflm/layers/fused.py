@@ -1,29 +1,45 @@
-"""GPT-2's tanh GELU, with one fused kernel each way when training.
+"""GPT-2's tanh GELU and layer normalization, fused by XLA when training.
 
-`0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`, computed in float32 whatever
-the input dtype, then cast back.
+`gelu(x) = 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`, computed in
+float32 whatever the input dtype, then cast back; `LayerNormalization` is
+Keras' layer.
 
-Without XLA, TensorFlow runs the activation and its autodiff gradient as
-~20 elementwise ops over the MLP's `(B·T, 4D)` activations, each a pass
-over memory (in bfloat16, Eigen converts element by element). In training
-(`training=True`) the activation is instead an XLA-compiled function with
-a hand-written gradient that reuses the forward's `tanh`: one kernel
-forward, one backward, inside an otherwise plain graph. Measured on a
-bench-small `mixed_bfloat16` train step (8 × 256, plain graph): 835–850 →
-772–810 ms, against 784–796 ms with ReLU in its place. Inference
-(generation, the export) stays plain TensorFlow, with the same float32
-arithmetic, so that an export never needs XLA.
+Without XLA, TensorFlow runs each of them and its autodiff gradient as
+10–20 elementwise ops over `(B·T, width)` activations, each a pass over
+memory (in bfloat16, Eigen converts element by element). In training
+(`training=True`) each is instead an XLA-compiled function with a
+hand-written gradient: one kernel forward, one backward, inside an
+otherwise plain graph (the train step that Keras' `jit_compile="auto"`
+runs on a CPU). The backward recomputes what it needs from the input, so
+that no float32 copy of an activation is kept between the passes.
+Measured on a bench-small `mixed_bfloat16` train step (8 × 256, plain
+graph): the GELU alone 835–850 → 772–810 ms, against 784–796 ms with ReLU
+in its place.
+
+Inference (generation, the export) never calls them: it is plain
+TensorFlow, so that an export never needs XLA. This module is TensorFlow
+code by design (`tf.custom_gradient`, `tf.function(jit_compile=True)`);
+tflm runs on TensorFlow only. Set `TFLM_FUSED_KERNELS=0` in the
+environment to train with the plain ops (a device without XLA, or to rule
+these kernels out while debugging).
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import keras
 import tensorflow as tf
 
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _CUBIC = 0.044715
+
+
+def enabled() -> bool:
+    """Whether training uses the fused kernels (`TFLM_FUSED_KERNELS`,
+    read when a step is traced; on unless it is `0`)."""
+    return os.environ.get("TFLM_FUSED_KERNELS", "1") != "0"
 
 
 def _tanh_term(x32):
@@ -33,15 +49,16 @@ def _tanh_term(x32):
 @tf.custom_gradient
 def _gelu_with_gradient(x):
     x32 = tf.cast(x, tf.float32)
-    t = _tanh_term(x32)
 
     def gradient(dy):
         # d/dx of 0.5 x (1 + t), with t' = (1 - t²) √(2/π) (1 + 3c x²).
+        x32 = tf.cast(x, tf.float32)
+        t = _tanh_term(x32)
         inner = _SQRT_2_OVER_PI * (1.0 + 3.0 * _CUBIC * x32 * x32)
         slope = 0.5 * (1.0 + t) + 0.5 * x32 * (1.0 - t * t) * inner
         return tf.cast(tf.cast(dy, tf.float32) * slope, x.dtype)
 
-    return tf.cast(0.5 * x32 * (1.0 + t), x.dtype), gradient
+    return tf.cast(0.5 * x32 * (1.0 + _tanh_term(x32)), x.dtype), gradient
 
 
 _fused_gelu = tf.function(
@@ -56,27 +73,31 @@ def gelu(x, training=None):
     >>> round(float(gelu(tf.constant(1.0))), 6)
     0.841192
     """
-    if training is True:
+    if training is True and enabled():
         return _fused_gelu(x)
     x32 = tf.cast(x, tf.float32)
     return tf.cast(0.5 * x32 * (1.0 + _tanh_term(x32)), x.dtype)
 
 
 def _layer_norm_with_gradient(epsilon: float):
-    @tf.custom_gradient
-    def layer_norm(x, gamma, beta):
+    def statistics(x):
         x32 = tf.cast(x, tf.float32)
         centered = x32 - tf.reduce_mean(x32, -1, keepdims=True)
         variance = tf.reduce_mean(centered * centered, -1, keepdims=True)
         rstd = tf.math.rsqrt(variance + epsilon)
-        normed = centered * rstd
+        return centered * rstd, rstd
+
+    @tf.custom_gradient
+    def layer_norm(x, gamma, beta):
+        normed, _ = statistics(x)
         gamma32 = tf.cast(gamma, tf.float32)
         out = normed * gamma32 + tf.cast(beta, tf.float32)
 
         def gradient(dy):
+            normed, rstd = statistics(x)
             dy32 = tf.cast(dy, tf.float32)
             axes = list(range(len(x.shape) - 1))
-            g = dy32 * gamma32
+            g = dy32 * tf.cast(gamma, tf.float32)
             dx = rstd * (
                 g
                 - tf.reduce_mean(g, -1, keepdims=True)
@@ -104,13 +125,23 @@ class LayerNormalization(keras.layers.LayerNormalization):
     is Keras' `call` outside training). In training, over the last axis with
     both `gamma` and `beta`, the statistics, the affine map and the
     gradient are one XLA kernel each way, in float32.
+
+    Args:
+        **kwargs: Passed to `keras.layers.LayerNormalization` (`epsilon`,
+            `dtype`, `name`, ...).
+
+    Example:
+    >>> norm = LayerNormalization(epsilon=1e-5)
+    >>> x = tf.constant([[1.0, 2.0, 3.0]])
+    >>> [round(float(v), 4) for v in norm(x, training=True)[0]]
+    [-1.2247, 0.0, 1.2247]
     """
 
     def call(self, inputs, training=None):
         axis = [self.axis] if isinstance(self.axis, int) else list(self.axis)
         last = axis in ([-1], [len(inputs.shape) - 1])
         plain = self.rms_scaling or not (self.center and self.scale and last)
-        if training is not True or plain:
+        if training is not True or plain or not enabled():
             return super().call(inputs)
         if self.epsilon not in _layer_norms:
             _layer_norms[self.epsilon] = _layer_norm_with_gradient(self.epsilon)
