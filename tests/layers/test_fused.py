@@ -85,12 +85,16 @@ def _compiled_calls(graph) -> int:
     )
 
 
-def test_training_runs_the_fused_kernels_and_inference_does_not():
-    lm = CausalLM.from_preset("tiny")
-    x = {
+def _tiny_lm_and_batch():
+    batch = {
         "token_ids": tf.ones((2, 8), tf.int32),
         "padding_mask": tf.ones((2, 8), tf.int32),
     }
+    return CausalLM.from_preset("tiny"), batch
+
+
+def test_training_runs_the_fused_kernels_and_inference_does_not():
+    lm, x = _tiny_lm_and_batch()
 
     def loss(training):
         with tf.GradientTape() as tape:
@@ -107,11 +111,7 @@ def test_training_runs_the_fused_kernels_and_inference_does_not():
 
 
 def test_the_environment_switch_keeps_training_plain(monkeypatch):
-    lm = CausalLM.from_preset("tiny")
-    x = {
-        "token_ids": tf.ones((2, 8), tf.int32),
-        "padding_mask": tf.ones((2, 8), tf.int32),
-    }
+    lm, x = _tiny_lm_and_batch()
     monkeypatch.setenv("TFLM_FUSED_KERNELS", "0")
     assert not fused.enabled()
     graph = tf.function(lambda: lm(x, training=True)).get_concrete_function()

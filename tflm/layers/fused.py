@@ -26,6 +26,7 @@ these kernels out while debugging).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -75,11 +76,16 @@ def gelu(x, training=None):
     """
     if training is True and enabled():
         return _fused_gelu(x)
-    x32 = tf.cast(x, tf.float32)
-    return tf.cast(0.5 * x32 * (1.0 + _tanh_term(x32)), x.dtype)
+    # Keras' own op, in float32 (the casts are no ops for float32 input, so
+    # a float32 decode step is the graph it was before this module).
+    h = keras.ops.gelu(tf.cast(x, tf.float32), approximate=True)
+    return tf.cast(h, x.dtype)
 
 
+@functools.cache
 def _layer_norm_with_gradient(epsilon: float):
+    """The fused layer norm for `epsilon` (one compiled function each)."""
+
     def statistics(x):
         x32 = tf.cast(x, tf.float32)
         centered = x32 - tf.reduce_mean(x32, -1, keepdims=True)
@@ -114,9 +120,6 @@ def _layer_norm_with_gradient(epsilon: float):
     return tf.function(layer_norm, jit_compile=True, autograph=False)
 
 
-_layer_norms = {}
-
-
 @keras.saving.register_keras_serializable(package="tflm")
 class LayerNormalization(keras.layers.LayerNormalization):
     """Keras' `LayerNormalization`, fused by XLA when `training`.
@@ -143,9 +146,7 @@ class LayerNormalization(keras.layers.LayerNormalization):
         plain = self.rms_scaling or not (self.center and self.scale and last)
         if training is not True or plain or not enabled():
             return super().call(inputs)
-        if self.epsilon not in _layer_norms:
-            _layer_norms[self.epsilon] = _layer_norm_with_gradient(self.epsilon)
-        out = _layer_norms[self.epsilon](
+        out = _layer_norm_with_gradient(self.epsilon)(
             inputs,
             tf.convert_to_tensor(self.gamma),
             tf.convert_to_tensor(self.beta),

@@ -139,8 +139,6 @@ class AdamW(keras.optimizers.AdamW):
         # `NO_DECAY_NAMES` match ("bias"): Keras' TensorFlow optimizer asks
         # with the `tf.Variable` inside ("bias:0"), which matches none, and
         # caches the answer by variable. Asking first caches the right one.
-        if self.weight_decay is None:
-            return
         super()._apply_weight_decay(
             [v for v in variables if self._use_weight_decay(v)]
         )
