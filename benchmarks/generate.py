@@ -79,10 +79,9 @@ def bench_tflm(preset, batch, prompt_len, new, repeats, jit, beams=1):
     return total, first, weights
 
 
-def bench_keras_hub(preset, batch, prompt_len, new, repeats, jit, beams=1):
-    """keras-hub's `GPT2CausalLM`, greedy (or `BeamSampler`). `jit=True` is
-    its fastest setting on a CPU; its default `jit_compile="auto"` turns XLA
-    off without a GPU."""
+def keras_hub_gpt2(preset: str):
+    """keras-hub's `GPT2CausalLM` of `preset`'s shape (random weights, no
+    dropout, no preprocessor), uncompiled."""
     import keras_hub
 
     from tflm.models import get_preset
@@ -97,12 +96,21 @@ def bench_keras_hub(preset, batch, prompt_len, new, repeats, jit, beams=1):
         max_sequence_length=c["max_sequence_length"],
         dropout=0.0,
     )
-    model = keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)
+    return keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)
+
+
+def bench_keras_hub(preset, batch, prompt_len, new, repeats, jit, beams=1):
+    """keras-hub's `GPT2CausalLM`, greedy (or `BeamSampler`). `jit=True` is
+    its fastest setting on a CPU; its default `jit_compile="auto"` turns XLA
+    off without a GPU."""
+    import keras_hub
+
+    model = keras_hub_gpt2(preset)
     sampler = "greedy"
     if beams > 1:
         sampler = keras_hub.samplers.BeamSampler(num_beams=beams)
     model.compile(sampler=sampler, jit_compile=jit)
-    ids = _prompts(batch, prompt_len, c["vocabulary_size"])
+    ids = _prompts(batch, prompt_len, model.backbone.vocabulary_size)
 
     def run(n):
         pad = np.zeros((batch, n), "int32")

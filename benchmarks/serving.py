@@ -256,21 +256,9 @@ def keras_hub_model(preset: str):
     `jit_compile=True` is keras-hub's fastest setting here: its default
     `"auto"` turns XLA off on a machine without a GPU.
     """
-    import keras_hub
+    from generate import keras_hub_gpt2
 
-    from tflm.models import get_preset
-
-    c = get_preset(preset)
-    backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=c["vocabulary_size"],
-        num_layers=c["num_layers"],
-        num_heads=c["num_heads"],
-        hidden_dim=c["hidden_dim"],
-        intermediate_dim=c["intermediate_dim"],
-        max_sequence_length=c["max_sequence_length"],
-        dropout=0.0,
-    )
-    model = keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)
+    model = keras_hub_gpt2(preset)
     model.compile(sampler="greedy", jit_compile=True)
     return model
 

@@ -46,18 +46,9 @@ def _build(impl, preset, policy):
     if impl == "tflm":
         model = CausalLM.from_preset(preset)
     else:
-        import keras_hub
+        from generate import keras_hub_gpt2
 
-        backbone = keras_hub.models.GPT2Backbone(
-            vocabulary_size=config["vocabulary_size"],
-            num_layers=config["num_layers"],
-            num_heads=config["num_heads"],
-            hidden_dim=config["hidden_dim"],
-            intermediate_dim=config["intermediate_dim"],
-            max_sequence_length=config["max_sequence_length"],
-            dropout=0.0,
-        )
-        model = keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)
+        model = keras_hub_gpt2(preset)
     return model, config, causal_lm.default_optimizer()
 
 
