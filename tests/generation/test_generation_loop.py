@@ -254,3 +254,9 @@ def test_in_place_decode_equals_the_scatter_and_keeps_its_input():
     assert ops.count("DeepCopy") == layers
     scatter_ops = _op_types(scatter.get_concrete_function(state))
     assert "InplaceUpdate" not in scatter_ops
+    # The weights are read once, before the loop (`graph.reads_hoisted`).
+    library = in_place.get_concrete_function(state).graph.as_graph_def().library
+    bodies = [f for f in library.function if "while_body" in f.signature.name]
+    assert bodies
+    for body in bodies:
+        assert "ReadVariableOp" not in [n.op for n in body.node_def]

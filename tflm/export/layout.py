@@ -33,7 +33,9 @@ class TransposedDense(tf.Module):
 
     def __init__(self, dense: keras.layers.Dense):
         super().__init__(name=dense.name)
-        self.kernel_t = tf.Variable(
+        # A Keras variable, so that `tflm.graph.reads_hoisted` reads it
+        # once before the decode loop, as it does the model's own weights.
+        self.kernel_t = keras.Variable(
             tf.transpose(dense.kernel), trainable=False, name="kernel_t"
         )
         self.bias = dense.bias

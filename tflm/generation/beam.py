@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from tflm import graph
 from tflm.generation import loop
 
 _NEG = -1e9  # HF's "impossible" running score
@@ -198,5 +199,6 @@ def generate(
         tf.nest.map_structure(lambda n, o: n.set_shape(o.shape), new, state)
         return (new,)
 
-    (state,) = tf.while_loop(cond, body, (state,))
+    with graph.reads_hoisted():  # weights read once, before the loop
+        (state,) = tf.while_loop(cond, body, (state,))
     return _outputs(state, const, num_return_sequences)

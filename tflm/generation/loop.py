@@ -27,6 +27,7 @@ import contextlib
 
 import tensorflow as tf
 
+from tflm import graph
 from tflm.generation import samplers
 from tflm.layers import kv_cache
 
@@ -162,7 +163,8 @@ def decode(
     `in_place=True` (the plain graph only: XLA has no kernel for it) copies
     the cache once and then writes each step's keys and values into that
     copy in place, instead of a scatter that copies the whole cache at
-    every step (`tflm.layers.kv_cache`).
+    every step (`tflm.layers.kv_cache`). The model's weights are read once,
+    before the loop (`tflm.graph.reads_hoisted`).
     """
     strategy = strategy or samplers.Sampling()
     end = state["steps"]
@@ -184,7 +186,7 @@ def decode(
     if in_place:
         state = {**state, "cache": kv_cache.owned_copy(state["cache"])}
         mode = kv_cache.writes_in_place()
-    with mode:
+    with mode, graph.reads_hoisted():
         (state,) = tf.while_loop(cond, body, (state,))
     return state
 

@@ -1,0 +1,78 @@
+"""`tflm.graph.reads_hoisted`: loop bodies read no variable."""
+
+import contextlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tflm import graph
+
+
+def _ops_by_function(concrete):
+    """`{function name: [op types]}`: the outer graph under `""`."""
+    graph_def = concrete.graph.as_graph_def()
+    out = {"": [n.op for n in graph_def.node]}
+    for function in graph_def.library.function:
+        out[function.signature.name] = [n.op for n in function.node_def]
+    return out
+
+
+def _loop(layer, hoisted):
+    @graph.function
+    def run(x):
+        def body(i, x):
+            return i + 1, layer(x)
+
+        scope = graph.reads_hoisted() if hoisted else contextlib.nullcontext()
+        with scope:
+            return tf.while_loop(lambda i, x: i < 3, body, (0, x))[1]
+
+    return run
+
+
+def test_a_loop_body_reads_no_variable_and_computes_the_same():
+    layer = keras.layers.Dense(4, activation="tanh")
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, 4)), tf.float32)
+    layer(x)
+    plain, hoisted = _loop(layer, False), _loop(layer, True)
+    np.testing.assert_array_equal(plain(x), hoisted(x))
+    ops = _ops_by_function(hoisted.get_concrete_function(x))
+    body = [ops[name] for name in ops if "while_body" in name]
+    assert body and all("ReadVariableOp" not in b for b in body)
+    # Each weight is read once, outside the loop.
+    assert ops[""].count("ReadVariableOp") == 2
+    plain_ops = _ops_by_function(plain.get_concrete_function(x))
+    in_body = [plain_ops[n] for n in plain_ops if "while_body" in n]
+    assert sum(b.count("ReadVariableOp") for b in in_body) == 2
+
+
+def test_a_mixed_policy_casts_once_outside_the_loop():
+    layer = keras.layers.Dense(4, dtype="mixed_bfloat16")
+    x = tf.ones((1, 4), tf.bfloat16)
+    layer(x)
+    run = _loop(layer, True)
+    assert run(x).dtype == tf.bfloat16
+    ops = _ops_by_function(run.get_concrete_function(x))
+    body = [ops[name] for name in ops if "while_body" in name][0]
+    # The float32 kernel and bias arrive in bfloat16, cast once outside.
+    assert body.count("Cast") == 0
+    assert ops[""].count("Cast") == 2
+    plain = _ops_by_function(_loop(layer, False).get_concrete_function(x))
+    assert [plain[n] for n in plain if "while_body" in n][0].count("Cast") == 2
+
+
+def test_an_assign_within_is_kept_by_the_scope_and_eager_is_untouched():
+    v = keras.Variable(1.0)
+
+    @graph.function
+    def f():
+        with graph.reads_hoisted():
+            v.assign(5.0)
+            return tf.convert_to_tensor(v.value) + 0.0
+
+    assert float(f()) == 5.0
+    assert float(v.numpy()) == 1.0  # the scope kept the assignment
+    with graph.reads_hoisted():  # eagerly: no scope
+        v.assign(2.0)
+    assert float(v.numpy()) == 2.0
