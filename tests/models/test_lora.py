@@ -227,6 +227,18 @@ def test_model_dir_keeps_adapters_apart_and_round_trips(tmp_path):
     np.testing.assert_allclose(merged(x).numpy(), lm(x).numpy(), atol=1e-5)
 
 
+def test_a_keras_file_keeps_the_adapters(tmp_path):
+    lm = _lora_lm(targets=["query", "mlp_out"])
+    path = str(tmp_path / "lora.keras")
+    lm.save(path)
+    loaded = keras.models.load_model(path)
+    assert lora.lora_config(loaded) == lora.lora_config(lm)
+    x, _ = _batch(rows=2)
+    np.testing.assert_array_equal(loaded(x).numpy(), lm(x).numpy())
+    # Still a LoRA model: only the adapters train.
+    assert {id(v) for v in loaded.trainable_variables} == _adapter_ids(loaded)
+
+
 def test_overwriting_with_a_plain_model_drops_the_adapters(tmp_path):
     lm = _lora_lm()
     directory = model_dir.save(lm, lm.tokenizer, tmp_path / "m")

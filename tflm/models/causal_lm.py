@@ -358,15 +358,28 @@ class CausalLM(keras.Model):
         return interface.stream(generator, prompt, max_new_tokens, **kwargs)
 
     def get_config(self):
-        return {
+        from tflm.models import lora
+
+        config = {
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "name": self.name,
         }
+        # LoRA layers are swapped in after construction: without this, a
+        # `.keras` file would load as the base model, adapters dropped.
+        if (adapters := lora.lora_config(self)) is not None:
+            config["lora"] = adapters
+        return config
 
     @classmethod
     def from_config(cls, config):
+        from tflm.models import lora
+
         config = dict(config)
+        adapters = config.pop("lora", None)
         config["backbone"] = keras.saving.deserialize_keras_object(
             config["backbone"]
         )
-        return cls(**config)
+        model = cls(**config)
+        if adapters is not None:
+            lora.enable_lora(model, **adapters)
+        return model

