@@ -78,14 +78,13 @@ def step_loop(config, dtype, batch, cache_length, steps, jit):
             return i + 1, x, mm(x, table)
 
         logits = tf.zeros([batch, config["vocabulary_size"]], dtype)
-        return tf.while_loop(
-            lambda i, *_: i < steps, body, (0, x, logits)
-        )[2]
+        return tf.while_loop(lambda i, *_: i < steps, body, (0, x, logits))[2]
 
     x = tf.cast(tf.random.normal([batch, d]), dtype)
-    weight_bytes = sum(
-        w.shape.num_elements() * w.dtype.size for b in blocks for w in b
-    ) + head.shape.num_elements() * head.dtype.size
+    weight_bytes = (
+        sum(w.shape.num_elements() * w.dtype.size for b in blocks for w in b)
+        + head.shape.num_elements() * head.dtype.size
+    )
     return (lambda: run(x).numpy()), weight_bytes
 
 
