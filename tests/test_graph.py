@@ -4,6 +4,7 @@ import contextlib
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tflm import graph
@@ -16,6 +17,10 @@ def _ops_by_function(concrete):
     for function in graph_def.library.function:
         out[function.signature.name] = [n.op for n in function.node_def]
     return out
+
+
+def _bodies(ops):
+    return [types for name, types in ops.items() if "while_body" in name]
 
 
 def _loop(layer, hoisted):
@@ -38,13 +43,12 @@ def test_a_loop_body_reads_no_variable_and_computes_the_same():
     plain, hoisted = _loop(layer, False), _loop(layer, True)
     np.testing.assert_array_equal(plain(x), hoisted(x))
     ops = _ops_by_function(hoisted.get_concrete_function(x))
-    body = [ops[name] for name in ops if "while_body" in name]
+    body = _bodies(ops)
     assert body and all("ReadVariableOp" not in b for b in body)
     # Each weight is read once, outside the loop.
     assert ops[""].count("ReadVariableOp") == 2
     plain_ops = _ops_by_function(plain.get_concrete_function(x))
-    in_body = [plain_ops[n] for n in plain_ops if "while_body" in n]
-    assert sum(b.count("ReadVariableOp") for b in in_body) == 2
+    assert sum(b.count("ReadVariableOp") for b in _bodies(plain_ops)) == 2
 
 
 def test_a_mixed_policy_casts_once_outside_the_loop():
@@ -54,25 +58,51 @@ def test_a_mixed_policy_casts_once_outside_the_loop():
     run = _loop(layer, True)
     assert run(x).dtype == tf.bfloat16
     ops = _ops_by_function(run.get_concrete_function(x))
-    body = [ops[name] for name in ops if "while_body" in name][0]
+    (body,) = _bodies(ops)
     # The float32 kernel and bias arrive in bfloat16, cast once outside.
     assert body.count("Cast") == 0
     assert ops[""].count("Cast") == 2
     plain = _ops_by_function(_loop(layer, False).get_concrete_function(x))
-    assert [plain[n] for n in plain if "while_body" in n][0].count("Cast") == 2
+    assert _bodies(plain)[0].count("Cast") == 2
 
 
-def test_an_assign_within_is_kept_by_the_scope_and_eager_is_untouched():
+def test_an_assign_within_is_an_error_and_eager_is_untouched():
     v = keras.Variable(1.0)
 
     @graph.function
     def f():
         with graph.reads_hoisted():
             v.assign(5.0)
-            return tf.convert_to_tensor(v.value) + 0.0
+        return v.value
 
-    assert float(f()) == 5.0
-    assert float(v.numpy()) == 1.0  # the scope kept the assignment
+    with pytest.raises(ValueError, match="assigned while its reads"):
+        f()
     with graph.reads_hoisted():  # eagerly: no scope
         v.assign(2.0)
     assert float(v.numpy()) == 2.0
+
+
+def test_an_enclosing_stateless_scope_keeps_its_values():
+    v = keras.Variable(1.0)
+
+    @graph.function
+    def f():
+        with keras.StatelessScope(state_mapping=[(v, tf.constant(7.0))]):
+            with graph.reads_hoisted():
+                return tf.convert_to_tensor(v.value) + 0.0
+
+    assert float(f()) == 7.0
+
+
+def test_a_variable_used_twice_is_read_once():
+    layer = keras.layers.Dense(4)
+    x = tf.ones((1, 4))
+    layer(x)
+
+    @graph.function
+    def f(x):
+        with graph.reads_hoisted():
+            return layer(layer(x))
+
+    ops = _ops_by_function(f.get_concrete_function(x))
+    assert ops[""].count("ReadVariableOp") == 2

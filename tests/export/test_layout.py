@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tflm import graph
 from tflm.export import layout
+from tflm.generation import beam
+from tflm.generation import loop
 from tflm.models import weights as weights_lib
 from tflm.models.causal_lm import CausalLM
 
@@ -92,3 +95,43 @@ def test_the_model_is_restored_when_the_export_fails():
         with layout.transposed_projections(lm):
             raise RuntimeError("disk full")
     assert weights_lib.projections(lm) == before
+
+
+def test_decode_and_beam_loops_read_no_variable_with_transposed_kernels():
+    lm = CausalLM.from_preset("tiny", vocabulary_size=64)
+    ids = tf.constant([[1, 2, 3]])
+    one = {"max_new_tokens": tf.constant([4]), "eos_id": tf.constant(-1)}
+    one["pad_id"] = tf.constant(0)
+    sampling = {
+        **one,
+        "temperature": tf.constant([0.0]),
+        "top_k": tf.constant([0]),
+        "top_p": tf.constant([1.0]),
+        "seed": tf.constant([0]),
+        "stop_ids": tf.constant([-1]),
+    }
+    forward, to_logits = lm.backbone.call_with_cache, lm.logits_from_hidden
+    with layout.transposed_projections(lm):
+
+        @graph.function
+        def run():
+            mask = tf.ones_like(ids)
+            cache = lm.backbone.init_cache(1, 8)
+            greedy = loop.generate(
+                forward, to_logits, cache, ids, mask, sampling, in_place=True
+            )
+            cache = lm.backbone.init_cache(1, 8)
+            beams = beam.generate(
+                forward, to_logits, cache, ids, mask, one, 1,
+                tf.constant([1.0]), tf.constant([False]), 1,
+            )  # fmt: skip
+            return greedy["token_ids"], beams["token_ids"]
+
+        library = run.get_concrete_function().graph.as_graph_def().library
+        greedy, beams = run()
+    np.testing.assert_array_equal(greedy, beams)
+    # The decode loop's `while_body_*` and the beam loop's `while_1_body_*`.
+    bodies = [f for f in library.function if "_body_" in f.signature.name]
+    assert len(bodies) == 2
+    for body in bodies:
+        assert "ReadVariableOp" not in [n.op for n in body.node_def]

@@ -13,6 +13,7 @@ from tflm.layers import lora as lora_layers
 from tflm.models import lora
 from tflm.models import lora_storage
 from tflm.models import model_dir
+from tflm.models import weights as weights_lib
 from tflm.models.causal_lm import CausalLM
 from tflm.tokenizers.byte import ByteTokenizer
 from tflm.train import trainer as trainer_lib
@@ -237,6 +238,21 @@ def test_a_keras_file_keeps_the_adapters(tmp_path):
     np.testing.assert_array_equal(loaded(x).numpy(), lm(x).numpy())
     # Still a LoRA model: only the adapters train.
     assert {id(v) for v in loaded.trainable_variables} == _adapter_ids(loaded)
+
+
+@pytest.mark.parametrize("weights", ["bfloat16", "int8"])
+def test_reduced_weights_of_a_lora_model_merge_its_adapters(weights):
+    lm = _lora_lm()
+    x, _ = _batch(rows=2)
+    expected = lm(x).numpy()
+    reduced = weights_lib.converted(lm, weights)
+    assert lora.lora_config(reduced) is None
+    assert weights_lib.weights_of(reduced) == weights
+    assert lora.lora_config(lm) is not None  # the model is kept
+    base = _lm()  # the same base weights, no adapters
+    adapters_effect = np.abs(base(x).numpy() - expected).max()
+    error = np.abs(reduced(x).numpy() - expected).max()
+    assert error < adapters_effect / 5, (error, adapters_effect)
 
 
 def test_overwriting_with_a_plain_model_drops_the_adapters(tmp_path):

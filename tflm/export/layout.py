@@ -36,7 +36,10 @@ class TransposedDense(tf.Module):
         # A Keras variable, so that `tflm.graph.reads_hoisted` reads it
         # once before the decode loop, as it does the model's own weights.
         self.kernel_t = keras.Variable(
-            tf.transpose(dense.kernel), trainable=False, name="kernel_t"
+            tf.transpose(dense.kernel),
+            trainable=False,
+            autocast=False,
+            name="kernel_t",
         )
         self.bias = dense.bias
 

@@ -163,8 +163,8 @@ def decode(
     `in_place=True` (the plain graph only: XLA has no kernel for it) copies
     the cache once and then writes each step's keys and values into that
     copy in place, instead of a scatter that copies the whole cache at
-    every step (`tflm.layers.kv_cache`). The model's weights are read once,
-    before the loop (`tflm.graph.reads_hoisted`).
+    every step (`tflm.layers.kv_cache`). Weights are read once, before the
+    loop (`tflm.graph.reads_hoisted`).
     """
     strategy = strategy or samplers.Sampling()
     end = state["steps"]

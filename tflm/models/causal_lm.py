@@ -9,6 +9,7 @@ import keras
 
 from tflm import errors
 from tflm.models import backbone as backbone_lib
+from tflm.models import lora
 from tflm.models import model_dir
 from tflm.models import optimizer as optimizer_lib
 from tflm.models import presets
@@ -358,8 +359,6 @@ class CausalLM(keras.Model):
         return interface.stream(generator, prompt, max_new_tokens, **kwargs)
 
     def get_config(self):
-        from tflm.models import lora
-
         config = {
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "name": self.name,
@@ -372,8 +371,6 @@ class CausalLM(keras.Model):
 
     @classmethod
     def from_config(cls, config):
-        from tflm.models import lora
-
         config = dict(config)
         adapters = config.pop("lora", None)
         config["backbone"] = keras.saving.deserialize_keras_object(

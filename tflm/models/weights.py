@@ -221,11 +221,16 @@ def _embedding_to_int8(layer):
 def converted(model, weights: str):
     """A converted copy of `model` (with its tokenizer); `model` is kept.
 
-    Returns `model` itself when it already has `weights`.
+    Returns `model` itself when it already has `weights`. A LoRA model's
+    adapters are merged into the copy (reduced weights are for inference).
     """
+    from tflm.models import lora
+
     check_weights(weights)
     if weights_of(model) == weights:
         return model
+    if lora.lora_config(model) is not None:
+        return convert_weights(lora.merged(model), weights)
     copy = type(model).from_config(model.get_config())
     copy.set_weights(model.get_weights())
     copy.tokenizer = getattr(model, "tokenizer", None)
