@@ -24,6 +24,7 @@ measured in the same run.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 
@@ -98,38 +99,40 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    from tflm.models import presets
+    from tflm.models import get_preset
 
     bandwidth = generate.read_bandwidth_gbps()
     print(json.dumps({"read_bandwidth_GBps": round(bandwidth, 1)}))
-    for preset in args.presets.split(","):
-        config = presets.PRESETS[preset]
-        for dtype in args.dtypes.split(","):
-            for batch in map(int, args.batches.split(",")):
-                for mode in ("plain", "xla"):
-                    run, nbytes = step_loop(
-                        config,
-                        dtype,
-                        batch,
-                        args.cache_length,
-                        args.steps,
-                        mode == "xla",
-                    )
-                    step = generate._best(run, args.repeats) / args.steps
-                    line = {
-                        "preset": preset,
-                        "dtype": dtype,
-                        "batch": batch,
-                        "graph": mode,
-                        "ms_per_step": round(step * 1e3, 3),
-                        "weight_MB": round(nbytes / 1e6, 1),
-                        "weights_read_GBps": round(nbytes / step / 1e9, 1),
-                        "bound_new_tokens_per_s": round(batch / step, 1),
-                        "bandwidth_bound_new_tokens_per_s": round(
-                            batch * bandwidth * 1e9 / nbytes, 1
-                        ),
-                    }
-                    print(json.dumps(line), flush=True)
+    runs = itertools.product(
+        args.presets.split(","),
+        args.dtypes.split(","),
+        map(int, args.batches.split(",")),
+        ("plain", "xla"),
+    )
+    for preset, dtype, batch, mode in runs:
+        run, nbytes = step_loop(
+            get_preset(preset),
+            dtype,
+            batch,
+            args.cache_length,
+            args.steps,
+            mode == "xla",
+        )
+        step = generate._best(run, args.repeats) / args.steps
+        line = {
+            "preset": preset,
+            "dtype": dtype,
+            "batch": batch,
+            "graph": mode,
+            "ms_per_step": round(step * 1e3, 3),
+            "weight_MB": round(nbytes / 1e6, 1),
+            "weights_read_GBps": round(nbytes / step / 1e9, 1),
+            "bound_new_tokens_per_s": round(batch / step, 1),
+            "bandwidth_bound_new_tokens_per_s": round(
+                batch * bandwidth * 1e9 / nbytes, 1
+            ),
+        }
+        print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":

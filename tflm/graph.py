@@ -50,8 +50,9 @@ class _HoistedReads(keras.StatelessScope):
 
     def get_current_value(self, variable):
         outer = self.original_scope  # an enclosing stateless call's values
-        if outer is not None and outer.get_current_value(variable) is not None:
-            return outer.get_current_value(variable)
+        given = None if outer is None else outer.get_current_value(variable)
+        if given is not None:
+            return given
         key = (id(variable), variable.dtype)  # `dtype` is the autocast one
         if key not in self._reads:
             # The empty scope reads the variable itself, autocast as here.

@@ -286,12 +286,10 @@ def merged(model):
 
     Returns `model` itself when it has no adapters.
     """
-    config = lora_config(model)
-    if config is None:
+    if lora_config(model) is None:
         return model
-    copy = type(model).from_config(model.get_config())  # with adapters
-    copy.set_weights(model.get_weights())
+    from tflm.models import weights as weights_lib
+
+    copy = weights_lib.clone(model)  # with adapters
     merge_lora(copy)
-    copy.tokenizer = getattr(model, "tokenizer", None)
-    copy.template = getattr(model, "template", None)
     return copy

@@ -41,6 +41,7 @@ import logging
 import keras
 
 from tflm import errors
+from tflm.models import lora
 
 logger = logging.getLogger("tflm")
 
@@ -224,18 +225,22 @@ def converted(model, weights: str):
     Returns `model` itself when it already has `weights`. A LoRA model's
     adapters are merged into the copy (reduced weights are for inference).
     """
-    from tflm.models import lora
-
     check_weights(weights)
     if weights_of(model) == weights:
         return model
     if lora.lora_config(model) is not None:
         return convert_weights(lora.merged(model), weights)
+    return convert_weights(clone(model), weights)
+
+
+def clone(model):
+    """A copy of `model`: its config (adapters included), weights,
+    tokenizer and template."""
     copy = type(model).from_config(model.get_config())
     copy.set_weights(model.get_weights())
     copy.tokenizer = getattr(model, "tokenizer", None)
     copy.template = getattr(model, "template", None)
-    return convert_weights(copy, weights)
+    return copy
 
 
 def float32_values(model) -> dict:

@@ -278,16 +278,13 @@ def _build(run: _Run):
     optimizer = optimizer_lib.from_config(
         config, run.total_steps, sum_gradients=False
     )
-    trainer.compile(optimizer=optimizer, jit_compile=_jit(run))
+    jit = use_xla(config.jit_compile, run.strategy, config.precision)
+    trainer.compile(optimizer=optimizer, jit_compile=jit)
     optimizer.build(lm.trainable_variables)
     if run.saved:
         state_lib.restore_optimizer(optimizer, run.out)
         state_lib.restore_rng(lm, run.out)
     return lm, trainer
-
-
-def _jit(run: _Run) -> bool:
-    return use_xla(run.config.jit_compile, run.strategy, run.config.precision)
 
 
 def use_xla(jit_compile: str, strategy, precision: str) -> bool:
