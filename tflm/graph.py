@@ -8,7 +8,8 @@ an export's time. A Python `if` on a tensor then fails at trace time instead
 of being converted, which is the intent.
 
 `reads_hoisted()`: within it, a Keras variable that a `tf.while_loop` body
-uses is read once, before the loop, instead of at every iteration.
+uses is read once, before the loop, instead of at every iteration;
+`transposed(variable)` is its value transposed, also computed once there.
 
 Example:
 >>> import tensorflow as tf
@@ -21,11 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 
 import keras
 import tensorflow as tf
 
 function = functools.partial(tf.function, autograph=False)
+_ACTIVE = threading.local()  # the innermost `reads_hoisted` scope
 
 
 class _HoistedReads(keras.StatelessScope):
@@ -60,6 +63,30 @@ class _HoistedReads(keras.StatelessScope):
                 self._reads[key] = tf.convert_to_tensor(variable.value)
         return self._reads[key]
 
+    def transposed(self, variable):
+        key = ("transposed", id(variable), variable.dtype)
+        if key not in self._reads:
+            value = self.get_current_value(variable)
+            with self._graph.as_default():
+                self._reads[key] = tf.transpose(value)
+        return self._reads[key]
+
+
+def transposed(variable):
+    """`variable`'s value (a matrix) transposed: within `reads_hoisted()`,
+    computed once where the scope was entered (so a loop body multiplies
+    by a transposed copy made before the loop); elsewhere, here.
+
+    Example:
+    >>> v = keras.Variable([[1.0, 2.0]])
+    >>> transposed(v).shape
+    TensorShape([2, 1])
+    """
+    scope = getattr(_ACTIVE, "scope", None)
+    if scope is not None:
+        return scope.transposed(variable)
+    return tf.transpose(tf.convert_to_tensor(variable))
+
 
 @contextlib.contextmanager
 def reads_hoisted():
@@ -87,5 +114,10 @@ def reads_hoisted():
     if tf.executing_eagerly():
         yield
         return
-    with _HoistedReads(tf.compat.v1.get_default_graph()):
-        yield
+    outer = getattr(_ACTIVE, "scope", None)
+    with _HoistedReads(tf.compat.v1.get_default_graph()) as scope:
+        _ACTIVE.scope = scope
+        try:
+            yield
+        finally:
+            _ACTIVE.scope = outer

@@ -21,6 +21,7 @@ from tflm.generation import loop
 from tflm.generation import samplers
 from tflm.generation import settings as settings_lib
 from tflm.generation import templating
+from tflm.layers import matvec
 
 _SPECS = {
     s.name: tf.TensorSpec([None], s.dtype, s.name) for s in settings_lib.SPEC
@@ -154,7 +155,8 @@ class Generator:
     def _run_xla_graph(self, ids, mask, settings, cache_length):
         # XLA has no in-place cache write; its own scatter is in place.
         state = self._prefill_graph(ids, mask, settings, cache_length)
-        state = self._decode_state(state, None, None, in_place=False)
+        with matvec.narrowing_transposed():  # XLA's faster layout at batch 1
+            state = self._decode_state(state, None, None, in_place=False)
         return loop.finish(state, trim=False)
 
     def _decode_state(self, state, max_steps, stop, in_place=True):

@@ -6,6 +6,7 @@ import keras
 
 from tflm.layers import attention as attention_lib
 from tflm.layers import fused
+from tflm.layers import matvec
 
 NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu", "swiglu")
@@ -172,7 +173,7 @@ class DecoderBlock(keras.layers.Layer):
             h = keras.ops.silu(gate) * up
         else:
             h = fused.gelu(h, training)
-        return attention_lib.reshape(self.mlp_out(h), shape)
+        return attention_lib.reshape(matvec.project(self.mlp_out, h), shape)
 
     def call(
         self,
