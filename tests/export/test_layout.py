@@ -59,10 +59,13 @@ def test_projections_are_swapped_only_inside_the_context(shape, weights):
         "padding_mask": np.ones((1, 6), "int32"),
     }
     expected = lm(ids)
+    embedding = lm.backbone.token_embedding
     with layout.transposed_projections(lm) as count:
-        assert count == len(before)
+        assert count == len(before) + lm.backbone.tie_embeddings
         block = lm.backbone.blocks[0]
         assert isinstance(block.mlp_in, layout.TransposedDense)
+        tied = isinstance(lm.backbone.token_embedding, layout.TransposedTable)
+        assert tied == lm.backbone.tie_embeddings
         # Keras' tracking never sees the swap: the same weights, in order.
         assert [v.path for v in lm.weights] == paths
         inside = lm(ids)
@@ -70,6 +73,7 @@ def test_projections_are_swapped_only_inside_the_context(shape, weights):
     tol = 1e-5 if weights is None else 2e-2
     np.testing.assert_allclose(inside, expected, atol=tol)
     assert weights_lib.projections(lm) == before
+    assert lm.backbone.token_embedding is embedding
 
 
 def test_int8_projections_keep_their_own_matmul():
@@ -85,7 +89,54 @@ def test_mixed_precision_projections_keep_keras_autocast():
     )
     assert lm.backbone.blocks[0].mlp_in.compute_dtype == "bfloat16"
     with layout.transposed_projections(lm) as count:
-        assert count == 0
+        assert count == 1  # the tied table only
+        table = lm.backbone.token_embedding
+        assert isinstance(table, layout.TransposedTable)
+        assert table.table_t.dtype == "bfloat16"  # the head's dtype
+        assert not any(
+            isinstance(p, layout.TransposedDense)
+            for p in weights_lib.projections(lm)
+        )
+
+
+def _embeddings(weights=None, **shape):
+    lm = CausalLM.from_preset("tiny", vocabulary_size=64, **shape)
+    if weights:
+        lm = weights_lib.converted(lm, weights)
+    return lm.backbone.token_embedding
+
+
+@pytest.mark.parametrize(
+    ("weights", "dtype"),
+    [(None, "float32"), ("bfloat16", "float32"), (None, "mixed_bfloat16")],
+)
+def test_transposed_table_computes_what_the_embedding_does(weights, dtype):
+    embedding = _embeddings(weights, dtype=dtype)
+    table = layout.TransposedTable(embedding)
+    assert table.table_t.shape == (embedding.output_dim, 64)
+    ids = tf.constant([[1, 5, 63], [0, 2, 2]])
+    looked_up = table(ids)
+    assert looked_up.dtype == embedding(ids).dtype
+    np.testing.assert_array_equal(looked_up, embedding(ids))
+    hidden = tf.cast(looked_up, embedding.compute_dtype) * 3
+    logits = table(hidden, reverse=True)
+    expected = embedding(hidden, reverse=True)
+    assert logits.dtype == expected.dtype
+    tol = 1e-5 if dtype == "float32" and not weights else 2e-2
+    np.testing.assert_allclose(
+        tf.cast(logits, tf.float32), tf.cast(expected, tf.float32), atol=tol
+    )
+
+
+def test_untied_and_int8_tables_are_not_transposed():
+    untied = CausalLM.from_preset(
+        "tiny", vocabulary_size=64, tie_embeddings=False
+    )
+    int8 = weights_lib.converted(CausalLM.from_preset("tiny"), "int8")
+    for lm in (untied, int8):
+        embedding = lm.backbone.token_embedding
+        with layout.transposed_projections(lm):
+            assert lm.backbone.token_embedding is embedding
 
 
 def test_the_model_is_restored_when_the_export_fails():

@@ -19,6 +19,7 @@ from tflm.generation import loop
 from tflm.generation import samplers
 from tflm.generation import settings as settings_lib
 from tflm.generation import templating
+from tflm.models import backbone as backbone_lib
 
 GENERATE_INPUTS = ("prompt", *settings_lib.SERVING_DEFAULT)
 CHAT_INPUTS = chat_signature.INPUTS
@@ -201,7 +202,14 @@ class ServingModule(tf.Module):
         # (SentencePiece models made elsewhere may have `pad_id == -1`).
         ids = full.to_tensor(default_value=0)
         mask = tf.sequence_mask(full.row_lengths(), tf.shape(ids)[1], tf.int32)
-        logits = self.model({"token_ids": ids, "padding_mask": mask})
+        # Through the attributes that `tflm.export.layout` swaps (not the
+        # functional graph, which holds the original layers): the export
+        # then reads one copy of each weight.
+        backbone = self.model.backbone
+        cache = backbone.init_cache(tf.shape(ids)[0], tf.shape(ids)[1])
+        positions = backbone_lib.position_ids_from_mask(mask)
+        hidden, _ = backbone.call_with_cache(ids, cache, 0, mask, positions)
+        logits = self.model.logits_from_hidden(hidden)
         log_probs = tf.nn.log_softmax(logits[:, :-1], axis=-1)
         picked = tf.gather(log_probs, ids[:, 1:], batch_dims=2)
         weights = tf.cast(mask[:, 1:], tf.float32)
