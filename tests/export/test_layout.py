@@ -3,10 +3,12 @@
 import keras
 import numpy as np
 import pytest
+import serving_helpers as helpers
 import tensorflow as tf
 
 from tflm import graph
 from tflm.export import layout
+from tflm.export import signatures
 from tflm.generation import beam
 from tflm.generation import loop
 from tflm.models import weights as weights_lib
@@ -118,14 +120,16 @@ def test_transposed_table_computes_what_the_embedding_does(weights, dtype):
     looked_up = table(ids)
     assert looked_up.dtype == embedding(ids).dtype
     np.testing.assert_array_equal(looked_up, embedding(ids))
-    hidden = tf.cast(looked_up, embedding.compute_dtype) * 3
+    rng = np.random.default_rng(0)
+    hidden = rng.normal(size=(2, 3, embedding.output_dim)) * 30
+    hidden = tf.cast(hidden, embedding.compute_dtype)
     logits = table(hidden, reverse=True)
     expected = embedding(hidden, reverse=True)
     assert logits.dtype == expected.dtype
+    expected = tf.cast(expected, tf.float32)
+    assert float(tf.reduce_max(tf.abs(expected))) > 1.0  # tolerances below
     tol = 1e-5 if dtype == "float32" and not weights else 2e-2
-    np.testing.assert_allclose(
-        tf.cast(logits, tf.float32), tf.cast(expected, tf.float32), atol=tol
-    )
+    np.testing.assert_allclose(tf.cast(logits, tf.float32), expected, atol=tol)
 
 
 def test_untied_and_int8_tables_are_not_transposed():
@@ -186,3 +190,21 @@ def test_decode_and_beam_loops_read_no_variable_with_transposed_kernels():
     assert len(bodies) == 2
     for body in bodies:
         assert "ReadVariableOp" not in [n.op for n in body.node_def]
+
+
+def test_the_export_reads_only_the_transposed_table_and_scores_the_same():
+    lm = helpers.byte_model()
+    text = tf.constant(["to be or not", "a"])
+    outside = signatures.ServingModule(lm, lm.tokenizer)
+    plain = outside.score_text(text)
+    assert "token_embedding/embeddings:0" in [
+        v.name for v in outside.serving_variables
+    ]
+    with layout.transposed_projections(lm):
+        module = signatures.ServingModule(lm, lm.tokenizer)
+        names = [v.name for v in module.serving_variables]
+        scored = module.score_text(text)
+    assert "embeddings_t:0" in names
+    assert "token_embedding/embeddings:0" not in names, names
+    for key in ("log_likelihood", "num_tokens"):
+        np.testing.assert_allclose(scored[key], plain[key], rtol=1e-5)

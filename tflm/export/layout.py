@@ -33,6 +33,7 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from tflm.layers import matvec
 from tflm.models import weights as weights_lib
 
 
@@ -54,22 +55,30 @@ class TransposedDense(tf.Module):
         self.bias = dense.bias
 
     def __call__(self, inputs):
-        x = tf.cast(inputs, self.kernel_t.dtype)
-        x = tf.matmul(x, self.kernel_t, transpose_b=True)
-        if self.bias is None:
-            return x
-        bias = tf.convert_to_tensor(self.bias)
-        if x.dtype != bias.dtype:
-            x = tf.cast(x, tf.float32)
-            bias = tf.cast(bias, tf.float32)
-        return tf.nn.bias_add(x, bias)
+        bias = None if self.bias is None else tf.convert_to_tensor(self.bias)
+        kernel_t = tf.convert_to_tensor(self.kernel_t)
+        return matvec.times_transposed(inputs, kernel_t, bias)
 
 
 class TransposedTable(tf.Module):
     """A tied `ReversibleEmbedding` with its table stored transposed,
     `(D, V)`, in the dtype its output head multiplies in: the head is
     `hidden @ table_t`, and the lookup gathers columns. Computes what the
-    embedding does, in the same dtypes."""
+    embedding does, in the same dtypes.
+
+    Args:
+        embedding: a built, tied `ReversibleEmbedding` (see
+            `_transposable_table` for which ones).
+
+    Call arguments:
+        inputs: int ids `(...)`, or hidden states `(..., D)` with
+            `reverse=True`.
+        reverse: bool. The output head instead of the lookup.
+
+    Returns:
+        `(..., D)` in the embedding's compute dtype, or logits `(..., V)`
+        in the head's dtype.
+    """
 
     def __init__(self, embedding: keras.layers.ReversibleEmbedding):
         super().__init__(name=embedding.name)
@@ -93,6 +102,9 @@ class TransposedTable(tf.Module):
 
 
 def _transposable_table(embedding) -> bool:
+    # The table is stored in the head's dtype, which the lookup also reads:
+    # exact only where the head multiplies in the table's own dtype, or
+    # the lookup's output is cast to it anyway (a mixed policy).
     table = keras.backend.standardize_dtype(embedding.embeddings.dtype)
     return (
         embedding.tie_weights
@@ -100,19 +112,7 @@ def _transposable_table(embedding) -> bool:
         and not embedding.lora_enabled
         and embedding.logit_soft_cap is None
         and table in ("float32", "bfloat16")
-    )
-
-
-def _transposable(layer) -> bool:
-    # A mixed policy (float32 kernel, bf16/f16 compute) would need Keras'
-    # autocast; such layers keep their `Dense`.
-    kernel = keras.backend.standardize_dtype(layer.kernel.dtype)
-    return (
-        type(layer) is keras.layers.Dense
-        and layer.activation in (None, keras.activations.linear)
-        and not layer.quantization_mode
-        and kernel in ("float32", "bfloat16")
-        and layer.compute_dtype == kernel
+        and embedding.reverse_dtype in (None, table)
     )
 
 
@@ -124,7 +124,7 @@ def transposed_projections(model):
     swapped = []
     try:
         for parent, attr, layer in weights_lib.projection_slots(model):
-            if _transposable(layer):
+            if matvec.plain_dense(layer):
                 object.__setattr__(parent, attr, TransposedDense(layer))
                 swapped.append((parent, attr, layer))
         embedding = model.backbone.token_embedding
