@@ -107,10 +107,7 @@ def _transposable_table(embedding) -> bool:
     # the lookup's output is cast to it anyway (a mixed policy).
     table = keras.backend.standardize_dtype(embedding.embeddings.dtype)
     return (
-        embedding.tie_weights
-        and not embedding.quantization_mode
-        and not embedding.lora_enabled
-        and embedding.logit_soft_cap is None
+        matvec.plain_table(embedding)
         and table in ("float32", "bfloat16")
         and embedding.reverse_dtype in (None, table)
     )

@@ -149,13 +149,14 @@ class Generator:
 
     def _run_graph(self, ids, mask, settings, cache_length, stop=None):
         state = self._prefill_graph(ids, mask, settings, cache_length)
-        state = self._decode_state(state, None, stop)
+        with matvec.decode_layout("graph"):  # oneDNN's faster layout
+            state = self._decode_state(state, None, stop)
         return loop.finish(state, trim=False)
 
     def _run_xla_graph(self, ids, mask, settings, cache_length):
         # XLA has no in-place cache write; its own scatter is in place.
         state = self._prefill_graph(ids, mask, settings, cache_length)
-        with matvec.narrowing_transposed():  # XLA's faster layout at batch 1
+        with matvec.decode_layout("xla"):  # XLA's faster layout at batch 1
             state = self._decode_state(state, None, None, in_place=False)
         return loop.finish(state, trim=False)
 

@@ -1,24 +1,35 @@
-"""One-row projections under XLA: a narrowing kernel multiplied transposed.
+"""Decode-loop layouts: narrowing kernels and the tied head, transposed.
 
-In a decode step at batch 1 every projection is a matrix-vector product,
-bound by reading the kernel. XLA's CPU code for `x @ W` reads a `Dense`
-kernel `(in, out)` fastest when its rows are long: measured on this
-project's CPU (`jit_compile=True`, float32, kernels chained past the
-caches), `(384, 1536)` takes 63 µs as stored and 81 µs transposed, but the
-narrowing `(1536, 384)` takes 96 µs as stored and 56 µs as `x @ Wtᵀ` with
-`Wt` `(384, 1536)`. With two or more rows the stored layout is the faster
-one in every shape (1.3-1.6x).
+A decode step's projections are products of a few rows with each kernel,
+bound by reading it, and which layout reads fastest depends on the
+backend. Measured on this project's CPU (float32, kernels chained past the
+caches):
 
-Within `narrowing_transposed()`, `project(layer, x)` of a one-row `x`
+- XLA (`jit_compile=True`) reads a `Dense` kernel `(in, out)` fastest when
+  its rows are long: the widening `(384, 1536)` takes 63 µs as stored and
+  81 µs transposed, but the narrowing `(1536, 384)` 96 µs as stored and
+  56 µs as `x @ Wtᵀ` with `Wt` `(384, 1536)`, at one row; with two or more
+  rows the stored layout is the faster one in every shape (1.3-1.6x).
+- The plain graph (oneDNN) runs the narrowing `(1536, 384)` in 137 µs
+  transposed against 186 as stored at one row (185 vs 227 at eight), and
+  the tied head `hidden @ tableᵀ` of bench-small's `(8192, 384)` table
+  faster with the table transposed to `(D, V)` (402 vs 634 µs for a
+  `(7680, 384)` at one row, 872 vs 1,236 at eight).
+
+Within `decode_layout("xla")`, `project(layer, x)` of a one-row `x`
 through a plain `Dense` with more inputs than outputs (the MLP's output
 projection) multiplies by `tflm.graph.transposed(kernel)`: inside the
 decode loop's `reads_hoisted()`, a copy transposed once before the loop.
-XLA generation enters it (`tflm.generation.api`): bench-small greedy at
-batch 1 went from 272 to 319 and from 300 to 337 new tokens/s in two
-alternating runs (best of 5-7 calls each), with the same tokens; gpt2-124m
-from 40.7 to 42.1 (medians of 9). Elsewhere `project` is `layer(x)`, so
-training and the export (which stores its own layout,
-`tflm.export.layout`) are as before.
+Within `decode_layout("graph")` it does so at any number of rows, and
+`head(embedding, hidden)` multiplies by the tied table transposed once.
+Generation enters them around its decode loop (`tflm.generation.api`;
+streaming, which runs the loop in chunks, does not). Measured, bench-small
+greedy 64 + 192, alternating in one process, with the same tokens: XLA
+batch 1 from 272 to 319 and from 300 to 337 new tokens/s (gpt2-124m: 40.7
+to 42.1, medians of 9); the plain graph from 159.5 to 177.3 at batch 1 and
+from 611.6 to 691.9 at batch 8 (best of 5). Elsewhere `project` is
+`layer(x)` and `head` the embedding's own, so training and the export
+(which stores its own layout, `tflm.export.layout`) are as before.
 """
 
 from __future__ import annotations
@@ -34,16 +45,23 @@ from tflm import graph
 _MODE = threading.local()
 
 
+BACKENDS = ("xla", "graph")
+
+
 @contextlib.contextmanager
-def narrowing_transposed():
-    """Within: `project` multiplies one-row inputs of narrowing projections
-    by the transposed kernel (see the module docstring)."""
-    before = getattr(_MODE, "on", False)
-    _MODE.on = True
+def decode_layout(backend: str):
+    """Within: `project` and `head` use `backend`'s faster layout, one of
+    `BACKENDS` (see the module docstring)."""
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"backend must be one of {BACKENDS}. Received: {backend!r}."
+        )
+    before = getattr(_MODE, "backend", None)
+    _MODE.backend = backend
     try:
         yield
     finally:
-        _MODE.on = before
+        _MODE.backend = before
 
 
 def plain_dense(layer) -> bool:
@@ -73,14 +91,28 @@ def times_transposed(x, kernel_t, bias=None):
     return tf.nn.bias_add(y, bias)
 
 
-def _applies(layer, x) -> bool:
+def plain_table(embedding) -> bool:
+    """A tied `ReversibleEmbedding` with no quantization, adapter or soft
+    cap: one whose table the head may multiply by directly."""
     return (
-        getattr(_MODE, "on", False)
-        and x.shape.rank == 2
-        and x.shape[0] == 1
-        and plain_dense(layer)
-        and layer.kernel.shape[0] > layer.kernel.shape[1]
+        isinstance(embedding, keras.layers.ReversibleEmbedding)
+        and embedding.tie_weights
+        and not embedding.quantization_mode
+        and not embedding.lora_enabled
+        and embedding.logit_soft_cap is None
     )
+
+
+def _head_dtype(embedding) -> str:
+    return embedding.reverse_dtype or embedding.compute_dtype
+
+
+def _applies(layer, x) -> bool:
+    backend = getattr(_MODE, "backend", None)
+    if backend is None or x.shape.rank != 2 or not plain_dense(layer):
+        return False
+    narrowing = layer.kernel.shape[0] > layer.kernel.shape[1]
+    return narrowing and (backend == "graph" or x.shape[0] == 1)
 
 
 def project(layer: keras.layers.Dense, x):
@@ -102,3 +134,23 @@ def project(layer: keras.layers.Dense, x):
         return layer(x)
     bias = None if layer.bias is None else layer.bias.value
     return times_transposed(x, graph.transposed(layer.kernel), bias)
+
+
+def head(embedding, hidden):
+    """`embedding(hidden, reverse=True)`; see the module docstring.
+
+    Args:
+        embedding: the backbone's `ReversibleEmbedding`.
+        hidden: `(..., D)`.
+
+    Returns:
+        Logits `(..., V)` in the head's dtype.
+    """
+    if not (
+        getattr(_MODE, "backend", None) == "graph"
+        and plain_table(embedding)
+        and _head_dtype(embedding) == embedding.embeddings.dtype
+    ):  # (a mixed policy would cast the whole table at every step)
+        return embedding(hidden, reverse=True)
+    table_t = graph.transposed(embedding.embeddings)
+    return tf.matmul(tf.cast(hidden, table_t.dtype), table_t)

@@ -8,6 +8,7 @@ import os
 import keras
 
 from tflm import errors
+from tflm.layers import matvec
 from tflm.models import backbone as backbone_lib
 from tflm.models import lora
 from tflm.models import model_dir
@@ -96,7 +97,7 @@ class CausalLM(keras.Model):
 
     def logits_from_hidden(self, hidden):
         """float32 logits `(..., V)` from hidden states `(..., D)`."""
-        logits = self.backbone.token_embedding(hidden, reverse=True)
+        logits = matvec.head(self.backbone.token_embedding, hidden)
         return keras.ops.cast(logits, "float32")
 
     @classmethod
