@@ -191,3 +191,27 @@ def test_plain_graph_generation_uses_it_at_any_batch_with_the_same_tokens():
     tokens, transposed = _mlp_out_matmuls(model, 2, jit=False)
     assert tokens == expected
     assert transposed == model.backbone.num_layers
+
+
+def test_plain_graph_beam_search_uses_it_with_the_same_beams():
+    model = CausalLM.from_preset("tiny", vocabulary_size=32)
+    ids = tf.ragged.constant([[3, 4, 5]], tf.int32)
+    # Under XLA, 2 beams are 2 rows: the stored layout.
+    expected = model.generate(
+        ids, max_new_tokens=4, num_beams=2, jit_compile=True
+    )
+    tokens = model.generate(
+        ids, max_new_tokens=4, num_beams=2, jit_compile=False
+    )
+    assert tokens == expected
+    beam = model.generator(False)._beam
+    (concrete,) = beam._list_all_concrete_functions()
+    library = concrete.graph.as_graph_def().library
+    body = [
+        n
+        for f in library.function
+        if "_body_" in f.signature.name
+        for n in f.node_def
+    ]
+    transposed = sum(n.op == "MatMul" and n.attr["transpose_b"].b for n in body)
+    assert transposed == model.backbone.num_layers

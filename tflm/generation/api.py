@@ -194,6 +194,7 @@ class Generator:
             beams["length_penalty"],
             beams["early_stopping"],
             beams["num_return_sequences"],
+            layout="xla" if self.jit_compile else "graph",
         )
 
     # Python side -----------------------------------------------------------

@@ -19,10 +19,13 @@ Prompts are prefilled once and the cache repeated to the beams.
 
 from __future__ import annotations
 
+import contextlib
+
 import tensorflow as tf
 
 from tflm import graph
 from tflm.generation import loop
+from tflm.layers import matvec
 
 _NEG = -1e9  # HF's "impossible" running score
 
@@ -159,6 +162,7 @@ def generate(
     length_penalty,
     early_stopping,
     num_return_sequences,
+    layout: str | None = None,
 ):
     """Beam search for `B` prompts; returns the best beams of each.
 
@@ -172,6 +176,8 @@ def generate(
         length_penalty: float32 `[B]`.
         early_stopping: bool `[B]`.
         num_return_sequences: int32 scalar in `[1, num_beams]`.
+        layout: the loop's `tflm.layers.matvec.decode_layout` backend
+            (`"xla"` or `"graph"`), or `None` for the stored layouts.
 
     Returns:
         Dict of `[B * num_return_sequences]` rows, best first per prompt:
@@ -199,6 +205,7 @@ def generate(
         tf.nest.map_structure(lambda n, o: n.set_shape(o.shape), new, state)
         return (new,)
 
-    with graph.reads_hoisted():  # weights read once, before the loop
+    mode = matvec.decode_layout(layout) if layout else contextlib.nullcontext()
+    with mode, graph.reads_hoisted():  # weights read once, before the loop
         (state,) = tf.while_loop(cond, body, (state,))
     return _outputs(state, const, num_return_sequences)

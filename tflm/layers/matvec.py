@@ -22,12 +22,14 @@ projection) multiplies by `tflm.graph.transposed(kernel)`: inside the
 decode loop's `reads_hoisted()`, a copy transposed once before the loop.
 Within `decode_layout("graph")` it does so at any number of rows, and
 `head(embedding, hidden)` multiplies by the tied table transposed once.
-Generation enters them around its decode loop (`tflm.generation.api`;
-streaming, which runs the loop in chunks, does not). Measured, bench-small
+Generation enters them around its decode and beam-search loops
+(`tflm.generation.api`; streaming, which runs the loop in chunks, does
+not). Measured, bench-small
 greedy 64 + 192, alternating in one process, with the same tokens: XLA
 batch 1 from 272 to 319 and from 300 to 337 new tokens/s (gpt2-124m: 40.7
 to 42.1, medians of 9); the plain graph from 159.5 to 177.3 at batch 1 and
-from 611.6 to 691.9 at batch 8 (best of 5). Elsewhere `project` is
+from 611.6 to 691.9 at batch 8 (best of 5); 4-beam search at batch 1
+from 109.7 to 112.9 (medians of 5, within the noise). Elsewhere `project` is
 `layer(x)` and `head` the embedding's own, so training and the export
 (which stores its own layout, `tflm.export.layout`) are as before.
 """
