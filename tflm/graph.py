@@ -72,6 +72,30 @@ class _HoistedReads(keras.StatelessScope):
         return self._reads[key]
 
 
+@contextlib.contextmanager
+def thread_setting(local: threading.local, name: str, value):
+    """Within: `local.<name>` is `value` (in this thread), then restored.
+
+    Example:
+    >>> mode = threading.local()
+    >>> with thread_setting(mode, "on", True):
+    ...     mode.on
+    True
+    >>> getattr(mode, "on", None) is None
+    True
+    """
+    missing = object()
+    before = getattr(local, name, missing)
+    setattr(local, name, value)
+    try:
+        yield
+    finally:
+        if before is missing:
+            delattr(local, name)
+        else:
+            setattr(local, name, before)
+
+
 def transposed(variable):
     """`variable`'s value (a matrix) transposed: within `reads_hoisted()`,
     computed once where the scope was entered (so a loop body multiplies
@@ -114,10 +138,6 @@ def reads_hoisted():
     if tf.executing_eagerly():
         yield
         return
-    outer = getattr(_ACTIVE, "scope", None)
     with _HoistedReads(tf.compat.v1.get_default_graph()) as scope:
-        _ACTIVE.scope = scope
-        try:
+        with thread_setting(_ACTIVE, "scope", scope):
             yield
-        finally:
-            _ACTIVE.scope = outer

@@ -21,7 +21,6 @@ from tflm.generation import loop
 from tflm.generation import samplers
 from tflm.generation import settings as settings_lib
 from tflm.generation import templating
-from tflm.layers import matvec
 
 _SPECS = {
     s.name: tf.TensorSpec([None], s.dtype, s.name) for s in settings_lib.SPEC
@@ -149,18 +148,20 @@ class Generator:
 
     def _run_graph(self, ids, mask, settings, cache_length, stop=None):
         state = self._prefill_graph(ids, mask, settings, cache_length)
-        with matvec.decode_layout("graph"):  # oneDNN's faster layout
-            state = self._decode_state(state, None, stop)
+        state = self._decode_state(state, None, stop, layout="graph")
         return loop.finish(state, trim=False)
 
     def _run_xla_graph(self, ids, mask, settings, cache_length):
         # XLA has no in-place cache write; its own scatter is in place.
         state = self._prefill_graph(ids, mask, settings, cache_length)
-        with matvec.decode_layout("xla"):  # XLA's faster layout at batch 1
-            state = self._decode_state(state, None, None, in_place=False)
+        state = self._decode_state(
+            state, None, None, in_place=False, layout="xla"
+        )
         return loop.finish(state, trim=False)
 
-    def _decode_state(self, state, max_steps, stop, in_place=True):
+    def _decode_state(self, state, max_steps, stop, in_place=True, layout=None):
+        # `layout`: `tflm.layers.matvec`'s, for a whole loop in one call
+        # (streaming's chunks would transpose the weights at every chunk).
         return loop.decode(
             self.forward,
             self.to_logits,
@@ -169,6 +170,7 @@ class Generator:
             self.strategy,
             self._text_stop(stop),
             in_place=in_place,
+            layout=layout,
         )
 
     def _decode_graph(self, state, max_steps, stop=None):

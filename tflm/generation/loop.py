@@ -30,6 +30,7 @@ import tensorflow as tf
 from tflm import graph
 from tflm.generation import samplers
 from tflm.layers import kv_cache
+from tflm.layers import matvec
 
 # Why each row stopped (the exported signature maps these to strings).
 STOP_LENGTH, STOP_EOS, STOP_TOKEN, STOP_STRING = 0, 1, 2, 3
@@ -156,6 +157,7 @@ def decode(
     strategy=None,
     text_stop=None,
     in_place: bool = False,
+    layout: str | None = None,
 ):
     """Advances `state` until every row stopped, or by `max_steps` steps.
 
@@ -164,7 +166,9 @@ def decode(
     the cache once and then writes each step's keys and values into that
     copy in place, instead of a scatter that copies the whole cache at
     every step (`tflm.layers.kv_cache`). Weights are read once, before the
-    loop (`tflm.graph.reads_hoisted`).
+    loop (`tflm.graph.reads_hoisted`). `layout` is the loop's
+    `tflm.layers.matvec.decode_layout` backend (`"xla"` or `"graph"`), or
+    `None` for the stored layouts.
     """
     strategy = strategy or samplers.Sampling()
     end = state["steps"]
@@ -186,7 +190,10 @@ def decode(
     if in_place:
         state = {**state, "cache": kv_cache.owned_copy(state["cache"])}
         mode = kv_cache.writes_in_place()
-    with mode, graph.reads_hoisted():
+    shapes = (
+        matvec.decode_layout(layout) if layout else contextlib.nullcontext()
+    )
+    with mode, shapes, graph.reads_hoisted():
         (state,) = tf.while_loop(cond, body, (state,))
     return state
 

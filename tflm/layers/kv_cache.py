@@ -36,6 +36,8 @@ import threading
 import keras
 import numpy as np
 
+from tflm import graph
+
 _MODE = threading.local()
 
 
@@ -43,12 +45,8 @@ _MODE = threading.local()
 def writes_in_place():
     """Within: `update` writes into the cache it is given (see the module
     docstring for when that is safe)."""
-    before = getattr(_MODE, "in_place", False)
-    _MODE.in_place = True
-    try:
+    with graph.thread_setting(_MODE, "in_place", True):
         yield
-    finally:
-        _MODE.in_place = before
 
 
 def in_place() -> bool:

@@ -58,12 +58,8 @@ def decode_layout(backend: str):
         raise ValueError(
             f"backend must be one of {BACKENDS}. Received: {backend!r}."
         )
-    before = getattr(_MODE, "backend", None)
-    _MODE.backend = backend
-    try:
+    with graph.thread_setting(_MODE, "backend", backend):
         yield
-    finally:
-        _MODE.backend = before
 
 
 def plain_dense(layer) -> bool:
