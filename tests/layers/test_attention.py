@@ -3,6 +3,7 @@ import json
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tflm import layers
 
@@ -267,3 +268,46 @@ def test_mixed_precision_computes_in_bfloat16():
     assert np.isfinite(
         keras.ops.convert_to_numpy(keras.ops.cast(out, "float32"))
     ).all()
+
+
+def _score_matmul_dtypes(layer, x, training):
+    """The dtypes of the batched matmuls in a traced call of `layer`."""
+    fn = tf.function(lambda x: layer(x, training=training), autograph=False)
+    graph = fn.get_concrete_function(tf.TensorSpec(x.shape, x.dtype)).graph
+    return [
+        op.get_attr("T").name
+        for op in graph.get_operations()
+        if op.type == "BatchMatMulV2"
+    ]
+
+
+@pytest.mark.parametrize("heads", HEADS, ids=HEAD_IDS)
+def test_mixed_precision_training_scores_are_a_bfloat16_product(heads):
+    num_heads, kv_heads, hidden = heads
+    layer = layers.CausalSelfAttention(
+        num_heads,
+        kv_heads,
+        # Order-1 scores, so that softmax is far from uniform.
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.5),
+        dtype="mixed_bfloat16",
+    )
+    x = tf.constant(_x(hidden))
+    trained = layer(x, training=True)
+    inferred = layer(x, training=False)
+    # Training multiplies q·kᵀ (and probs·v) in bfloat16; inference keeps
+    # the scores a float32 product.
+    assert _score_matmul_dtypes(layer, x, True) == ["bfloat16", "bfloat16"]
+    assert _score_matmul_dtypes(layer, x, False) == ["float32", "bfloat16"]
+    # No dropout: the two differ only by the scores' rounding.
+    a, b = (
+        keras.ops.convert_to_numpy(tf.cast(t, tf.float32))
+        for t in (trained, inferred)
+    )
+    assert np.abs(b).max() > 0.1
+    np.testing.assert_allclose(a, b, atol=0.02 * np.abs(b).max())
+
+
+def test_float32_training_scores_stay_float32():
+    layer = layers.CausalSelfAttention(2)
+    x = tf.constant(_x())
+    assert _score_matmul_dtypes(layer, x, True) == ["float32", "float32"]

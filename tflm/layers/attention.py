@@ -42,13 +42,41 @@ def _small_softmax(scores):
     return exp / keras.ops.sum(exp, axis=-1, keepdims=True)
 
 
+def _reduced(q, k, training):
+    """Whether attention's scores are a product in q's reduced dtype: in
+    training, with q and k in bfloat16 or float16 (a mixed policy)."""
+    return training is True and q.dtype != "float32" and q.dtype == k.dtype
+
+
+def _scores(q, k, head_dim, reduced=False):
+    """`q·kᵀ / √H`: q `(B, K, R, H)`, k `(B, K, S, H)` → `(B, K, R, S)`.
+
+    With `reduced` (see `_reduced`), the product runs in q's dtype, as
+    keras-hub's and PyTorch autocast's attention do: oneDNN's bfloat16
+    batched matmul is about twice its float32 one, forward and in both
+    gradient products; the scores are cast up for masking and softmax,
+    which stay float32. Otherwise (inference, generation, exports) q and k
+    are cast up first, and the scores are a float32 product.
+    """
+    scale = 1.0 / head_dim**0.5
+    if reduced:
+        q = q * keras.ops.cast(scale, q.dtype)
+        return keras.ops.matmul(q, keras.ops.swapaxes(k, -1, -2))
+    q32 = keras.ops.cast(q, "float32") * scale
+    return keras.ops.matmul(
+        q32, keras.ops.swapaxes(keras.ops.cast(k, "float32"), -1, -2)
+    )
+
+
 @keras.saving.register_keras_serializable(package="tflm")
 class CausalSelfAttention(keras.layers.Layer):
     """Causal self-attention: multi-head, grouped-query or multi-query.
 
     Keys and values use `num_key_value_heads` heads, each shared by
     `num_heads // num_key_value_heads` query heads; they are never repeated
-    in memory. Scores and softmax run in float32 under mixed precision.
+    in memory. Softmax runs in float32 under mixed precision; the scores
+    are a float32 product too, except in training, where q·kᵀ runs in the
+    compute dtype (see `_scores`).
 
     Args:
         num_heads: int. Query heads `N`; must divide the hidden size.
@@ -203,14 +231,14 @@ class CausalSelfAttention(keras.layers.Layer):
         batch, _, length, _ = static_shape(q)
         # Grouped query heads become extra rows of one matmul per kv head.
         q = reshape(q, (batch, kv, groups * length, h))
-        q32 = keras.ops.cast(q, "float32") * (1.0 / h**0.5)
-        scores = keras.ops.matmul(
-            q32, keras.ops.swapaxes(keras.ops.cast(k, "float32"), -1, -2)
-        )
+        reduced = _reduced(q, k, training)
+        scores = _scores(q, k, h, reduced)
         if groups > 1:
             scores = reshape(scores, (batch, kv, groups, length, -1))
             mask = mask[:, :, None]
-        scores = keras.ops.where(mask, scores, _MASKED)
+        scores = keras.ops.where(
+            mask, keras.ops.cast(scores, "float32"), _MASKED
+        )
         if isinstance(length, int) and length == 1:
             probs = _small_softmax(scores)
         else:
