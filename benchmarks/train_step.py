@@ -2,7 +2,9 @@
 
 Each measurement runs in a fresh subprocess (so peak RSS is its own) and
 prints one JSON line: tokens/s through `model.fit` (forward, loss, backward,
-AdamW with global-norm clipping), peak RSS, and the ratio to keras-hub under
+AdamW with global-norm clipping, the same optimizer for both; tflm through
+its own train step, keras-hub through Keras' default one with Keras'
+cross-entropy), peak RSS, and the ratio to keras-hub under
 the same dtype policy and `jit_compile` setting; then a summary of each
 implementation and policy at its fastest `jit_compile` setting, with the
 ratios the targets name (bf16 over fp32, tflm over keras-hub).
@@ -56,12 +58,17 @@ def measure(impl, preset, policy, jit, batch, seq, steps, warmup):
     import keras
 
     model, config, optimizer = _build(impl, preset, policy)
-    keras.Model.compile(
-        model,
-        optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        jit_compile=jit,
-    )
+    if impl == "tflm":
+        # tflm's own recipe (`tflm.models.train_step`), as `tflm train` and
+        # `CausalLM.compile()` run it; no metrics, as for keras-hub.
+        model.compile(optimizer=optimizer, weighted_metrics=[], jit_compile=jit)
+    else:
+        keras.Model.compile(
+            model,
+            optimizer=optimizer,
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            jit_compile=jit,
+        )
     times = []
 
     class Timer(keras.callbacks.Callback):

@@ -16,6 +16,8 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
+from tflm.models import losses as losses_lib
+
 
 def sum_over_replicas(value):
     """Sums `value` over replicas; the identity with one replica."""
@@ -61,10 +63,8 @@ def token_loss_sum(model, x, y, weight, training, on_logits=None):
     logits = model(x, training=training)
     if on_logits is not None:
         on_logits(y, logits, weight)
-    losses = keras.losses.sparse_categorical_crossentropy(
-        y, logits, from_logits=True
-    )
-    return tf.reduce_sum(tf.cast(losses, tf.float32) * weight)
+    losses = losses_lib.sparse_cross_entropy(y, logits)
+    return tf.reduce_sum(losses * weight)
 
 
 def _loss_and_gradients(model, optimizer, batch, total_weight, on_logits):
