@@ -119,3 +119,55 @@ def test_the_environment_switch_keeps_training_plain(monkeypatch):
     monkeypatch.setenv("TFLM_FUSED_KERNELS", "1")
     graph = tf.function(lambda: lm(x, training=True)).get_concrete_function()
     assert _compiled_calls(graph.graph) > 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_masked_softmax_and_its_gradient_equal_plain_ops(dtype):
+    scores = tf.cast(tf.reshape(X, (3, 5, 6, 8)), dtype)
+    causal = tf.linalg.band_part(tf.ones((6, 8), tf.bool), -1, 2)
+    # The last query row of the first batch sees nothing (a padded query).
+    mask = tf.tile(causal[None, None], (3, 1, 1, 1))
+    mask = tf.tensor_scatter_nd_update(
+        mask, [[0, 0, 5]], tf.zeros((1, 8), tf.bool)
+    )
+    weight = tf.reshape(WEIGHT[..., :48], (3, 5, 6, 8))
+
+    def value_and_gradient(fn):
+        with tf.GradientTape() as tape:
+            tape.watch(scores)
+            probs = fn(scores)
+            loss = tf.reduce_sum(tf.cast(probs, tf.float32) * weight)
+        return probs, tape.gradient(loss, scores)
+
+    def reference(s):  # what attention runs without the fused kernel
+        s32 = tf.where(mask, tf.cast(s, tf.float32), -1e9)
+        return tf.cast(tf.nn.softmax(s32), dtype)
+
+    got = value_and_gradient(lambda s: fused.masked_softmax(s, mask))
+    want = value_and_gradient(reference)
+    assert got[0].dtype == got[1].dtype == scores.dtype
+    tolerance = 1e-6 if dtype == "float32" else 1e-2
+    assert _max_diff(got[0], want[0]) <= tolerance
+    assert _max_diff(got[1], want[1]) <= tolerance * 5
+    assert _max_diff(want[1], 0 * want[1]) > 0.1  # not trivial
+    # Masked slots get nothing, but in the row that sees nothing, which is
+    # uniform (not NaN).
+    probs = tf.cast(got[0], tf.float32)
+    sees_something = tf.reduce_any(mask, -1, keepdims=True)
+    masked = tf.logical_and(sees_something, tf.logical_not(mask))
+    assert float(tf.reduce_max(tf.where(masked, probs, 0.0))) == 0.0
+    np.testing.assert_allclose(probs[0, 0, 5], np.full(8, 1 / 8), rtol=1e-2)
+
+
+def test_mixed_precision_attention_trains_through_the_fused_softmax():
+    lm = CausalLM.from_preset("tiny", dtype="mixed_bfloat16")
+    x = _tiny_lm_and_batch()[1]
+    graph = tf.function(lambda: lm(x, training=True)).get_concrete_function()
+    float32 = CausalLM.from_preset("tiny")
+    graph32 = tf.function(lambda: float32(x, training=True))
+    # Per block one more compiled call than in float32 training, where
+    # oneDNN's softmax is the faster one.
+    extra = _compiled_calls(graph.graph) - _compiled_calls(
+        graph32.get_concrete_function().graph
+    )
+    assert extra == lm.backbone.num_layers

