@@ -3,6 +3,7 @@ import json
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tflm.models import Backbone
 from tflm.models import CausalLM
@@ -248,6 +249,36 @@ def test_mixed_precision_cached_decoding_close_to_full_pass():
     lm = CausalLM.from_preset("tiny", dtype="mixed_bfloat16")
     ids = _ids()
     np.testing.assert_allclose(_decode(lm, ids), _logits(lm, ids), atol=2e-2)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_mixed_precision_head_multiplies_in_bfloat16_inside_the_model(
+    training,
+):
+    # Keras' embeddings skip autocast when called inside another layer that
+    # autocasts: under a global mixed policy (the CausalLM's own too), the
+    # tied head ran in float32 inside the CausalLM, though in bfloat16 when
+    # called alone.
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    lm = CausalLM.from_preset("tiny")
+    assert lm.dtype_policy.name == "mixed_bfloat16"
+    x = {
+        "token_ids": tf.constant(_ids()),
+        "padding_mask": tf.ones(_ids().shape, tf.int32),
+    }
+    fn = tf.function(lambda: lm(x, training=training), autograph=False)
+    graph = fn.get_concrete_function().graph
+    heads = [
+        op.get_attr("T").name
+        for op in graph.get_operations()
+        if op.type == "MatMul" and "token_embedding" in op.name
+    ]
+    assert heads == ["bfloat16"]
+    logits = lm(x, training=training)
+    assert logits.dtype == tf.float32
+    hidden = lm.backbone(x, training=training)
+    alone = lm.backbone.token_embedding(hidden, reverse=True)
+    np.testing.assert_array_equal(logits, tf.cast(alone, tf.float32))
 
 
 def _check_decay(lm, optimizer, expected_kinds):
