@@ -93,3 +93,22 @@ def test_the_train_step_loss_runs_no_sparse_cross_entropy_op():
     )
     total, _ = loss_and_gradients()
     np.testing.assert_allclose(total, tf.reduce_sum(want * weight), rtol=1e-5)
+
+
+def test_int64_labels_with_a_trailing_axis_and_xla_give_the_same_losses():
+    rng = np.random.default_rng(2)
+    logits = tf.constant(4 * rng.normal(size=(2, 3, 7)), tf.float32)
+    labels = rng.integers(0, 7, (2, 3))
+    want = losses.sparse_cross_entropy(tf.constant(labels, tf.int32), logits)
+    trailing = tf.constant(labels[..., None], tf.int64)
+    np.testing.assert_array_equal(
+        losses.sparse_cross_entropy(trailing, logits), want
+    )
+    compiled = tf.function(
+        lambda y, z: _loss_and_gradient(y, z, tf.ones((2, 3))),
+        jit_compile=True,
+    )
+    got, grad = compiled(tf.constant(labels, tf.int32), logits)
+    _, want_grad = _keras_loss_and_gradient(labels, logits, tf.ones((2, 3)))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-6)

@@ -46,13 +46,19 @@ def _small_softmax(scores):
 def _reduced(q, k, training):
     """Whether attention's scores are a product in q's reduced dtype: in
     training, with q and k in bfloat16 or float16 (a mixed policy)."""
-    return training is True and q.dtype != "float32" and q.dtype == k.dtype
+    dtype = keras.backend.standardize_dtype(q.dtype)
+    return (
+        training is True
+        and dtype in ("bfloat16", "float16")
+        and (dtype == keras.backend.standardize_dtype(k.dtype))
+    )
 
 
 def _scores(q, k, head_dim, reduced=False):
     """`q·kᵀ / √H`: q `(B, K, R, H)`, k `(B, K, S, H)` → `(B, K, R, S)`.
 
-    With `reduced` (see `_reduced`), the product runs in q's dtype, as
+    With `reduced` (see `_reduced`), `q·kᵀ` alone (the caller scales it in
+    float32, since a bfloat16 `1/√H` is rounded) runs in q's dtype, as
     keras-hub's and PyTorch autocast's attention do: oneDNN's bfloat16
     batched matmul is about twice its float32 one, forward and in both
     gradient products; the scores are cast up for masking and softmax,
@@ -60,8 +66,7 @@ def _scores(q, k, head_dim, reduced=False):
     are cast up first, and the scores are a float32 product.
     """
     scale = 1.0 / head_dim**0.5
-    if reduced:
-        q = q * keras.ops.cast(scale, q.dtype)
+    if reduced:  # unscaled: the float32 softmax applies `scale`
         return keras.ops.matmul(q, keras.ops.swapaxes(k, -1, -2))
     q32 = keras.ops.cast(q, "float32") * scale
     return keras.ops.matmul(
@@ -237,13 +242,15 @@ class CausalSelfAttention(keras.layers.Layer):
         if groups > 1:
             scores = reshape(scores, (batch, kv, groups, length, -1))
             mask = mask[:, :, None]
+        scale = 1.0 / h**0.5 if reduced else 1.0
         if reduced and fused.enabled():
             # (In float32 training, oneDNN's softmax measured faster.)
-            probs = fused.masked_softmax(scores, mask)
+            probs = fused.masked_softmax(scores, mask, scale)
         else:
-            scores = keras.ops.where(
-                mask, keras.ops.cast(scores, "float32"), _MASKED
-            )
+            scores = keras.ops.cast(scores, "float32")
+            if reduced:
+                scores = scores * scale
+            scores = keras.ops.where(mask, scores, _MASKED)
             if isinstance(length, int) and length == 1:
                 probs = _small_softmax(scores)
             else:

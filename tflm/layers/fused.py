@@ -84,10 +84,10 @@ def gelu(x, training=None):
 
 
 @tf.custom_gradient
-def _masked_softmax_with_gradient(scores, mask):
+def _masked_softmax_with_gradient(scores, mask, scale):
     # Masked slots get a large negative score, not -inf, so that a row with
     # no visible slot (a padded query) is uniform rather than NaN.
-    scores32 = tf.where(mask, tf.cast(scores, tf.float32), -1e9)
+    scores32 = tf.where(mask, tf.cast(scores, tf.float32) * scale, -1e9)
     probs = tf.cast(tf.nn.softmax(scores32), scores.dtype)
 
     def gradient(dprobs):
@@ -98,8 +98,8 @@ def _masked_softmax_with_gradient(scores, mask):
         dot = tf.reduce_sum(dp32 * p32, -1, keepdims=True)
         # Masked slots took a constant: no gradient (a row with no visible
         # slot has p > 0 there).
-        grad = tf.where(mask, p32 * (dp32 - dot), 0.0)
-        return tf.cast(grad, scores.dtype), None
+        grad = tf.where(mask, p32 * (dp32 - dot) * scale, 0.0)
+        return tf.cast(grad, scores.dtype), None, None
 
     return probs, gradient
 
@@ -109,9 +109,9 @@ _fused_masked_softmax = tf.function(
 )
 
 
-def masked_softmax(scores, mask):
-    """Softmax over the last axis of `scores` where `mask`, computed in
-    float32 and returned in `scores`' dtype; one XLA kernel each way.
+def masked_softmax(scores, mask, scale: float = 1.0):
+    """Softmax over the last axis of `scale · scores` where `mask`, computed
+    in float32 and returned in `scores`' dtype; one XLA kernel each way.
 
     Attention's bfloat16 scores in training under a mixed policy: cast up,
     masked, normalized, cast back (and differentiated) in one pass instead
@@ -121,14 +121,18 @@ def masked_softmax(scores, mask):
 
     Args:
         scores: float `(..., S)`.
-        mask: bool, broadcastable to `scores`; false slots get no weight.
+        mask: broadcastable to `scores`, true (nonzero) where a slot may be
+            attended; false slots get no weight.
+        scale: float, applied in float32 (attention's `1/√H`, which a
+            bfloat16 factor would round).
 
     Example:
     >>> mask = tf.constant([[True, True, False]])
     >>> [round(float(p), 2) for p in masked_softmax(tf.zeros((1, 3)), mask)[0]]
     [0.5, 0.5, 0.0]
     """
-    return _fused_masked_softmax(scores, mask)
+    mask = tf.cast(mask, tf.bool)
+    return _fused_masked_softmax(scores, mask, tf.constant(scale, tf.float32))
 
 
 @functools.cache

@@ -49,19 +49,24 @@ def sparse_cross_entropy(labels, logits):
     the module docstring); the gradient has the logits' dtype.
 
     Args:
-        labels: int `(...)`, each in `[0, V)`.
+        labels: int `(...)` or `(..., 1)`, each in `[0, V)`.
         logits: float `(..., V)`, any float dtype.
 
     Returns:
         float32 `(...)`.
 
     Raises:
-        InvalidArgumentError: a label outside `[0, V)` (on a CPU; the
-            value is undefined on a GPU, as for Keras' loss).
+        InvalidArgumentError: a label outside `[0, V)`, in a plain graph
+            or eagerly on a CPU. Under XLA (`jit_compile=True`) and on a
+            GPU such a label is not checked and its loss is undefined, as
+            for Keras' loss.
 
     Example:
     >>> losses = sparse_cross_entropy(tf.constant([0]), tf.zeros((1, 4)))
     >>> round(float(losses[0]), 4)  # log 4
     1.3863
     """
+    labels = tf.convert_to_tensor(labels)
+    if labels.shape.rank == logits.shape.rank and labels.shape[-1] == 1:
+        labels = tf.squeeze(labels, -1)  # `(..., 1)`, as Keras' loss takes
     return _cross_entropy(labels, logits)
