@@ -44,13 +44,11 @@ def _small_softmax(scores):
 
 
 def _reduced(q, k, training):
-    """Whether attention's scores are a product in q's reduced dtype: in
-    training, with q and k in bfloat16 or float16 (a mixed policy)."""
-    dtype = keras.backend.standardize_dtype(q.dtype)
-    return (
-        training is True
-        and dtype in ("bfloat16", "float16")
-        and (dtype == keras.backend.standardize_dtype(k.dtype))
+    """Whether attention's scores are a product in bfloat16: in training,
+    with q and k in bfloat16 (`mixed_bfloat16`). float16 keeps the float32
+    product, since its unscaled `q·kᵀ` could overflow."""
+    return training is True and all(
+        keras.backend.standardize_dtype(t.dtype) == "bfloat16" for t in (q, k)
     )
 
 
