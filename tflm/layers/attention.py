@@ -52,18 +52,17 @@ def _reduced(q, k, training):
     )
 
 
-def _scores(q, k, head_dim, reduced=False):
-    """`q·kᵀ / √H`: q `(B, K, R, H)`, k `(B, K, S, H)` → `(B, K, R, S)`.
+def _scores(q, k, scale, reduced=False):
+    """`scale · q·kᵀ`: q `(B, K, R, H)`, k `(B, K, S, H)` → `(B, K, R, S)`.
 
     With `reduced` (see `_reduced`), `q·kᵀ` alone (the caller scales it in
-    float32, since a bfloat16 `1/√H` is rounded) runs in q's dtype, as
+    float32, since a bfloat16 `scale` is rounded) runs in q's dtype, as
     keras-hub's and PyTorch autocast's attention do: oneDNN's bfloat16
     batched matmul is about twice its float32 one, forward and in both
     gradient products; the scores are cast up for masking and softmax,
     which stay float32. Otherwise (inference, generation, exports) q and k
     are cast up first, and the scores are a float32 product.
     """
-    scale = 1.0 / head_dim**0.5
     if reduced:  # unscaled: the float32 softmax applies `scale`
         return keras.ops.matmul(q, keras.ops.swapaxes(k, -1, -2))
     q32 = keras.ops.cast(q, "float32") * scale
@@ -236,11 +235,11 @@ class CausalSelfAttention(keras.layers.Layer):
         # Grouped query heads become extra rows of one matmul per kv head.
         q = reshape(q, (batch, kv, groups * length, h))
         reduced = _reduced(q, k, training)
-        scores = _scores(q, k, h, reduced)
+        scale = 1.0 / h**0.5
+        scores = _scores(q, k, scale, reduced)
         if groups > 1:
             scores = reshape(scores, (batch, kv, groups, length, -1))
             mask = mask[:, :, None]
-        scale = 1.0 / h**0.5 if reduced else 1.0
         if reduced and fused.enabled():
             # (In float32 training, oneDNN's softmax measured faster.)
             probs = fused.masked_softmax(scores, mask, scale)
