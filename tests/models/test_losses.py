@@ -76,7 +76,7 @@ def test_the_train_step_loss_runs_no_sparse_cross_entropy_op():
         "token_ids": tf.ones((2, 4), tf.int32),
         "padding_mask": tf.ones((2, 4), tf.int32),
     }
-    y = tf.ones((2, 4), tf.int32)
+    y = tf.constant([[1, 2, 3, 0], [3, 1, 0, 2]], tf.int32)
     weight = tf.constant([[1.0, 1.0, 0.0, 1.0], [0.0, 1.0, 1.0, 1.0]])
 
     @tf.function(autograph=False)

@@ -9,7 +9,7 @@ from tflm.layers import kv_cache
 from tflm.layers import masks
 from tflm.layers import rotary
 
-_MASKED = -1e9
+_MASKED = fused.MASKED  # the fused and plain softmax mask alike
 
 
 def default_initializer():

@@ -83,11 +83,14 @@ def gelu(x, training=None):
     return tf.cast(h, x.dtype)
 
 
+# The score of a masked attention slot: large and negative, not -inf, so
+# that a row with no visible slot (a padded query) is uniform, not NaN.
+MASKED = -1e9
+
+
 @tf.custom_gradient
 def _masked_softmax_with_gradient(scores, mask, scale):
-    # Masked slots get a large negative score, not -inf, so that a row with
-    # no visible slot (a padded query) is uniform rather than NaN.
-    scores32 = tf.where(mask, tf.cast(scores, tf.float32) * scale, -1e9)
+    scores32 = tf.where(mask, tf.cast(scores, tf.float32) * scale, MASKED)
     probs = tf.cast(tf.nn.softmax(scores32), scores.dtype)
 
     def gradient(dprobs):
