@@ -106,3 +106,31 @@ def test_a_variable_used_twice_is_read_once():
 
     ops = _ops_by_function(f.get_concrete_function(x))
     assert ops[""].count("ReadVariableOp") == 2
+
+
+def test_row_blocks_are_split_once_outside_the_loop():
+    kernel = keras.Variable(np.arange(16.0, dtype="float32").reshape(4, 4))
+    x = tf.ones((2, 4))
+
+    def product(x):
+        blocks = graph.row_blocks(kernel, 2)
+        return tf.concat([x @ tf.transpose(b) for b in blocks], -1) * 1e-2
+
+    plain, hoisted = _loop(product, False), _loop(product, True)
+    expected = x
+    for _ in range(3):
+        expected = expected @ tf.transpose(kernel) * 1e-2
+    np.testing.assert_array_equal(hoisted(x), plain(x))
+    np.testing.assert_allclose(hoisted(x), expected, rtol=1e-6)
+    ops = _ops_by_function(hoisted.get_concrete_function(x))
+    assert all("SplitV" not in b for b in _bodies(ops))
+    assert ops[""].count("SplitV") == 1
+    plain_ops = _ops_by_function(plain.get_concrete_function(x))
+    assert sum(b.count("SplitV") for b in _bodies(plain_ops)) == 1
+
+
+def test_row_blocks_are_as_equal_as_can_be():
+    kernel = keras.Variable(np.arange(14.0, dtype="float32").reshape(7, 2))
+    blocks = graph.row_blocks(kernel, 3)
+    assert [tuple(b.shape) for b in blocks] == [(3, 2), (2, 2), (2, 2)]
+    np.testing.assert_array_equal(tf.concat(blocks, 0), kernel.numpy())

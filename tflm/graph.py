@@ -9,7 +9,8 @@ of being converted, which is the intent.
 
 `reads_hoisted()`: within it, a Keras variable that a `tf.while_loop` body
 uses is read once, before the loop, instead of at every iteration;
-`transposed(variable)` is its value transposed, also computed once there.
+`transposed(variable)` is its value transposed, and `row_blocks(variable,
+parts)` its rows in `parts` blocks, also computed once there.
 
 Example:
 >>> import tensorflow as tf
@@ -71,6 +72,14 @@ class _HoistedReads(keras.StatelessScope):
                 self._reads[key] = tf.transpose(value)
         return self._reads[key]
 
+    def row_blocks(self, variable, parts):
+        key = ("row_blocks", id(variable), variable.dtype, parts)
+        if key not in self._reads:
+            value = self.get_current_value(variable)
+            with self._graph.as_default():
+                self._reads[key] = _split_rows(value, parts)
+        return self._reads[key]
+
 
 @contextlib.contextmanager
 def thread_setting(local: threading.local, name: str, value):
@@ -110,6 +119,29 @@ def transposed(variable):
     if scope is not None:
         return scope.transposed(variable)
     return tf.transpose(tf.convert_to_tensor(variable))
+
+
+def _split_rows(value, parts):
+    rows = value.shape[0]
+    sizes = [rows // parts + (i < rows % parts) for i in range(parts)]
+    return tuple(tf.split(value, sizes, axis=0))
+
+
+def row_blocks(variable, parts: int):
+    """`variable`'s value (a matrix) split into `parts` blocks of rows,
+    as equal as can be (the first ones a row longer): within
+    `reads_hoisted()`, split once where the scope was entered; elsewhere,
+    here.
+
+    Example:
+    >>> v = keras.Variable([[1.0], [2.0], [3.0]])
+    >>> [tuple(b.shape) for b in row_blocks(v, 2)]
+    [(2, 1), (1, 1)]
+    """
+    scope = getattr(_ACTIVE, "scope", None)
+    if scope is not None:
+        return scope.row_blocks(variable, parts)
+    return _split_rows(tf.convert_to_tensor(variable), parts)
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from tflm.export import layout
 from tflm.export import signatures
 from tflm.generation import beam
 from tflm.generation import loop
+from tflm.layers import matvec
 from tflm.models import weights as weights_lib
 from tflm.models.causal_lm import CausalLM
 
@@ -33,6 +34,34 @@ def test_transposed_dense_computes_what_the_dense_does(dtype, use_bias):
     np.testing.assert_allclose(
         tf.cast(out, tf.float32), tf.cast(expected, tf.float32), atol=tol
     )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("rows", [1, 8])
+def test_row_blocks_give_the_same_numbers_as_one_product(dtype, rows):
+    # bench-small's MLP input projection: 1536 x 384, 4 blocks.
+    dense = keras.layers.Dense(1536, dtype=dtype)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, 384)).astype("float32")
+    dense(x)
+    dense.bias.assign(rng.normal(size=1536).astype("float32"))
+    split = layout.TransposedDense(dense)
+    assert split.blocks == layout.ROW_BLOCKS == 4
+    whole = matvec.times_transposed(x, split.kernel_t.value, dense.bias.value)
+    # Each output is the same dot product: equal, not merely close.
+    np.testing.assert_array_equal(split(x), whole)
+    np.testing.assert_allclose(
+        tf.cast(split(x), tf.float32),
+        tf.cast(dense(x), tf.float32),
+        rtol=1e-5 if dtype == "float32" else 1e-2,
+        atol=1e-5 if dtype == "float32" else 1e-2,
+    )
+    graph_def = tf.function(split).get_concrete_function(x).graph.as_graph_def()
+    ops = [n.op for n in graph_def.node]
+    assert ops.count("MatMul") == 4 and ops.count("ConcatV2") == 1
+    small = keras.layers.Dense(64, dtype=dtype)
+    small.build((None, 64))
+    assert layout.TransposedDense(small).blocks == 1
 
 
 LLAMA_BLOCK = dict(

@@ -43,7 +43,10 @@ def disable_xla() -> dict:
     )
     lib._ZN10tensorflow21DisableXlaCompilationEv()
     try:
-        tf.function(lambda x: x * 2.0, jit_compile=True)(tf.constant(1.0))
+        double = tf.function(
+            lambda x: x * 2.0, jit_compile=True, autograph=False
+        )
+        double(tf.constant(1.0))
         return {"xla_disabled": False, "xla_error": None}
     except Exception as e:  # noqa: BLE001
         message = str(e).strip().splitlines()[0]

@@ -80,8 +80,17 @@ def plain_dense(layer) -> bool:
 
 def times_transposed(x, kernel_t, bias=None):
     """`x @ kernel_tᵀ + bias` as `Dense` computes it: `x` cast to the
-    kernel's dtype, and a float32 `bias` makes the output float32."""
-    y = tf.matmul(tf.cast(x, kernel_t.dtype), kernel_t, transpose_b=True)
+    kernel's dtype, and a float32 `bias` makes the output float32.
+
+    `kernel_t` may also be a sequence of its row blocks: one product per
+    block, the outputs concatenated, which are the same numbers (each
+    output is the same dot product) from independent ops that the plain
+    graph's executor runs side by side (`tflm.export.layout`).
+    """
+    blocks = kernel_t if isinstance(kernel_t, list | tuple) else [kernel_t]
+    x = tf.cast(x, blocks[0].dtype)
+    ys = [tf.matmul(x, block, transpose_b=True) for block in blocks]
+    y = ys[0] if len(ys) == 1 else tf.concat(ys, axis=-1)
     if bias is None:
         return y
     if y.dtype != bias.dtype:
