@@ -8,7 +8,11 @@ layout an export stores (`x @ W^T` with `W` stored `(out, in)`, weights
 read once before the loop; attention over a float32 cache, as tflm runs it
 with any weights), in a `tf.while_loop` of `--steps` steps:
 
-- `plain`: the plain graph, what TF Serving runs (oneDNN's MatMul, XLA off);
+- `plain`: the plain graph (oneDNN's MatMul, XLA off), one product per
+  kernel;
+- `plain_blocks`: the plain graph with each kernel of 256 KiB or more
+  multiplied in the export's row blocks (`tflm.export.layout.row_blocks`),
+  what TF Serving runs;
 - `xla`: the same loop under `jit_compile=True`, what in-process tflm and
   keras-hub run.
 
@@ -51,7 +55,7 @@ def _weights(config, dtype):
     return blocks, var(config["vocabulary_size"], d)
 
 
-def step_loop(config, dtype, batch, cache_length, steps, jit):
+def step_loop(config, dtype, batch, cache_length, steps, mode):
     """A `tf.function` running `steps` steps of the decode matmuls."""
     import tensorflow as tf
 
@@ -61,12 +65,21 @@ def step_loop(config, dtype, batch, cache_length, steps, jit):
     # Attention runs in float32 in tflm whatever the weights' type.
     cache = tf.random.normal([batch, n, cache_length, h])
 
-    def mm(x, w):
-        return tf.matmul(x, w, transpose_b=True)
+    from tflm.export import layout
+    from tflm.layers import matvec
 
-    @tf.function(jit_compile=jit, autograph=False)
+    def mm(x, w):
+        return matvec.times_transposed(x, w)
+
+    def read_kernel(w):
+        parts = layout.row_blocks(*w.shape, w.dtype)
+        if mode != "plain_blocks" or parts == 1:
+            return tf.convert_to_tensor(w)
+        return tf.split(w, parts)
+
+    @tf.function(jit_compile=mode == "xla", autograph=False)
     def run(x):
-        read = [[tf.convert_to_tensor(w) for w in b] for b in blocks]
+        read = [[read_kernel(w) for w in b] for b in blocks]
         table = tf.convert_to_tensor(head)
 
         def body(i, x, logits):
@@ -107,7 +120,7 @@ def main():
         args.presets.split(","),
         args.dtypes.split(","),
         map(int, args.batches.split(",")),
-        ("plain", "xla"),
+        ("plain", "plain_blocks", "xla"),
     )
     for preset, dtype, batch, mode in runs:
         run, nbytes = step_loop(
@@ -116,7 +129,7 @@ def main():
             batch,
             args.cache_length,
             args.steps,
-            mode == "xla",
+            mode,
         )
         step = generate._best(run, args.repeats) / args.steps
         line = {
