@@ -11,7 +11,7 @@ with any weights), in a `tf.while_loop` of `--steps` steps:
 - `plain`: the plain graph (oneDNN's MatMul, XLA off), one product per
   kernel;
 - `plain_blocks`: the plain graph with each kernel of 256 KiB or more
-  multiplied in the export's row blocks (`tflm.export.layout.row_blocks`),
+  multiplied in the export's row blocks (`tflm.export.layout.num_row_blocks`),
   what TF Serving runs;
 - `xla`: the same loop under `jit_compile=True`, what in-process tflm and
   keras-hub run.
@@ -65,6 +65,7 @@ def step_loop(config, dtype, batch, cache_length, steps, mode):
     # Attention runs in float32 in tflm whatever the weights' type.
     cache = tf.random.normal([batch, n, cache_length, h])
 
+    from tflm import graph
     from tflm.export import layout
     from tflm.layers import matvec
 
@@ -72,10 +73,10 @@ def step_loop(config, dtype, batch, cache_length, steps, mode):
         return matvec.times_transposed(x, w)
 
     def read_kernel(w):
-        parts = layout.row_blocks(*w.shape, w.dtype)
+        parts = layout.num_row_blocks(*w.shape, w.dtype)
         if mode != "plain_blocks" or parts == 1:
             return tf.convert_to_tensor(w)
-        return tf.split(w, parts)
+        return graph.row_blocks(w, parts)
 
     @tf.function(jit_compile=mode == "xla", autograph=False)
     def run(x):

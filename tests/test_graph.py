@@ -134,3 +134,10 @@ def test_row_blocks_are_as_equal_as_can_be():
     blocks = graph.row_blocks(kernel, 3)
     assert [tuple(b.shape) for b in blocks] == [(3, 2), (2, 2), (2, 2)]
     np.testing.assert_array_equal(tf.concat(blocks, 0), kernel.numpy())
+
+
+@pytest.mark.parametrize("parts", [0, 8, 2.0])
+def test_row_blocks_refuse_a_bad_count(parts):
+    kernel = keras.Variable(np.zeros((7, 2), "float32"))
+    with pytest.raises(ValueError, match=f"Received: parts={parts!r}"):
+        graph.row_blocks(kernel, parts)

@@ -64,20 +64,14 @@ class _HoistedReads(keras.StatelessScope):
                 self._reads[key] = tf.convert_to_tensor(variable.value)
         return self._reads[key]
 
-    def transposed(self, variable):
-        key = ("transposed", id(variable), variable.dtype)
+    def derived(self, variable, key, compute):
+        """`compute(variable's value)`, computed once per `key` in the
+        scope's graph."""
+        key = (key, id(variable), variable.dtype)
         if key not in self._reads:
             value = self.get_current_value(variable)
             with self._graph.as_default():
-                self._reads[key] = tf.transpose(value)
-        return self._reads[key]
-
-    def row_blocks(self, variable, parts):
-        key = ("row_blocks", id(variable), variable.dtype, parts)
-        if key not in self._reads:
-            value = self.get_current_value(variable)
-            with self._graph.as_default():
-                self._reads[key] = _split_rows(value, parts)
+                self._reads[key] = compute(value)
         return self._reads[key]
 
 
@@ -105,7 +99,17 @@ def thread_setting(local: threading.local, name: str, value):
             setattr(local, name, before)
 
 
-def transposed(variable):
+def _derived(variable, key, compute):
+    """`compute(variable's value)`: within `reads_hoisted()`, computed once
+    where the scope was entered (so a loop body uses a copy made before
+    the loop); elsewhere, here."""
+    scope = getattr(_ACTIVE, "scope", None)
+    if scope is not None:
+        return scope.derived(variable, key, compute)
+    return compute(tf.convert_to_tensor(variable))
+
+
+def transposed(variable) -> tf.Tensor:
     """`variable`'s value (a matrix) transposed: within `reads_hoisted()`,
     computed once where the scope was entered (so a loop body multiplies
     by a transposed copy made before the loop); elsewhere, here.
@@ -115,19 +119,10 @@ def transposed(variable):
     >>> transposed(v).shape
     TensorShape([2, 1])
     """
-    scope = getattr(_ACTIVE, "scope", None)
-    if scope is not None:
-        return scope.transposed(variable)
-    return tf.transpose(tf.convert_to_tensor(variable))
+    return _derived(variable, "transposed", tf.transpose)
 
 
-def _split_rows(value, parts):
-    rows = value.shape[0]
-    sizes = [rows // parts + (i < rows % parts) for i in range(parts)]
-    return tuple(tf.split(value, sizes, axis=0))
-
-
-def row_blocks(variable, parts: int):
+def row_blocks(variable, parts: int) -> tuple:
     """`variable`'s value (a matrix) split into `parts` blocks of rows,
     as equal as can be (the first ones a row longer): within
     `reads_hoisted()`, split once where the scope was entered; elsewhere,
@@ -138,10 +133,18 @@ def row_blocks(variable, parts: int):
     >>> [tuple(b.shape) for b in row_blocks(v, 2)]
     [(2, 1), (1, 1)]
     """
-    scope = getattr(_ACTIVE, "scope", None)
-    if scope is not None:
-        return scope.row_blocks(variable, parts)
-    return _split_rows(tf.convert_to_tensor(variable), parts)
+    rows = variable.shape[0]
+    if not (isinstance(parts, int) and 1 <= parts <= rows):
+        raise ValueError(
+            f"parts must be an int from 1 to the matrix's {rows} rows. "
+            f"Received: parts={parts!r}."
+        )
+    sizes = [rows // parts + (i < rows % parts) for i in range(parts)]
+
+    def split(value):
+        return tuple(tf.split(value, sizes, axis=0))
+
+    return _derived(variable, ("row_blocks", parts), split)
 
 
 @contextlib.contextmanager

@@ -18,19 +18,29 @@ alternating, went from 27.9 to 32.3 tokens/s at batch 1 and from 126 to
 723). The export's `score` runs the same swapped layers, so the SavedModel
 still holds one table.
 
-A projection kernel of 256 KiB or more is multiplied in four blocks of
-its stored rows (`row_blocks`; split once per call, before the decode
-loop), whose outputs are concatenated: the same numbers (each output is
-the same dot product, and the generated tokens were identical), from four
-independent matmuls that the plain graph's executor runs on both cores,
+A projection kernel of 256 KiB or more, with 256 rows or more (so that
+each block keeps 64), is multiplied in four blocks of its stored rows
+(`num_row_blocks`; split once per call, before the decode loop), whose
+outputs are concatenated. With oneDNN's MatMul (TensorFlow's default on
+x86) those are the same numbers as one product in the shapes measured:
+each output is the same dot product, summed in the same order (equal in
+float32 and bfloat16 at 1 and 8 rows for bench-small's and GPT-2's
+kernels, and the generated tokens were identical). Blocks narrower than
+64 rows may take another oneDNN kernel, and Eigen's threaded MatMul
+(`TF_ENABLE_ONEDNN_OPTS=0`, or an aarch64 build) sums in another order
+at two rows or more: there the last bits may differ. The four matmuls
+are independent, so the plain graph's executor runs them on both cores,
 where oneDNN's one product of a decode step's few rows keeps mostly one
 busy (the same served bfloat16 step measured 4.8 ms with one thread per
-op and with two). Served bench-small, greedy 300 characters + 192
-tokens, the exports alternating in one process (medians of 6): float32
-182 -> 246 new tokens/s at batch 1, bfloat16 199 -> 234, and bfloat16
-936 -> 1,016 at batch 8; two blocks gave 225 and three 227 (bfloat16,
-batch 1). gpt2-124m float32, whose 500 MB of weights are read from memory
-at every step, stayed at 36 tokens/s at batch 1.
+op and with two). Measured on this
+project's 2-core CPU; a host with many cores threads each product
+already, and there the blocks are only four products instead of one.
+Served bench-small, greedy 300 characters + 192 tokens, the exports
+alternating in one process (medians of 6): float32 182 -> 246 new
+tokens/s at batch 1, bfloat16 199 -> 234, and bfloat16 936 -> 1,016 at
+batch 8; two blocks gave 225 and three 227 (bfloat16, batch 1).
+gpt2-124m float32, whose 500 MB of weights are read from memory at every
+step, stayed at 36 tokens/s at batch 1.
 
 `transposed_projections(model)` swaps every float32 or bfloat16 projection
 of the decoder blocks for a `TransposedDense` with that layout, and a tied
@@ -51,6 +61,29 @@ from tflm import graph
 from tflm.layers import matvec
 from tflm.models import weights as weights_lib
 
+# See the module docstring.
+ROW_BLOCKS = 4
+ROW_BLOCK_MIN_BYTES = 256 * 1024
+ROW_BLOCK_MIN_ROWS = 64
+
+
+def num_row_blocks(rows: int, cols: int, dtype: str) -> int:
+    """How many row blocks `TransposedDense` multiplies its `(rows, cols)`
+    kernel by: `ROW_BLOCKS` for a kernel of `ROW_BLOCK_MIN_BYTES` or more
+    whose blocks keep `ROW_BLOCK_MIN_ROWS` rows or more, else 1.
+
+    Example:
+    >>> num_row_blocks(1152, 384, "float32")
+    4
+    >>> num_row_blocks(96, 64, "float32")
+    1
+    """
+    dtype = keras.backend.standardize_dtype(dtype)
+    nbytes = rows * cols * tf.as_dtype(dtype).size
+    if nbytes < ROW_BLOCK_MIN_BYTES or rows < ROW_BLOCKS * ROW_BLOCK_MIN_ROWS:
+        return 1
+    return ROW_BLOCKS
+
 
 class TransposedDense(tf.Module):
     """`x @ kernel_t^T + bias`, `kernel_t` being a `Dense` kernel transposed
@@ -68,37 +101,17 @@ class TransposedDense(tf.Module):
             name="kernel_t",
         )
         self.bias = dense.bias
-        self.blocks = row_blocks(*self.kernel_t.shape, self.kernel_t.dtype)
+        self.num_blocks = num_row_blocks(
+            *self.kernel_t.shape, self.kernel_t.dtype
+        )
 
     def __call__(self, inputs):
         bias = None if self.bias is None else tf.convert_to_tensor(self.bias)
-        if self.blocks > 1:
-            kernel_t = graph.row_blocks(self.kernel_t, self.blocks)
+        if self.num_blocks > 1:
+            kernel_t = graph.row_blocks(self.kernel_t, self.num_blocks)
         else:
             kernel_t = tf.convert_to_tensor(self.kernel_t)
         return matvec.times_transposed(inputs, kernel_t, bias)
-
-
-# See the module docstring.
-ROW_BLOCKS = 4
-ROW_BLOCK_MIN_BYTES = 256 * 1024
-ROW_BLOCK_MIN_ROWS = 64
-
-
-def row_blocks(rows: int, cols: int, dtype) -> int:
-    """How many row blocks `TransposedDense` multiplies its `(rows, cols)`
-    kernel by: `ROW_BLOCKS` for a kernel of `ROW_BLOCK_MIN_BYTES` or more
-    whose blocks keep `ROW_BLOCK_MIN_ROWS` rows, else 1.
-
-    Example:
-    >>> row_blocks(1152, 384, "float32"), row_blocks(96, 64, "float32")
-    (4, 1)
-    """
-    dtype = keras.backend.standardize_dtype(dtype)
-    nbytes = rows * cols * tf.as_dtype(dtype).size
-    if nbytes < ROW_BLOCK_MIN_BYTES or rows < ROW_BLOCKS * ROW_BLOCK_MIN_ROWS:
-        return 1
-    return ROW_BLOCKS
 
 
 class TransposedTable(tf.Module):

@@ -83,11 +83,14 @@ def times_transposed(x, kernel_t, bias=None):
     kernel's dtype, and a float32 `bias` makes the output float32.
 
     `kernel_t` may also be a sequence of its row blocks: one product per
-    block, the outputs concatenated, which are the same numbers (each
-    output is the same dot product) from independent ops that the plain
-    graph's executor runs side by side (`tflm.export.layout`).
+    block, the outputs concatenated, from independent ops that the plain
+    graph's executor runs side by side (`tflm.export.layout`; with
+    oneDNN's MatMul and blocks of 64 rows or more, the same numbers as
+    one product).
     """
     blocks = kernel_t if isinstance(kernel_t, list | tuple) else [kernel_t]
+    if not blocks:
+        raise ValueError("kernel_t must hold at least one block. Received: [].")
     x = tf.cast(x, blocks[0].dtype)
     ys = [tf.matmul(x, block, transpose_b=True) for block in blocks]
     y = ys[0] if len(ys) == 1 else tf.concat(ys, axis=-1)
