@@ -311,3 +311,32 @@ def test_float32_training_scores_stay_float32():
     layer = layers.CausalSelfAttention(2)
     x = tf.constant(_x())
     assert _score_matmul_dtypes(layer, x, True) == ["float32", "float32"]
+
+
+@pytest.mark.parametrize("heads", HEADS, ids=HEAD_IDS)
+def test_an_xla_decode_step_does_not_transpose_the_cache(heads):
+    # XLA materialized kᵀ (the whole cache's keys, copied) at every step
+    # when the scores were `q @ swapaxes(k)`: in bench-small's decode loop,
+    # and here (a smaller loop) with one kv head.
+    num_heads, kv_heads, hidden = heads
+    layer = layers.CausalSelfAttention(num_heads, kv_heads)
+    x = tf.constant(_x(hidden, length=1))
+    cache = tf.constant(_zeros_cache(layer, hidden, length=256))
+    layer(x, cache=cache, cache_index=3)
+
+    def step(x, cache):  # a decode loop carries its cache
+        def body(i, x, cache):
+            out, cache = layer(x, cache=cache, cache_index=i)
+            return i + 1, out, cache
+
+        loop = tf.while_loop(lambda i, *_: i < 5, body, (3, x, cache))
+        return loop[1:]
+
+    compiled = tf.function(step, jit_compile=True, autograph=False)
+    hlo = compiled.experimental_get_compiler_ir(x, cache)(stage="optimized_hlo")
+    assert "dot(" in hlo or "dot_" in hlo
+    assert 'op_type="Transpose"' not in hlo
+    plain = tf.function(step, autograph=False)
+    np.testing.assert_allclose(
+        compiled(x, cache)[0], plain(x, cache)[0], rtol=1e-5, atol=1e-6
+    )

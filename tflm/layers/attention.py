@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 from tflm.layers import fused
 from tflm.layers import kv_cache
@@ -66,9 +67,10 @@ def _scores(q, k, scale, reduced=False):
     if reduced:  # unscaled: the float32 softmax applies `scale`
         return keras.ops.matmul(q, keras.ops.swapaxes(k, -1, -2))
     q32 = keras.ops.cast(q, "float32") * scale
-    return keras.ops.matmul(
-        q32, keras.ops.swapaxes(keras.ops.cast(k, "float32"), -1, -2)
-    )
+    # `transpose_b`, not a transposed k: XLA copied the whole of k,
+    # transposed, at every decode step (the plain graph folds either form
+    # into one batched matmul).
+    return tf.matmul(q32, keras.ops.cast(k, "float32"), transpose_b=True)
 
 
 @keras.saving.register_keras_serializable(package="tflm")
