@@ -32,9 +32,9 @@ at two rows or more: there the last bits may differ. The four matmuls
 are independent, so the plain graph's executor runs them on both cores,
 where oneDNN's one product of a decode step's few rows keeps mostly one
 busy (the same served bfloat16 step measured 4.8 ms with one thread per
-op and with two). Measured on this
-project's 2-core CPU; a host with many cores threads each product
-already, and there the blocks are only four products instead of one.
+op and with two). Measured on this project's 2-core CPU; a host with many
+cores threads each product already, and there the blocks are only four
+products instead of one.
 Served bench-small, greedy 300 characters + 192 tokens, the exports
 alternating in one process (medians of 6): float32 182 -> 246 new
 tokens/s at batch 1, bfloat16 199 -> 234, and bfloat16 936 -> 1,016 at
