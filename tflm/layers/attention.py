@@ -64,12 +64,12 @@ def _scores(q, k, scale, reduced=False):
     which stay float32. Otherwise (inference, generation, exports) q and k
     are cast up first, and the scores are a float32 product.
     """
-    if reduced:  # unscaled: the float32 softmax applies `scale`
-        return keras.ops.matmul(q, keras.ops.swapaxes(k, -1, -2))
-    q32 = keras.ops.cast(q, "float32") * scale
     # `transpose_b`, not a transposed k: XLA copied the whole of k,
     # transposed, at every decode step (the plain graph folds either form
     # into one batched matmul).
+    if reduced:  # unscaled: the float32 softmax applies `scale`
+        return tf.matmul(q, k, transpose_b=True)
+    q32 = keras.ops.cast(q, "float32") * scale
     return tf.matmul(q32, keras.ops.cast(k, "float32"), transpose_b=True)
 
 
