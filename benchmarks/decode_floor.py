@@ -11,7 +11,8 @@ with any weights), in a `tf.while_loop` of `--steps` steps:
 - `plain`: the plain graph (oneDNN's MatMul, XLA off), one product per
   kernel;
 - `plain_blocks`: the plain graph with each kernel of 256 KiB or more
-  multiplied in the export's row blocks (`tflm.export.layout.num_row_blocks`),
+  multiplied in the export's row blocks
+  (`tflm.models.decode_plan.num_row_blocks`),
   what TF Serving runs;
 - `xla`: the same loop under `jit_compile=True`, what in-process tflm and
   keras-hub run.
@@ -65,18 +66,16 @@ def step_loop(config, dtype, batch, cache_length, steps, mode):
     # Attention runs in float32 in tflm whatever the weights' type.
     cache = tf.random.normal([batch, n, cache_length, h])
 
-    from tflm import graph
-    from tflm.export import layout
-    from tflm.layers import matvec
+    from tflm.models import decode_plan
 
     def mm(x, w):
-        return matvec.times_transposed(x, w)
+        return decode_plan.times_transposed(x, w)
 
     def read_kernel(w):
-        parts = layout.num_row_blocks(*w.shape, w.dtype)
+        parts = decode_plan.num_row_blocks(*w.shape, w.dtype)
         if mode != "plain_blocks" or parts == 1:
             return tf.convert_to_tensor(w)
-        return graph.row_blocks(w, parts)
+        return decode_plan.split_rows(tf.convert_to_tensor(w), parts)
 
     @tf.function(jit_compile=mode == "xla", autograph=False)
     def run(x):

@@ -175,8 +175,8 @@ def sp_model() -> CausalLM:
     words = "to be or not that is the question whether tis nobler".split()
     lines = [" ".join(rng.choices(words, k=10)) + "\n" for _ in range(400)]
     trained = SentencePieceTokenizer.train(texts=lines, vocabulary_size=300)
-    # Loaded back from its file, as `tflm.modeldir.load` does: the file is
-    # then a tracked asset of the export.
+    # Loaded back from its file, as `tflm.models.model_dir.load_model`
+    # does: the file is then a tracked asset of the export.
     trained.save(os.path.join(workdir(), "sp_tokenizer"))
     tokenizer = SentencePieceTokenizer.load(
         os.path.join(workdir(), "sp_tokenizer")

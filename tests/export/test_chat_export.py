@@ -12,9 +12,9 @@ import tensorflow as tf
 
 from tflm import errors
 from tflm import export as export_lib
-from tflm.data import templates
 from tflm.models import model_dir
 from tflm.models.causal_lm import CausalLM
+from tflm.tokenizers import templates
 
 CHATS = [
     [{"role": "user", "content": "Hello"}],

@@ -9,7 +9,7 @@ import pytest
 import serving_helpers as helpers
 
 from tflm import export as export_lib
-from tflm.export import layout
+from tflm.models import decode_plan
 from tflm.models import weights as weights_lib
 
 ROWS = helpers.ROWS[:3]
@@ -54,9 +54,9 @@ def _loop_bodies_ops(path: str) -> list:
 def _served(model, weights: str, blocks: int, monkeypatch) -> tuple:
     # The test model's kernels are below the size that gets row blocks:
     # lower it, so that every projection is multiplied in `blocks` blocks.
-    monkeypatch.setattr(layout, "ROW_BLOCKS", blocks)
-    monkeypatch.setattr(layout, "ROW_BLOCK_MIN_BYTES", 0)
-    monkeypatch.setattr(layout, "ROW_BLOCK_MIN_ROWS", 1)
+    monkeypatch.setattr(decode_plan, "ROW_BLOCKS", blocks)
+    monkeypatch.setattr(decode_plan, "ROW_BLOCK_MIN_BYTES", 0)
+    monkeypatch.setattr(decode_plan, "ROW_BLOCK_MIN_ROWS", 1)
     base = os.path.join(helpers.workdir(), f"byte-{weights}-{blocks}-blocks")
     path = export_lib.export(model, base, weights=weights, warmup=False)
     score = {"signature_name": "score", "inputs": {"text": ["To be", "x"]}}

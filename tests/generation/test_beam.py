@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from tflm import errors
 from tflm.generation import beam
+from tflm.generation import loop
 from tflm.models.causal_lm import CausalLM
 from tflm.tokenizers.byte import ByteTokenizer
 
@@ -46,18 +47,14 @@ def test_one_beam_is_greedy(lm, jit_compile):
     assert lm.generate(PROMPT, STEPS, num_beams=1) == greedy
     # The beam machinery itself (cache reordering) with one beam.
     ids = tf.constant([PROMPT], tf.int32)
-    settings = {
-        "max_new_tokens": tf.constant([STEPS]),
-        "eos_id": tf.constant(-1),
-        "pad_id": tf.constant(0),
-    }
-    cache = lm.backbone.init_cache(1, len(PROMPT) + STEPS)
-    out = beam.generate(
-        lm.backbone.call_with_cache, lm.logits_from_hidden, cache, ids,
-        tf.ones_like(ids), settings, 1, tf.constant([1.0]),
-        tf.constant([False]), 1,
-    )  # fmt: skip
-    assert out["token_ids"].numpy()[0].tolist() == greedy
+    settings = loop.LoopSettings.make([STEPS])
+    decoding = lm.decoding()
+    cache = decoding.init_cache(1, len(PROMPT) + STEPS)
+    beams = beam.Beams(1, 1, tf.constant([1.0]), tf.constant([False]))
+    found = beam.generate(
+        decoding, cache, ids, tf.ones_like(ids), settings, beams
+    )
+    assert found.out.token_ids.numpy()[0].tolist() == greedy
 
 
 @pytest.mark.parametrize("length_penalty", [1.0, 0.6])

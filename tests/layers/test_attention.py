@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tflm import layers
+from tflm.layers import kv_cache
 
 B, T, D = 2, 8, 8
 
@@ -205,7 +206,7 @@ def test_update_cache_writes_only_target_slots(index):
     cache = rng.normal(size=(2, 2, 3, 8, 4)).astype("float32")
     key = rng.normal(size=(2, 3, 3, 4)).astype("float32")
     value = rng.normal(size=(2, 3, 3, 4)).astype("float32")
-    out = np.asarray(layers.update_cache(cache, key, value, index))
+    out = np.asarray(kv_cache.update(cache, key, value, index))
     expected = cache.copy()
     expected[0, :, :, index : index + 3] = key
     expected[1, :, :, index : index + 3] = value
@@ -221,7 +222,7 @@ def test_update_cache_tensor_index_and_dtype():
     cache = keras.ops.zeros((2, 1, 1, 4, 2), "bfloat16")
     key = np.ones((1, 1, 1, 2), "float32")
     index = keras.ops.convert_to_tensor(2, "int32")
-    out = layers.update_cache(cache, key, 2 * key, index)
+    out = kv_cache.update(cache, key, 2 * key, index)
     assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
     out = keras.ops.convert_to_numpy(keras.ops.cast(out, "float32"))
     np.testing.assert_array_equal(out[0, 0, 0, :, 0], [0, 0, 1, 0])

@@ -210,7 +210,7 @@ def test_stop_token_truncates_and_padded_rows_stop_changing(varied):
     gen = varied.generator(jit_compile=False)
     raw = gen.run(_prepare(gen, [PROMPT, OTHER], stop_ids=[token]), False)
     tok = varied.tokenizer
-    padded = raw["token_ids"].numpy()
+    padded = raw.token_ids.numpy()
     assert padded.shape[0] == 2 and padded.shape[1] >= STEPS
     assert padded[0, :k].tolist() == expected[:k]
     assert (padded[0, k:] == tok.pad_id).all()
@@ -228,18 +228,18 @@ def test_stop_token_truncates_and_padded_rows_stop_changing(varied):
 def _prepare(gen, rows, stop_ids=()):
     import tensorflow as tf
 
-    from tflm.generation import settings
+    from tflm.generation import spec
 
     values = {
         s.name: tf.fill([len(rows)], tf.constant(s.default, s.dtype))
-        for s in settings.SPEC
+        for s in spec.SPEC
     }
     values["max_new_tokens"] = tf.fill([len(rows)], STEPS)
-    ids = list(stop_ids) + [-1] * (settings.MAX_STOP_IDS - len(stop_ids))
+    ids = list(stop_ids) + [-1] * (spec.MAX_STOP_IDS - len(stop_ids))
     return gen.prepare(
         tf.ragged.constant(rows, tf.int32),
         values,
-        tf.fill([len(rows), settings.MAX_STOP_STRINGS], ""),
+        tf.fill([len(rows), spec.MAX_STOP_STRINGS], ""),
         tf.constant([ids] * len(rows), tf.int32),
     )
 

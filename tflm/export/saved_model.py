@@ -19,7 +19,6 @@ import tensorflow as tf
 import tflm
 from tflm import atomic
 from tflm import errors
-from tflm.export import layout
 from tflm.export import signatures as signatures_lib
 from tflm.export import warmup as warmup_lib
 from tflm.models import lora as lora_lib
@@ -144,16 +143,15 @@ def export(
     _check_version(base_dir, version, overwrite)
     atomic.sweep(base_dir, None, None)
     with atomic.staged(base_dir, STAGING) as tmp:
-        with layout.transposed_projections(model):
-            module = signatures_lib.ServingModule(model, tokenizer, jit_compile)
-            try:
-                tf.saved_model.save(module, tmp, signatures=module.signatures())
-            except tf.errors.OpError as err:
-                if atomic.is_no_space(err):
-                    raise OSError(
-                        errno.ENOSPC, "No space left on device", tmp
-                    ) from err
-                raise
+        module = signatures_lib.ServingModule(model, tokenizer, jit_compile)
+        try:
+            tf.saved_model.save(module, tmp, signatures=module.signatures())
+        except tf.errors.OpError as err:
+            if atomic.is_no_space(err):
+                raise OSError(
+                    errno.ENOSPC, "No space left on device", tmp
+                ) from err
+            raise
         _write_assets(tmp, model, tokenizer, module.template)
         if warmup:
             warmup_lib.write_warmup(tmp, chat=module.template is not None)

@@ -1,39 +1,40 @@
 """The serving contract's signatures, as a `tf.Module`.
 
-Everything here is core TensorFlow (plus the tokenizer's TF Text ops), so the
-SavedModel runs under stock TF Serving, which disables XLA and loads no
-Python. Inputs are validated in the graph: bad values fail the request with
-an `InvalidArgument` error that names the input.
+Every signature is the generation pipeline (`tflm.generation.pipeline`)
+with its own request form, and its inputs' `tf.TensorSpec`s come from
+`tflm.generation.spec.SIGNATURES`: what `CausalLM.generate` runs, in the
+same graph code. The decode plan reads the export's `StoredWeights` (the
+plain graph's layouts, stored once). Everything is core TensorFlow (plus
+the tokenizer's TF Text ops), so the SavedModel runs under stock TF
+Serving, which disables XLA and loads no Python. Inputs are validated in
+the graph: bad values fail the request with an `InvalidArgument` error that
+names the input.
 """
 
 from __future__ import annotations
 
+import inspect
+
 import tensorflow as tf
 
 from tflm import graph
-from tflm.export import beam_signature
-from tflm.export import chat_signature
-from tflm.generation import clipping
-from tflm.generation import frontend
-from tflm.generation import loop
-from tflm.generation import samplers
-from tflm.generation import settings as settings_lib
+from tflm.generation import beam as beam_lib
+from tflm.generation import pipeline as pipeline_lib
+from tflm.generation import spec
 from tflm.generation import templating
-from tflm.models import backbone as backbone_lib
+from tflm.models import decode_plan
 
-GENERATE_INPUTS = ("prompt", *settings_lib.SERVING_DEFAULT)
-CHAT_INPUTS = chat_signature.INPUTS
-# The full-control `generate` signature: every setting, then the stops.
-FULL_INPUTS = (
-    "prompt",
-    *(s.name for s in settings_lib.SPEC),
-    "stop",
-    "stop_ids",
-)
+# The signatures that generate text.
+GENERATING = ("serving_default", "generate", "beam_search", "chat")
 
 
 def _check(condition, message):
     return tf.debugging.Assert(condition, [message])
+
+
+def _first(x, batch):
+    """`x[0]`, or 1 for an empty batch."""
+    return tf.cond(batch > 0, lambda: x[0], lambda: tf.ones([], x.dtype))
 
 
 class ServingModule(tf.Module):
@@ -42,24 +43,29 @@ class ServingModule(tf.Module):
     Args:
         model: a `tflm.models.CausalLM`.
         tokenizer: a `tflm.tokenizers.Tokenizer`.
-        jit_compile: run the decode loop under XLA (TF Serving then needs
+        jit_compile: run the sampling loop under XLA (TF Serving then needs
             `--xla_cpu_compilation_enabled=true`).
     """
 
     def __init__(self, model, tokenizer, jit_compile: bool = False):
         super().__init__(name="tflm")
-        self._keep_untracked(model)
+        self._keep_untracked(model, decode_plan.StoredWeights(model))
         self.tokenizer = tokenizer
-        self.context = int(model.backbone.max_sequence_length)
-        # A fine-tuned model's template: prompts are rendered into it, and
-        # the `chat` signature exists (see `tflm.generation.templating`).
-        self.template = templating.check(getattr(model, "template", None))
-        # XLA has no in-place cache write (its own scatter is in place).
-        self._decode = graph.function(
-            self._decode_xla_graph if jit_compile else self._decode_graph,
-            jit_compile=jit_compile,
+        self.pipeline = pipeline_lib.Pipeline(
+            model.decoding,
+            tokenizer,
+            getattr(model, "template", None),
+            context=model.backbone.max_sequence_length,
+            vocabulary_size=model.backbone.vocabulary_size,
         )
-        self._decode_text = graph.function(self._decode_graph)
+        self.template = self.pipeline.template
+        self.layout = decode_plan.Layout("graph", False, self.stored)
+        self._decode_xla = None
+        if jit_compile:
+            xla = decode_plan.Layout("xla", False, self.stored)
+            self._decode_xla = graph.function(
+                lambda p: self.pipeline.decode(p, xla), jit_compile=True
+            )
         self._functions = self._signature_functions()
         # Dict-in, dict-out twins of the signatures (the Keras convention),
         # so that `keras.layers.TFSMLayer(path, call_endpoint=name)` can call
@@ -71,162 +77,81 @@ class ServingModule(tf.Module):
         self.serving_variables = _variables_of(self.signatures().values())
 
     @tf.__internal__.tracking.no_automatic_dependency_tracking
-    def _keep_untracked(self, model):
+    def _keep_untracked(self, model, stored):
         # The SavedModel must not track the Keras model: a Keras variable
         # exports a second copy of itself, and under TF1 loading (TF Serving)
         # the checkpoint restores that copy while the functions read the
         # original, which fails with "Could not find variable". The
         # variables the functions use are tracked instead.
         self.model = model
+        self.stored = stored
 
-    def _decode_graph(self, ids, mask, cache_length, settings, stop=None):
-        return self._generate(ids, mask, cache_length, settings, stop, True)
-
-    def _decode_xla_graph(self, ids, mask, cache_length, settings):
-        return self._generate(ids, mask, cache_length, settings, None, False)
-
-    def _generate(self, ids, mask, cache_length, settings, stop, in_place):
-        cache = self.model.backbone.init_cache(tf.shape(ids)[0], cache_length)
-        return loop.generate(
-            self.model.backbone.call_with_cache,
-            self.model.logits_from_hidden,
-            cache,
-            ids,
-            mask,
-            settings,
-            samplers.Sampling(),
-            frontend.text_stop(self.tokenizer.detokenize, stop),
-            trim=True,
-            in_place=in_place,
-        )
-
-    def _run(self, prompt, values, stop, stop_ids):
-        """`prepare -> loop -> finish`, as `CausalLM.generate` runs them."""
-        ragged, lengths = frontend.tokenize_prompts(
-            self.tokenizer, self.template, prompt, self.context
-        )
-        return self._run_ids(ragged, lengths, values, stop, stop_ids)
-
-    def _run_ids(self, ragged, lengths, values, stop, stop_ids):
-        config = {
-            "context": self.context,
-            "start_id": self.tokenizer.eos_id,
-            "eos_id": self.tokenizer.eos_id,
-            "pad_id": self.tokenizer.pad_id,
-            "bucket": False,
-        }
-        prepared = frontend.prepare(
-            ragged, lengths, values, stop, stop_ids, config
-        )
-        args = (
-            prepared["ids"],
-            prepared["mask"],
-            prepared["cache_length"],
-            prepared["settings"],
-        )
-        if stop is None:
-            out = self._decode(*args)
-        else:  # stop strings detokenize in the loop: never XLA
-            out = self._decode_text(*args, prepared["stop"])
-        result = frontend.finish(
-            self.tokenizer.detokenize, out, prepared["stop"]
-        )
-        return result, prepared["prompt_index"]
-
-    def generate(self, prompt, max_new_tokens, temperature, top_k, top_p, seed):
-        """`serving_default`: the contract's inputs and outputs, unchanged."""
-        batch = tf.shape(prompt)[0]
-        values = self._default_values(
-            batch, max_new_tokens, temperature, top_k, top_p, seed
-        )
-        stop_ids = tf.fill([batch, 0], -1)
-        result, _ = self._run(prompt, values, None, stop_ids)
-        return result
-
-    def _default_values(
-        self, batch, max_new_tokens, temperature, top_k, top_p, seed
-    ):
-        """`serving_default`'s controls, checked, with every other setting
-        at its default."""
-        given = {
-            "max_new_tokens": max_new_tokens,
-            "temperature": temperature,
-            "top_k": top_k,
-            "top_p": top_p,
-            "seed": seed,
-        }
-        checks = settings_lib.graph_checks(given, None, None, batch)
-        checks.append(
-            _check(
-                tf.reduce_all(max_new_tokens >= 0),
-                "max_new_tokens must be >= 0",
+    def _checked(self, name, inputs):
+        """The request of a generating signature, its inputs checked."""
+        first = "prompt" if "prompt" in inputs else "role"
+        batch = tf.shape(inputs[first])[0]
+        given = {k: v for k, v in inputs.items() if k in spec.BY_NAME}
+        stop, stop_ids = inputs.get("stop"), inputs.get("stop_ids")
+        checks = spec.graph_checks(given, stop, stop_ids, batch)
+        if "max_length" not in inputs:
+            checks.append(
+                _check(
+                    tf.reduce_all(inputs["max_new_tokens"] >= 0),
+                    "max_new_tokens must be >= 0",
+                )
             )
-        )
-        with tf.control_dependencies(checks):
-            given = {k: tf.identity(v) for k, v in given.items()}
-        return settings_lib.fill_defaults(given, batch)
-
-    def generate_full(
-        self,
-        prompt,
-        max_new_tokens,
-        max_length,
-        min_new_tokens,
-        temperature,
-        top_k,
-        top_p,
-        seed,
-        repetition_penalty,
-        no_repeat_ngram_size,
-        num_return_sequences,
-        stop,
-        stop_ids,
-    ):
-        """`generate`: every control, each a required batched input."""
-        given = dict(locals())
-        batch = tf.shape(prompt)[0]
-        inputs = {k: given[k] for k in settings_lib.BY_NAME}
-        checks = settings_lib.graph_checks(inputs, stop, stop_ids, batch)
+        if name == "beam_search":
+            checks += spec.beam_graph_checks(inputs, batch)
+        if name == "chat":
+            checks += _chat_checks(inputs["role"], inputs["content"])
         with tf.control_dependencies(checks):
             inputs = {k: tf.identity(v) for k, v in inputs.items()}
-            stop, stop_ids = tf.identity(stop), tf.identity(stop_ids)
-        result, index = self._run(prompt, inputs, stop, stop_ids)
-        return {**result, "prompt_index": index}
+        if name == "chat":
+            prompt = pipeline_lib.Prompt(
+                role=inputs["role"], content=inputs["content"]
+            )
+        else:
+            prompt = pipeline_lib.Prompt(text=inputs["prompt"])
+        given = {k: v for k, v in inputs.items() if k in spec.BY_NAME}
+        beams = None
+        if name == "beam_search":
+            beams = beam_lib.Beams(
+                num_beams=_first(inputs["num_beams"], batch),
+                num_return_sequences=_first(
+                    inputs["num_return_sequences"], batch
+                ),
+                length_penalty=inputs["length_penalty"],
+                early_stopping=inputs["early_stopping"],
+            )
+        return pipeline_lib.Request(
+            prompt=prompt,
+            settings=spec.Settings(**spec.fill_defaults(given, batch)),
+            stop=inputs.get("stop"),
+            stop_ids=inputs.get("stop_ids", tf.fill([batch, 0], -1)),
+            beams=beams,
+        )
 
-    def score_text(self, text):
+    def generating(self, name: str, inputs: dict) -> dict:
+        """A generating signature: the pipeline on its request form."""
+        request = self._checked(name, inputs)
+        response = self.pipeline.run(request, self.layout, self._decode_xla)
+        return {k: getattr(response, k) for k in spec.OUTPUTS[name]}
+
+    def score(self, text):
         """Log-likelihood of each text after an end-of-text start token."""
-        ragged = self._tokenize_clipped(text, self.context - 1, False)
-        start = tf.fill([ragged.nrows(), 1], self.tokenizer.eos_id)
-        full = tf.concat([tf.cast(start, ragged.dtype), ragged], axis=1)
-        # Padding is masked out; 0 is a valid index whatever `pad_id` is
-        # (SentencePiece models made elsewhere may have `pad_id == -1`).
-        ids = full.to_tensor(default_value=0)
-        mask = tf.sequence_mask(full.row_lengths(), tf.shape(ids)[1], tf.int32)
-        # Through the attributes that `tflm.export.layout` swaps (not the
-        # functional graph, which holds the original layers): the export
-        # then reads one copy of each weight.
-        backbone = self.model.backbone
-        cache = backbone.init_cache(tf.shape(ids)[0], tf.shape(ids)[1])
-        positions = backbone_lib.position_ids_from_mask(mask)
-        hidden, _ = backbone.call_with_cache(ids, cache, 0, mask, positions)
-        logits = self.model.logits_from_hidden(hidden)
-        log_probs = tf.nn.log_softmax(logits[:, :-1], axis=-1)
-        picked = tf.gather(log_probs, ids[:, 1:], batch_dims=2)
-        weights = tf.cast(mask[:, 1:], tf.float32)
-        return {
-            "log_likelihood": tf.reduce_sum(picked * weights, axis=1),
-            "num_tokens": tf.cast(tf.reduce_sum(mask[:, 1:], axis=1), tf.int32),
-        }
+        likelihood, count = self.pipeline.score(text, self.layout)
+        return {"log_likelihood": likelihood, "num_tokens": count}
 
-    def tokenize_text(self, text):
+    def tokenize(self, text):
         """Each text's first `context` ids (`num_tokens` counts those)."""
-        ragged = self._tokenize_clipped(text, self.context, from_end=False)
+        context = self.pipeline.context
+        ragged = self.pipeline.tokenize_clipped(text, context, False)
         return {
             "token_ids": ragged.to_tensor(default_value=self.tokenizer.pad_id),
             "num_tokens": tf.cast(ragged.row_lengths(), tf.int32),
         }
 
-    def detokenize_ids(self, token_ids, num_tokens):
+    def detokenize(self, token_ids, num_tokens):
         shape = tf.shape(token_ids)
         checks = [
             _check(
@@ -244,58 +169,19 @@ class ServingModule(tf.Module):
         ragged = tf.RaggedTensor.from_tensor(token_ids, lengths=num_tokens)
         return {"text": self.tokenizer.detokenize(ragged)}
 
-    def _tokenize_clipped(self, text, keep, from_end: bool):
-        """Each text's ids, cut to its last (or first) `keep` ids.
-
-        The byte tokenizer's text is cut first (exact: one id per byte), so
-        its work is bounded by `keep` bytes a row; other tokenizers see the
-        whole text and only their ids are cut (see `frontend.tokenize`).
-        """
-        if getattr(self.tokenizer, "one_id_per_byte", False):
-            text = clipping.clip_bytes(text, keep, from_end)
-        return clipping.clip_rows(self.tokenizer.tokenize(text), keep, from_end)
-
     def _signature_functions(self) -> dict:
-        s, i, f = tf.string, tf.int32, tf.float32
-        spec = tf.TensorSpec
-        dtypes = dict(zip(GENERATE_INPUTS, (s, i, f, i, f, i), strict=True))
-        generate = graph.function(
-            self.generate,
-            input_signature=[spec([None], dtypes[n], n) for n in dtypes],
-        )
-        score = graph.function(
-            self.score_text, input_signature=[spec([None], s, "text")]
-        )
-        tokenize = graph.function(
-            self.tokenize_text, input_signature=[spec([None], s, "text")]
-        )
-        full_specs = [spec([None], s, "prompt")]
-        full_specs += [spec([None], x.dtype, x.name) for x in settings_lib.SPEC]
-        full_specs += [
-            spec([None, None], s, "stop"),
-            spec([None, None], i, "stop_ids"),
-        ]
-        generate_full = graph.function(
-            self.generate_full, input_signature=full_specs
-        )
-        beam_search = beam_signature.function(self)
-        detokenize = graph.function(
-            self.detokenize_ids,
-            input_signature=[
-                spec([None, None], i, "token_ids"),
-                spec([None], i, "num_tokens"),
-            ],
-        )
-        functions = {
-            "serving_default": generate,
-            "generate": generate_full,
-            "beam_search": beam_search,
-            "score": score,
-            "tokenize": tokenize,
-            "detokenize": detokenize,
-        }
+        names = [n for n in spec.SIGNATURES if n != "chat"]
         if self.template is not None:
-            functions["chat"] = chat_signature.function(self)
+            names.append("chat")
+        functions = {}
+        for name in names:
+            specs = spec.input_specs(name)
+            if name in GENERATING:
+                body = _by_name(specs, lambda i, n=name: self.generating(n, i))
+            else:
+                method = getattr(self, name.replace("serving_default", ""))
+                body = _by_name(specs, lambda i, m=method: m(**i))
+            functions[name] = graph.function(body, input_signature=specs)
         return functions
 
     def signatures(self) -> dict:
@@ -304,6 +190,35 @@ class ServingModule(tf.Module):
             name: function.get_concrete_function()
             for name, function in self._functions.items()
         }
+
+
+def _chat_checks(role, content) -> list:
+    checks = [
+        _check(
+            tf.reduce_all(tf.equal(tf.shape(role), tf.shape(content))),
+            "role and content must have the same shape [B, M]",
+        ),
+        templating.role_check(role),
+    ]
+    with tf.control_dependencies(checks):
+        checks.append(templating.last_check(role))
+    return checks
+
+
+def _by_name(specs, body):
+    """`body(inputs dict)` as a function of positional inputs, named by
+    `specs` (what a signature with that input signature calls)."""
+    names = [s.name for s in specs]
+
+    def function(*args):
+        return body(dict(zip(names, args, strict=True)))
+
+    # Named parameters, so that the signature's inputs keep their names.
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    function.__signature__ = inspect.Signature(
+        [inspect.Parameter(name, kind) for name in names]
+    )
+    return function
 
 
 def _variables_of(concrete_functions) -> list:

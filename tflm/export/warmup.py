@@ -81,12 +81,14 @@ def chat_request(max_new_tokens: int = 4) -> dict:
 def full_request(prompts, max_new_tokens: int = 4) -> dict:
     """Inputs of the `generate` signature: every control at its default,
     `max_new_tokens` given, one stop string and no stop ids."""
-    from tflm.generation import settings
+    from tflm.generation import spec
 
     n = len(prompts)
     inputs = {"prompt": tf.constant(prompts)}
-    for spec in settings.SPEC:
-        inputs[spec.name] = tf.fill([n], tf.constant(spec.default, spec.dtype))
+    for setting in spec.SPEC:
+        inputs[setting.name] = tf.fill(
+            [n], tf.constant(setting.default, setting.dtype)
+        )
     inputs["max_new_tokens"] = tf.fill([n], max_new_tokens)
     inputs["stop"] = tf.fill([n, 1], "\n\n")
     inputs["stop_ids"] = tf.fill([n, 1], -1)

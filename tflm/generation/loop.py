@@ -1,4 +1,4 @@
-"""The decode loop: the only generation algorithm in tflm.
+"""The sampling decode loop, and the types both decode loops share.
 
 Prefill the (left-padded) prompts in one forward pass that fills a
 preallocated KV cache, then a `tf.while_loop` of single-token steps. It is
@@ -6,74 +6,207 @@ plain TensorFlow (no XLA-only ops, no Python per token), so the same code
 runs in `CausalLM.generate`, under `jit_compile=True`, and inside an
 exported SavedModel under TF Serving.
 
-The loop imports no model: it takes two callables,
-
-    forward(token_ids, cache, cache_index, padding_mask, position_ids)
-        -> (hidden [B, T, D], cache)
-    to_logits(hidden [B, D]) -> float32 logits [B, V]
-
-and `cache`, a list of tensors `(2, B, K, S, H)` that `forward` updates.
-The decoding strategy (`samplers.Sampling` by default) chooses each token
-from the logits and keeps its own state. An optional `text_stop(tokens,
-num_tokens) -> bool [B]` ends a row on text (stop strings; it needs the
-plain graph, for it detokenizes). `generate` runs everything in one call;
-`prefill`, `decode` and `finish` split it so that a caller can stream
-tokens a few steps at a time.
+The loop imports no model: it takes a `Decoding` (what
+`CausalLM.decoding(layout)` builds from a decode plan: the cached forward
+pass, the head, the cache factory). Beam search (`tflm.generation.beam`)
+is a second loop over the same `Decoding`, `LoopSettings`, `prefill` and
+`LoopOutput`: its state is a table of hypotheses per prompt and its cache
+is reordered at every step, which a sampling step must not pay for.
+An optional `text_stop(tokens, num_tokens) -> bool [B]` ends a row on text
+(stop strings; it detokenizes, so it needs the plain graph). `generate`
+runs everything in one call; `prefill`, `decode` and `finish` split it so
+that a caller can stream tokens a few steps at a time.
 """
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Callable
+from typing import NamedTuple
 
 import tensorflow as tf
 
-from tflm import graph
 from tflm.generation import samplers
-from tflm.layers import kv_cache
-from tflm.layers import matvec
 
-# Why each row stopped (the exported signature maps these to strings).
+# Why each row stopped (the exported signatures map these to strings).
 STOP_LENGTH, STOP_EOS, STOP_TOKEN, STOP_STRING = 0, 1, 2, 3
 STOP_REASONS = ("length", "eos", "stop_token", "stop_string")
+
+
+class Decoding(NamedTuple):
+    """What a decode loop calls (`CausalLM.decoding` builds it in a trace).
+
+    Fields:
+        forward: `(token_ids [B, T], cache, cache_index, padding_mask
+            [B, S], position_ids [B, T]) -> (hidden [B, T, D], cache)`;
+            writes the cache by scatter (prefill, beam steps).
+        step: the same, for a loop body whose cache `own` copied (it may
+            write in place).
+        to_logits: hidden `[B, D]` -> float32 logits `[B, V]`.
+        init_cache: `(batch, length) -> cache`, a list of zero tensors
+            `(2, B, K, S, H)`.
+        own: `cache -> cache` that `step` may write into.
+    """
+
+    forward: Callable
+    step: Callable
+    to_logits: Callable
+    init_cache: Callable
+    own: Callable
+
+
+class LoopSettings(NamedTuple):
+    """The loop's per-row settings, `[B]` each unless said.
+
+    Fields:
+        max_new_tokens: int32, the new tokens a row may make.
+        temperature: float32, 0 is greedy.
+        top_k: int32, 0 is off.
+        top_p: float32, 1 is off.
+        seed: int32.
+        min_new_tokens: int32; end and stop ids are banned before it.
+        repetition_penalty: float32, 1 is off.
+        no_repeat_ngram_size: int32, 0 is off.
+        eos_id: int32 scalar, -1 for none.
+        stop_ids: int32 `[B, N]`, -1 pads.
+        pad_id: int32 scalar, written after a row stopped.
+    """
+
+    max_new_tokens: tf.Tensor
+    temperature: tf.Tensor
+    top_k: tf.Tensor
+    top_p: tf.Tensor
+    seed: tf.Tensor
+    min_new_tokens: tf.Tensor
+    repetition_penalty: tf.Tensor
+    no_repeat_ngram_size: tf.Tensor
+    eos_id: tf.Tensor
+    stop_ids: tf.Tensor
+    pad_id: tf.Tensor
+
+    @classmethod
+    def make(
+        cls, max_new_tokens, *, eos_id=-1, pad_id=0, stop_ids=None, **rows
+    ):
+        """Settings for `[B]` rows: the processors off and greedy, except
+        where `rows` (per-row values by field name) says otherwise.
+
+        Example:
+        >>> s = LoopSettings.make([4, 2], temperature=[0.0, 0.7])
+        >>> s.top_p.numpy().tolist(), s.stop_ids.shape.as_list()
+        ([1.0, 1.0], [2, 0])
+        """
+        new = tf.cast(max_new_tokens, tf.int32)
+        batch = tf.shape(new)[0]
+        defaults = {
+            "temperature": (0.0, tf.float32),
+            "top_k": (0, tf.int32),
+            "top_p": (1.0, tf.float32),
+            "seed": (0, tf.int32),
+            "min_new_tokens": (0, tf.int32),
+            "repetition_penalty": (1.0, tf.float32),
+            "no_repeat_ngram_size": (0, tf.int32),
+        }
+        unknown = set(rows) - set(defaults)
+        if unknown:
+            raise TypeError(f"Unknown loop settings: {sorted(unknown)}.")
+        values = {
+            name: tf.cast(rows[name], dtype)
+            if name in rows
+            else tf.fill([batch], tf.constant(default, dtype))
+            for name, (default, dtype) in defaults.items()
+        }
+        if stop_ids is None:
+            stop_ids = tf.fill([batch, 0], -1)
+        stop_ids = tf.cast(stop_ids, tf.int32)
+        if stop_ids.shape.rank == 1:  # shared by every row
+            stop_ids = tf.tile(stop_ids[None], [batch, 1])
+        return cls(
+            max_new_tokens=new,
+            eos_id=tf.constant(eos_id, tf.int32),
+            stop_ids=stop_ids,
+            pad_id=tf.constant(pad_id, tf.int32),
+            **values,
+        )
+
+
+class Constants(NamedTuple):
+    """What the loop reads but never changes.
+
+    Fields:
+        settings: `LoopSettings` of the `B` rows.
+        prompt_ids, prompt_mask: int32 `[B, P]`, the left-padded prompts.
+        slot_mask: int32 `[B, S]`, true on the cache slots a key may be
+            read from (all but the prompts' left padding).
+        next_position: int32 `[B]`, each row's first new position.
+        prompt_length: int32 scalar, `P`.
+        limit: int32 `[B]`, the new tokens each row may make.
+        steps: int32 scalar, the most steps the loop runs.
+    """
+
+    settings: LoopSettings
+    prompt_ids: tf.Tensor
+    prompt_mask: tf.Tensor
+    slot_mask: tf.Tensor
+    next_position: tf.Tensor
+    prompt_length: tf.Tensor
+    limit: tf.Tensor
+    steps: tf.Tensor
+
+
+class LoopState(NamedTuple):
+    """What a sampling step advances.
+
+    Fields:
+        step: int32 scalar, steps taken.
+        logits: float32 `[B, V]`, for the next token.
+        cache: the KV cache, a list of `(2, B, K, S, H)`.
+        seen: bool `[B, V]`, ids each row has seen (repetition penalty).
+        done: bool `[B]`.
+        num_tokens: int32 `[B]`, tokens emitted.
+        stop_reason: int32 `[B]`, an index into `STOP_REASONS`.
+        tokens: int32 `[B, S - P]`, the emitted ids, `pad_id` after.
+    """
+
+    step: tf.Tensor
+    logits: tf.Tensor
+    cache: list
+    seen: tf.Tensor
+    done: tf.Tensor
+    num_tokens: tf.Tensor
+    stop_reason: tf.Tensor
+    tokens: tf.Tensor
+
+
+class LoopOutput(NamedTuple):
+    """A loop's result.
+
+    Fields:
+        token_ids: int32 `[B, M]`, padded with `pad_id`.
+        num_tokens: int32 `[B]`, how many are real.
+        stop_reason: int32 `[B]`, an index into `STOP_REASONS`.
+    """
+
+    token_ids: tf.Tensor
+    num_tokens: tf.Tensor
+    stop_reason: tf.Tensor
 
 
 def _stopped_by(token, eos_id, stop_ids):
     """int32 `[B]`: `STOP_EOS`, `STOP_TOKEN` or 0 (keep going)."""
     is_eos = tf.equal(token, eos_id)
-    if stop_ids.shape.rank == 1:  # shared by every row
-        stop_ids = stop_ids[None, :]
     is_stop = tf.reduce_any(tf.equal(token[:, None], stop_ids), axis=1)
     return tf.where(is_eos, STOP_EOS, tf.where(is_stop, STOP_TOKEN, 0))
 
 
-def prefill(
-    forward,
-    to_logits,
-    cache,
-    prompt_ids,
-    prompt_mask,
-    settings,
-    strategy=None,
-):
-    """Runs the prompts once and returns the loop state.
+def prefill(decoding: Decoding, cache, prompt_ids, prompt_mask, settings):
+    """Runs the prompts once; returns `(LoopState, Constants)`.
 
     Args:
-        forward, to_logits: see the module docstring.
+        decoding: a `Decoding`.
         cache: the empty cache, `S` slots long; `S - P` bounds new tokens.
         prompt_ids: int32 `[B, P]`, left-padded, `P >= 1`.
         prompt_mask: int32 or bool `[B, P]`, true on real tokens.
-        settings: dict of per-row `[B]` tensors `max_new_tokens` (int32),
-            `temperature` (float32, 0 = greedy), `top_k` (int32, 0 = off),
-            `top_p` (float32, 1 = off), `seed` (int32); plus `eos_id` (int32
-            scalar, -1 for none), `stop_ids` (int32 `[N]` or per row
-            `[B, N]`, -1 pads) and `pad_id` (int32 scalar, written after a
-            row stopped); and what the strategy reads (for `Sampling`:
-            `min_new_tokens`, `repetition_penalty`, `no_repeat_ngram_size`,
-            each optional).
-        strategy: the decoding strategy; `samplers.Sampling()` if `None`.
-
-    Returns:
-        The state dict that `decode` advances and `finish` reads.
+        settings: `LoopSettings`.
     """
     prompt_mask = tf.cast(prompt_mask, tf.int32)
     batch, prompt_len = tf.shape(prompt_ids)[0], tf.shape(prompt_ids)[1]
@@ -84,166 +217,131 @@ def prefill(
         [prompt_mask, tf.ones([batch, cache_len - prompt_len], tf.int32)], 1
     )
     positions = tf.maximum(tf.cumsum(prompt_mask, axis=1) - 1, 0)
-    hidden, cache = forward(prompt_ids, cache, 0, slot_mask, positions)
-    max_new = tf.maximum(tf.cast(settings["max_new_tokens"], tf.int32), 0)
+    hidden, cache = decoding.forward(prompt_ids, cache, 0, slot_mask, positions)
+    max_new = tf.maximum(settings.max_new_tokens, 0)
     steps = tf.maximum(
         tf.minimum(tf.reduce_max(max_new), cache_len - prompt_len), 0
     )
     limit = tf.minimum(max_new, steps)
-    pad_id = tf.cast(settings["pad_id"], tf.int32)
-    logits = to_logits(hidden[:, -1])
-    strategy = strategy or samplers.Sampling()
-    own = strategy.init(prompt_ids, prompt_mask, settings, tf.shape(logits)[-1])
-    return {
-        "step": tf.constant(0),
-        "logits": logits,
-        "strategy": own,
-        "cache": cache,
-        "done": limit <= 0,
-        "num_tokens": tf.zeros([batch], tf.int32),
-        "stop_reason": tf.fill([batch], STOP_LENGTH),
-        "tokens": tf.fill([batch, cache_len - prompt_len], pad_id),
-        # Constant through the loop:
-        "slot_mask": slot_mask,
-        "next_position": tf.reduce_sum(prompt_mask, axis=1),
-        "prompt_length": prompt_len,
-        "limit": limit,
-        "steps": steps,
-        "settings": {**settings, "pad_id": pad_id},
-    }
+    logits = decoding.to_logits(hidden[:, -1])
+    const = Constants(
+        settings=settings,
+        prompt_ids=prompt_ids,
+        prompt_mask=prompt_mask,
+        slot_mask=slot_mask,
+        next_position=tf.reduce_sum(prompt_mask, axis=1),
+        prompt_length=prompt_len,
+        limit=limit,
+        steps=steps,
+    )
+    state = LoopState(
+        step=tf.constant(0),
+        logits=logits,
+        cache=cache,
+        seen=samplers.seen_tokens(
+            prompt_ids, prompt_mask, tf.shape(logits)[-1]
+        ),
+        done=limit <= 0,
+        num_tokens=tf.zeros([batch], tf.int32),
+        stop_reason=tf.fill([batch], STOP_LENGTH),
+        tokens=tf.fill([batch, cache_len - prompt_len], settings.pad_id),
+    )
+    return state, const
 
 
-def _step(forward, to_logits, strategy, text_stop, state):
-    s = state["settings"]
-    i, done = state["step"], state["done"]
-    token = strategy.next_token(state["logits"], state)
-    stop = _stopped_by(token, s["eos_id"], s["stop_ids"])
+def _step(decoding, const, text_stop, state):
+    s, i, done = const.settings, state.step, state.done
+    token = samplers.next_token(
+        state.logits, state.seen, const, state.tokens, i
+    )
+    stop = _stopped_by(token, s.eos_id, s.stop_ids)
     emit = tf.logical_and(tf.logical_not(done), tf.equal(stop, 0))
     batch = tf.shape(token)[0]
     tokens = tf.tensor_scatter_nd_update(
-        state["tokens"],
+        state.tokens,
         tf.stack([tf.range(batch), tf.fill([batch], i)], axis=1),
-        tf.where(emit, token, s["pad_id"]),
+        tf.where(emit, token, s.pad_id),
     )
-    num_tokens = state["num_tokens"] + tf.cast(emit, tf.int32)
+    num_tokens = state.num_tokens + tf.cast(emit, tf.int32)
     if text_stop is not None:
         on_text = emit & text_stop(tokens, num_tokens)
         stop = tf.where(on_text, STOP_STRING, stop)
-    hidden, cache = forward(
+    hidden, cache = decoding.step(
         token[:, None],
-        state["cache"],
-        state["prompt_length"] + i,
-        state["slot_mask"],
-        (state["next_position"] + i)[:, None],
+        state.cache,
+        const.prompt_length + i,
+        const.slot_mask,
+        (const.next_position + i)[:, None],
     )
-    return {
-        **state,
-        "step": i + 1,
-        "logits": to_logits(hidden[:, 0]),
-        "strategy": strategy.update(state["strategy"], token),
-        "cache": cache,
-        "done": done | (stop > 0) | (num_tokens >= state["limit"]),
-        "num_tokens": num_tokens,
-        "stop_reason": tf.where(done, state["stop_reason"], stop),
-        "tokens": tokens,
-    }
+    return LoopState(
+        step=i + 1,
+        logits=decoding.to_logits(hidden[:, 0]),
+        cache=cache,
+        seen=samplers.mark_seen(state.seen, token),
+        done=done | (stop > 0) | (num_tokens >= const.limit),
+        num_tokens=num_tokens,
+        stop_reason=tf.where(done, state.stop_reason, stop),
+        tokens=tokens,
+    )
 
 
 def decode(
-    forward,
-    to_logits,
-    state,
+    decoding: Decoding,
+    state: LoopState,
+    const: Constants,
     max_steps=None,
-    strategy=None,
     text_stop=None,
-    in_place: bool = False,
-    layout: str | None = None,
-):
+) -> LoopState:
     """Advances `state` until every row stopped, or by `max_steps` steps.
 
-    `strategy` must be the one `prefill` got (`None` for the default).
-    `in_place=True` (the plain graph only: XLA has no kernel for it) copies
-    the cache once and then writes each step's keys and values into that
-    copy in place, instead of a scatter that copies the whole cache at
-    every step (`tflm.layers.kv_cache`). Weights are read once, before the
-    loop (`tflm.graph.reads_hoisted`). `layout` is the loop's
-    `tflm.layers.matvec.decode_layout` backend (`"xla"` or `"graph"`), or
-    `None` for the stored layouts.
+    The loop owns a copy of the cache (`decoding.own`), which its steps may
+    write in place.
     """
-    strategy = strategy or samplers.Sampling()
-    end = state["steps"]
+    end = const.steps
     if max_steps is not None:
-        end = tf.minimum(end, state["step"] + max_steps)
+        end = tf.minimum(end, state.step + max_steps)
 
     def cond(state):
         return tf.logical_and(
-            state["step"] < end, tf.logical_not(tf.reduce_all(state["done"]))
+            state.step < end, tf.logical_not(tf.reduce_all(state.done))
         )
 
     def body(state):
-        new = _step(forward, to_logits, strategy, text_stop, state)
-        # Shapes the step lost (a stop check's text ops) are the same.
-        tf.nest.map_structure(lambda n, o: n.set_shape(o.shape), new, state)
-        return (new,)
+        return (_step(decoding, const, text_stop, state),)
 
-    mode = contextlib.nullcontext()
-    if in_place:
-        state = {**state, "cache": kv_cache.owned_copy(state["cache"])}
-        mode = kv_cache.writes_in_place()
-    shapes = (
-        matvec.decode_layout(layout) if layout else contextlib.nullcontext()
-    )
-    with mode, shapes, graph.reads_hoisted():
-        (state,) = tf.while_loop(cond, body, (state,))
+    state = state._replace(cache=decoding.own(state.cache))
+    (state,) = tf.while_loop(cond, body, (state,))
     return state
 
 
-def finished(state):
+def finished(state: LoopState, const: Constants):
     """Scalar bool: every row has stopped."""
-    return tf.logical_or(
-        tf.reduce_all(state["done"]), state["step"] >= state["steps"]
-    )
+    return tf.logical_or(tf.reduce_all(state.done), state.step >= const.steps)
 
 
-def finish(state, trim: bool = True):
-    """The outputs: `token_ids` int32 `[B, M]` (padded), `num_tokens` int32
-    `[B]`, `stop_reason` int32 `[B]` (index into `STOP_REASONS`). A stop
-    token is not part of the output; the token that completed a stop string
-    is.
+def finish(state: LoopState, trim: bool = True) -> LoopOutput:
+    """The outputs. A stop token is not part of them; the token that
+    completed a stop string is.
 
     With `trim=False`, `M` is the static `S - P` (what XLA needs); else the
     longest row's length.
     """
-    num_tokens = state["num_tokens"]
-    tokens = state["tokens"]
+    tokens = state.tokens
     if trim:
-        tokens = tokens[:, : tf.reduce_max(num_tokens)]
-    return {
-        "token_ids": tokens,
-        "num_tokens": num_tokens,
-        "stop_reason": state["stop_reason"],
-    }
+        tokens = tokens[:, : tf.reduce_max(state.num_tokens)]
+    return LoopOutput(tokens, state.num_tokens, state.stop_reason)
 
 
 def generate(
-    forward,
-    to_logits,
+    decoding: Decoding,
     cache,
     prompt_ids,
     prompt_mask,
-    settings,
-    strategy=None,
+    settings: LoopSettings,
     text_stop=None,
     trim: bool = True,
-    in_place: bool = False,
-):
-    """Prefill, decode to the end, and return `finish`'s outputs
-    (`in_place`: see `decode`)."""
-    strategy = strategy or samplers.Sampling()
-    state = prefill(
-        forward, to_logits, cache, prompt_ids, prompt_mask, settings, strategy
-    )
-    state = decode(
-        forward, to_logits, state, None, strategy, text_stop, in_place
-    )
+) -> LoopOutput:
+    """Prefill, decode to the end, and return `finish`'s outputs."""
+    state, const = prefill(decoding, cache, prompt_ids, prompt_mask, settings)
+    state = decode(decoding, state, const, None, text_stop)
     return finish(state, trim)

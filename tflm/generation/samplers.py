@@ -103,69 +103,58 @@ def sample(logits, temperature, top_k, top_p, seed, step):
     return tf.cond(tf.reduce_any(temperature > 0), draw, lambda: greedy)
 
 
-class Sampling:
-    """The sampling strategy of the decode loop.
+def seen_tokens(prompt_ids, prompt_mask, vocabulary_size):
+    """bool `[B, V]`: the ids of each row's real prompt (what the
+    repetition penalty counts as seen)."""
+    return processors.seen_tokens(prompt_ids, prompt_mask, vocabulary_size)
 
-    Each step runs the logits processors whose settings are present
-    (`repetition_penalty`, `no_repeat_ngram_size`, `min_new_tokens`; see
-    `tflm.generation.processors`), each under a `tf.cond` that skips it when
-    no row uses it, then `sample`. A strategy keeps its own loop state: here
-    the ids each row has seen, for the repetition penalty.
+
+def mark_seen(seen, token):
+    """`seen` with each row's `token` `[B]` set."""
+    return processors.mark_seen(seen, token)
+
+
+def next_token(logits, seen, const, tokens, step):
+    """int32 `[B]`: each row's next token.
+
+    Runs the logits processors (`tflm.generation.processors`), each under
+    a `tf.cond` that skips it when no row uses it, then `sample`.
+
+    Args:
+        logits: `[B, V]`.
+        seen: bool `[B, V]`, for the repetition penalty.
+        const: the loop's `Constants` (settings and prompts).
+        tokens: int32 `[B, M]`, the ids generated so far.
+        step: int32 scalar, the index of the token being chosen.
     """
+    s = const.settings
+    logits = tf.cast(logits, tf.float32)
+    penalty = s.repetition_penalty
+    logits = tf.cond(
+        tf.reduce_any(penalty != 1.0),
+        lambda: processors.repetition_penalty(logits, seen, penalty),
+        lambda: logits,
+    )
+    size = s.no_repeat_ngram_size
+    logits = tf.cond(
+        tf.reduce_any(size > 0),
+        lambda: _no_repeat(logits, const, tokens, step, size),
+        lambda: logits,
+    )
+    logits = tf.cond(
+        tf.reduce_any(step < s.min_new_tokens),
+        lambda: processors.min_new_tokens(
+            logits, step, s.min_new_tokens, s.eos_id, s.stop_ids
+        ),
+        lambda: logits,
+    )
+    return sample(logits, s.temperature, s.top_k, s.top_p, s.seed, step)
 
-    def init(self, prompt_ids, prompt_mask, settings, vocabulary_size):
-        """The strategy's part of the loop state."""
-        state = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask}
-        if "repetition_penalty" in settings:
-            state["seen"] = processors.seen_tokens(
-                prompt_ids, prompt_mask, vocabulary_size
-            )
-        return state
 
-    def next_token(self, logits, state):
-        """int32 `[B]`: each row's next token."""
-        s, i, own = state["settings"], state["step"], state["strategy"]
-        logits = tf.cast(logits, tf.float32)
-        if "repetition_penalty" in s:
-            penalty = s["repetition_penalty"]
-            logits = tf.cond(
-                tf.reduce_any(penalty != 1.0),
-                lambda: processors.repetition_penalty(
-                    logits, own["seen"], penalty
-                ),
-                lambda: logits,
-            )
-        if "no_repeat_ngram_size" in s:
-            size = s["no_repeat_ngram_size"]
-            logits = tf.cond(
-                tf.reduce_any(size > 0),
-                lambda: self._no_repeat(logits, state, size),
-                lambda: logits,
-            )
-        if "min_new_tokens" in s:
-            logits = tf.cond(
-                tf.reduce_any(i < s["min_new_tokens"]),
-                lambda: processors.min_new_tokens(
-                    logits, i, s["min_new_tokens"], s["eos_id"], s["stop_ids"]
-                ),
-                lambda: logits,
-            )
-        return sample(
-            logits, s["temperature"], s["top_k"], s["top_p"], s["seed"], i
-        )
-
-    @staticmethod
-    def _no_repeat(logits, state, size):
-        own = state["strategy"]
-        prompt_len = tf.shape(own["prompt_ids"])[1]
-        history = tf.concat([own["prompt_ids"], state["tokens"]], axis=1)
-        real = tf.reduce_sum(tf.cast(own["prompt_mask"], tf.int32), axis=1)
-        start = prompt_len - real
-        end = tf.fill(tf.shape(start), prompt_len + state["step"])
-        return processors.no_repeat_ngram(logits, history, start, end, size)
-
-    def update(self, own, token):
-        """The strategy's state after `token` `[B]` was chosen."""
-        if "seen" in own:
-            own = {**own, "seen": processors.mark_seen(own["seen"], token)}
-        return own
+def _no_repeat(logits, const, tokens, step, size):
+    prompt_len = tf.shape(const.prompt_ids)[1]
+    history = tf.concat([const.prompt_ids, tokens], axis=1)
+    real = tf.reduce_sum(tf.cast(const.prompt_mask, tf.int32), axis=1)
+    start = prompt_len - real
+    end = tf.fill(tf.shape(start), prompt_len + step)
+    return processors.no_repeat_ngram(logits, history, start, end, size)

@@ -1,4 +1,4 @@
-"""The model's template, applied in the graph (what `tflm.data.templates`
+"""The model's template, applied in the graph (what `tflm.tokenizers.templates`
 does in Python, id for id).
 
 A fine-tuned model directory records its template (`config.json
@@ -10,7 +10,8 @@ assistant header that opens the next reply, is one tokenized piece; each
 earlier reply is another, followed by the end id), ending with the header
 of the reply to write. A single prompt is the conversation `[user: prompt]`.
 Only core string and ragged ops: the exported signatures run it under TF
-Serving.
+Serving. `batch` turns Python conversations (`{"role", "content"}` turns)
+into those strings, checked.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from collections.abc import Mapping
 import tensorflow as tf
 
 from tflm import errors
-from tflm.data import templates
-from tflm.generation import clipping
+from tflm.generation import text as text_lib
+from tflm.tokenizers import templates
 
 PADDING = ""  # The role of a padding cell.
 
@@ -119,7 +120,7 @@ def _assemble(template, tokenizer, text, replies, batch, width):
     used = index <= 2 * tf.repeat(replies, width)
     # Pieces past a row's last reply are empty text; drop whatever ids a
     # tokenizer might give them.
-    tokens = clipping.clip_rows(
+    tokens = text_lib.clip_rows(
         tokens, tf.where(used, 2**30, 0), from_end=False
     )
     if template.get("eos_after_assistant", True):
@@ -146,3 +147,51 @@ def prompt_turns(prompt):
     content `[B, 1]`."""
     content = tf.reshape(prompt, [-1, 1])
     return tf.fill(tf.shape(content), "user"), content
+
+
+def is_turn(item) -> bool:
+    return isinstance(item, Mapping)
+
+
+def batch(prompts, template):
+    """`((role, content) [B, M], single)` of one or more conversations."""
+    single = bool(prompts) and is_turn(prompts[0])
+    conversations = [list(prompts)] if single else [list(c) for c in prompts]
+    if template is None:
+        raise errors.InputError(
+            "Conversations need a model with a chat template (a model "
+            "directory written by `tflm finetune`); this model has none. "
+            "Give text prompts instead."
+        )
+    for conversation in conversations:
+        _check_turns(conversation)
+    width = max([len(c) for c in conversations] + [1])
+    role, content = [], []
+    for conversation in conversations:
+        pad = [""] * (width - len(conversation))
+        role.append([t["role"] for t in conversation] + pad)
+        content.append([t["content"] for t in conversation] + pad)
+    shape = [len(conversations), width]
+    return (
+        tf.constant(role, tf.string, shape),
+        tf.constant(content, tf.string, shape),
+    ), single
+
+
+def _check_turns(conversation) -> None:
+    for turn in conversation:
+        if (
+            not is_turn(turn)
+            or turn.get("role") not in templates.ROLES
+            or not isinstance(turn.get("content"), str)
+        ):
+            raise errors.InputError(
+                'A conversation is a list of {"role", "content"} turns, '
+                f"role one of {', '.join(templates.ROLES)} and content a "
+                f"string. Received: {turn!r}."
+            )
+    if conversation and conversation[-1]["role"] == "assistant":
+        raise errors.InputError(
+            "A conversation to reply to must end with a user or system "
+            "turn. Received: a last turn with role='assistant'."
+        )

@@ -1,7 +1,6 @@
 """Keras 3 layers for GPT-style decoders."""
 
 from tflm.layers.attention import CausalSelfAttention
-from tflm.layers.attention import update_cache
 from tflm.layers.decoder import DecoderBlock
 from tflm.layers.embedding import PositionEmbedding
 from tflm.layers.lora import LoRADense
@@ -19,5 +18,4 @@ __all__ = [
     "attention_mask",
     "causal_mask",
     "rope_tables",
-    "update_cache",
 ]

@@ -18,12 +18,6 @@ def default_initializer():
     return keras.initializers.RandomNormal(stddev=0.02)
 
 
-# The cache write lives in `kv_cache` (a scatter, or in place in a loop
-# that owns its cache); these names stay importable from here.
-update_cache = kv_cache.update
-static_shape = kv_cache.static_shape
-
-
 def reshape(x, shape):
     """`keras.ops.reshape`, with `-1` for the one dimension of `shape` that
     is unknown at trace time (a batch that a signature leaves open): the new
@@ -108,6 +102,8 @@ class CausalSelfAttention(keras.layers.Layer):
         position_ids: optional int `(B, T)` for rotary embedding; defaults to
             `cache_index + arange(T)`.
         training: bool, enables dropout.
+        plan: optional `tflm.models.decode_plan.DecodePlan`: how a decode
+            step multiplies the projections and writes the cache.
 
     Returns:
         `(B, T, D)`, or `(output, cache)` when a cache was passed in.
@@ -197,7 +193,10 @@ class CausalSelfAttention(keras.layers.Layer):
             name=name,
         )
 
-    def _project(self, x, batch, length):
+    def _apply(self, layer, x, plan):
+        return layer(x) if plan is None else plan.project(layer, x)
+
+    def _project(self, x, batch, length, plan=None):
         """Returns q `(B, N, T, H)`, k and v `(B, K, T, H)`.
 
         Projections run on `(B*T, D)` so that each is one matmul (a rank-3
@@ -209,17 +208,21 @@ class CausalSelfAttention(keras.layers.Layer):
         # the same memory, so heads need slices and reshapes, no transpose.
         one = isinstance(length, int) and length == 1
         if self.fused_qkv and n == k and not one:
-            qkv = reshape(self.query_key_value(x), (batch, length, 3, n, h))
+            qkv = self._apply(self.query_key_value, x, plan)
+            qkv = reshape(qkv, (batch, length, 3, n, h))
             qkv = keras.ops.transpose(qkv, (2, 0, 3, 1, 4))
             return keras.ops.unstack(qkv, 3)
         if self.fused_qkv:
-            qkv = self.query_key_value(x)
+            qkv = self._apply(self.query_key_value, x, plan)
             # Slices, not `split` (which builds its sizes from the shape).
             q = qkv[:, : n * h]
             key = qkv[:, n * h : (n + k) * h]
             v = qkv[:, (n + k) * h :]
         else:
-            q, key, v = self.query(x), self.key(x), self.value(x)
+            q, key, v = (
+                self._apply(layer, x, plan)
+                for layer in (self.query, self.key, self.value)
+            )
 
         def heads(t, num):
             if one:
@@ -233,7 +236,7 @@ class CausalSelfAttention(keras.layers.Layer):
         """q `(B, N, T, H)`, k/v `(B, K, S, H)`, mask `(B|1, 1, T, S)`."""
         n, kv, h = self.num_heads, self.num_key_value_heads, self.head_dim
         groups = n // kv
-        batch, _, length, _ = static_shape(q)
+        batch, _, length, _ = kv_cache.static_shape(q)
         # Grouped query heads become extra rows of one matmul per kv head.
         q = reshape(q, (batch, kv, groups * length, h))
         reduced = _reduced(q, k, training)
@@ -270,9 +273,10 @@ class CausalSelfAttention(keras.layers.Layer):
         position_ids=None,
         attention_mask=None,
         training=None,
+        plan=None,
     ):
-        batch, length, hidden = static_shape(x)
-        q, k, v = self._project(x, batch, length)
+        batch, length, hidden = kv_cache.static_shape(x)
+        q, k, v = self._project(x, batch, length, plan)
         offset = 0 if cache_index is None else cache_index
         if self.use_rotary:
             if position_ids is None:
@@ -286,7 +290,8 @@ class CausalSelfAttention(keras.layers.Layer):
             q = rotary.apply_rope(q, cos, sin)
             k = rotary.apply_rope(k, cos, sin)
         if cache is not None:
-            cache = update_cache(cache, k, v, offset)
+            write = kv_cache.update if plan is None else plan.write
+            cache = write(cache, k, v, offset)
             k, v = cache[0], cache[1]
         if attention_mask is None:
             attention_mask = masks.attention_mask(
@@ -296,7 +301,8 @@ class CausalSelfAttention(keras.layers.Layer):
         if not (isinstance(length, int) and length == 1):
             out = keras.ops.transpose(out, (0, 2, 1, 3))
         out = reshape(out, (-1, hidden))
-        out = reshape(self.output_dense(out), (batch, length, hidden))
+        out = self._apply(self.output_dense, out, plan)
+        out = reshape(out, (batch, length, hidden))
         return out if cache is None else (out, cache)
 
     def compute_output_shape(self, input_shape):

@@ -6,7 +6,7 @@ import keras
 
 from tflm.layers import attention as attention_lib
 from tflm.layers import fused
-from tflm.layers import matvec
+from tflm.layers import kv_cache
 
 NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu", "swiglu")
@@ -52,6 +52,8 @@ class DecoderBlock(keras.layers.Layer):
         attention_mask: optional bool `(B|1, 1, T, S)`; see
             `CausalSelfAttention`.
         training: bool, enables dropout.
+        plan: optional `tflm.models.decode_plan.DecodePlan` (see
+            `CausalSelfAttention`).
 
     Returns:
         `(B, T, D)`, or `(x, cache)` when a cache was passed in.
@@ -164,16 +166,22 @@ class DecoderBlock(keras.layers.Layer):
         self.mlp_in.build(input_shape)
         self.mlp_out.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
 
-    def _mlp(self, x, training=None):
-        shape = attention_lib.static_shape(x)
+    def _apply(self, layer, x, plan):
+        return layer(x) if plan is None else plan.project(layer, x)
+
+    def _mlp(self, x, training=None, plan=None):
+        shape = kv_cache.static_shape(x)
         # On `(B*T, D)` each projection is one matmul (see attention).
-        h = self.mlp_in(keras.ops.reshape(x, (-1, shape[-1])))
+        h = self._apply(
+            self.mlp_in, keras.ops.reshape(x, (-1, shape[-1])), plan
+        )
         if self.activation == "swiglu":
             gate, up = keras.ops.split(h, 2, axis=-1)
             h = keras.ops.silu(gate) * up
         else:
             h = fused.gelu(h, training)
-        return attention_lib.reshape(matvec.project(self.mlp_out, h), shape)
+        h = self._apply(self.mlp_out, h, plan)
+        return attention_lib.reshape(h, shape)
 
     def call(
         self,
@@ -184,6 +192,7 @@ class DecoderBlock(keras.layers.Layer):
         position_ids=None,
         attention_mask=None,
         training=None,
+        plan=None,
     ):
         h = self.attention(
             self.attention_norm(x),
@@ -193,11 +202,12 @@ class DecoderBlock(keras.layers.Layer):
             position_ids=position_ids,
             attention_mask=attention_mask,
             training=training,
+            plan=plan,
         )
         if cache is not None:
             h, cache = h
         x = x + self.residual_dropout(h, training=training)
-        h = self._mlp(self.mlp_norm(x), training)
+        h = self._mlp(self.mlp_norm(x), training, plan)
         x = x + self.residual_dropout(h, training=training)
         return x if cache is None else (x, cache)
 

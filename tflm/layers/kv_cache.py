@@ -8,49 +8,24 @@ By default the write is a `TensorScatterUpdate`, which runs under XLA (where
 it is done in place) and in the plain graph. In the plain graph, though,
 TensorFlow copies the whole cache at every write whenever the step also
 reads the cache, as attention does: the op may reuse its input's buffer only
-when nothing else holds it, and the executor holds it across iterations. At
-bench-small's 256 slots that copy was a quarter of a decode step.
+when nothing else holds it, and the executor holds it across iterations.
 
-Inside `writes_in_place()`, the write is `InplaceUpdate` on a `(2*B*K*S, H)`
-view of the cache instead: core TensorFlow, no XLA, and no copy. It changes
-the buffer it is given, so it is only for a decode loop that owns its cache:
-`tflm.generation.loop.decode(in_place=True)` copies the cache once with
-`owned_copy` before its loop, traces the loop body inside
-`writes_in_place()`, and every read of a slot follows the write that the
-same step made. XLA has no `InplaceUpdate` kernel, so loops compiled with
-XLA keep the scatter.
-
-Two things the in-place write does not check, which its one caller keeps
-true: slots must lie inside the cache (`InplaceUpdate` wraps a row index
-that is out of range, where the scatter raises; the loop's step count is
-bounded by `S - P`), and the mode is read when the layers are traced, so a
-`forward` that is itself a `tf.function` must not reuse a trace across
-modes.
+With `in_place=True` the write is `InplaceUpdate` on a `(2*B*K*S, H)` view
+of the cache instead: core TensorFlow, no XLA, and no copy. It changes the
+buffer it is given, so it is only for a decode loop that owns its cache: the
+loop copies the cache once with `owned_copy` before it starts, and every
+read of a slot follows the write that the same step made (a decode plan's
+`Decoding.own` and `Decoding.step`, see `tflm.models.decode_plan`). XLA has
+no `InplaceUpdate` kernel, so loops compiled with XLA keep the scatter. The
+in-place write does not check that slots lie inside the cache
+(`InplaceUpdate` wraps an index that is out of range, where the scatter
+raises); its loop bounds its steps by `S - P`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
-
 import keras
 import numpy as np
-
-from tflm import graph
-
-_MODE = threading.local()
-
-
-@contextlib.contextmanager
-def writes_in_place():
-    """Within: `update` writes into the cache it is given (see the module
-    docstring for when that is safe)."""
-    with graph.thread_setting(_MODE, "in_place", True):
-        yield
-
-
-def in_place() -> bool:
-    return getattr(_MODE, "in_place", False)
 
 
 def owned_copy(cache):
@@ -70,7 +45,7 @@ def static_shape(x):
     )
 
 
-def update(cache, key, value, index):
+def update(cache, key, value, index, in_place: bool = False):
     """Writes `key` and `value` into `cache` at slot `index`.
 
     Args:
@@ -78,13 +53,15 @@ def update(cache, key, value, index):
         key: `(B, K, T, H)`.
         value: `(B, K, T, H)`.
         index: int scalar, the slot of the first of the `T` new positions.
+        in_place: write into `cache`'s own buffer (see the module
+            docstring for when that is safe).
 
     Returns:
-        The updated cache, same shape and dtype (inside `writes_in_place()`,
-        the same buffer).
+        The updated cache, same shape and dtype (with `in_place`, the same
+        buffer).
     """
     updates = keras.ops.cast(keras.ops.stack([key, value]), cache.dtype)
-    if in_place():
+    if in_place:
         return _update_in_place(cache, updates, index)
     return _scatter(cache, updates, index)
 

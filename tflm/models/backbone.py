@@ -124,8 +124,8 @@ class Backbone(keras.Model):
         # another layer (a model), though they do when called alone: the
         # tied head of a mixed-precision CausalLM then cast its bfloat16
         # hidden states up and multiplied in float32, the three largest
-        # matmuls of a train step at half oneDNN's bfloat16 speed (57-60 ms
-        # each instead of 34-35 on bench-small). Autocast makes the head
+        # matmuls of a train step at about half oneDNN's bfloat16 speed
+        # (docs/performance.md). Autocast makes the head
         # run in the compute dtype wherever it is called; the lookup gives
         # the same values either way.
         self.token_embedding.autocast = True
@@ -196,8 +196,13 @@ class Backbone(keras.Model):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.head_dim = hidden_dim // num_heads
 
-    def _embed(self, token_ids, position_ids, training=None, decode=False):
-        x = self.token_embedding(token_ids)
+    def _embed(
+        self, token_ids, position_ids, training=None, decode=False, plan=None
+    ):
+        if plan is None:
+            x = self.token_embedding(token_ids)
+        else:
+            x = plan.lookup(self.token_embedding, token_ids)
         if self.position_embedding is not None:
             if decode:
                 x = x + self.position_embedding.lookup(position_ids)
@@ -215,7 +220,13 @@ class Backbone(keras.Model):
         return [keras.ops.zeros(shape, dtype) for _ in self.blocks]
 
     def call_with_cache(
-        self, token_ids, cache, cache_index, padding_mask, position_ids
+        self,
+        token_ids,
+        cache,
+        cache_index,
+        padding_mask,
+        position_ids,
+        plan=None,
     ):
         """Runs `token_ids (B, T)` at slot `cache_index` of the caches.
 
@@ -226,6 +237,9 @@ class Backbone(keras.Model):
             padding_mask: `(B, S)`, true where a cache slot holds a real token
                 (including the `T` being written now).
             position_ids: int `(B, T)`, each token's position.
+            plan: optional `tflm.models.decode_plan.DecodePlan`, the weight
+                layouts and cache write of a decode step; its `scope()`
+                must be entered around the call.
 
         Returns:
             `(hidden (B, T, D), cache)`.
@@ -235,7 +249,7 @@ class Backbone(keras.Model):
         position_ids = keras.ops.clip(
             position_ids, 0, self.max_sequence_length - 1
         )
-        x = self._embed(token_ids, position_ids, decode=True)
+        x = self._embed(token_ids, position_ids, decode=True, plan=plan)
         # One mask for all layers (not one per layer): fewer ops per step.
         attention_mask = masks.attention_mask(
             keras.ops.shape(token_ids)[1],
@@ -251,6 +265,7 @@ class Backbone(keras.Model):
                 cache=layer_cache,
                 cache_index=cache_index,
                 position_ids=position_ids,
+                plan=plan,
             )
             new_cache.append(layer_cache)
         return self.final_norm(x), new_cache

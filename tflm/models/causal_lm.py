@@ -8,16 +8,18 @@ import os
 import keras
 
 from tflm import errors
-from tflm.layers import matvec
+from tflm.generation import loop as loop_lib
+from tflm.layers import kv_cache
 from tflm.models import backbone as backbone_lib
+from tflm.models import decode_plan
 from tflm.models import lora
 from tflm.models import model_dir
 from tflm.models import optimizer as optimizer_lib
 from tflm.models import presets
 from tflm.models import train_step
 
-# Kept here for callers that found them here first.
-NO_DECAY_NAMES = optimizer_lib.NO_DECAY_NAMES
+# Traced generators kept per model (the newest ones).
+_MAX_GENERATORS = 4
 
 
 def default_optimizer(
@@ -90,15 +92,70 @@ class CausalLM(keras.Model):
         # it for text prompts. Not part of the Keras config.
         self.tokenizer = None
         # The prompt template it was fine-tuned with (`config.json
-        # ["template"]`, see `tflm.data.templates`), or `None`: generation
+        # ["template"]`, see `tflm.tokenizers.templates`), or `None`: generation
         # then renders text prompts and conversations into it.
         self.template = None
         self._generators = {}
 
-    def logits_from_hidden(self, hidden):
-        """float32 logits `(..., V)` from hidden states `(..., D)`."""
-        logits = matvec.head(self.backbone.token_embedding, hidden)
+    def logits_from_hidden(self, hidden, plan=None):
+        """float32 logits `(..., V)` from hidden states `(..., D)` (with a
+        decode plan's head layout, if given)."""
+        embedding = self.backbone.token_embedding
+        if plan is None:
+            logits = embedding(hidden, reverse=True)
+        else:
+            logits = plan.head(embedding, hidden)
         return keras.ops.cast(logits, "float32")
+
+    def projections(self) -> list:
+        """The `Dense` projections of every decoder block."""
+        layers = []
+        for block in self.backbone.blocks:
+            attention = block.attention
+            if attention.fused_qkv:
+                layers.append(attention.query_key_value)
+            else:
+                layers += [attention.query, attention.key, attention.value]
+            layers += [attention.output_dense, block.mlp_in, block.mlp_out]
+        return layers
+
+    def decoding(self, layout=None) -> loop_lib.Decoding:
+        """What a decode loop calls, with `layout`'s weights
+        (`tflm.models.decode_plan`). Call it inside the traced function
+        that runs the loop, before the loop: the plan's weight reads are
+        made there, once.
+
+        Args:
+            layout: a `decode_plan.Layout`; default: the plain graph's.
+        """
+        layout = layout or decode_plan.Layout()
+        plan = decode_plan.DecodePlan(layout)
+        in_loop = plan.writing_in_place() if layout.in_place else plan
+        backbone = self.backbone
+
+        def forward_with(p):
+            def forward(ids, cache, index, mask, positions):
+                with p.scope():
+                    return backbone.call_with_cache(
+                        ids, cache, index, mask, positions, plan=p
+                    )
+
+            return forward
+
+        def to_logits(hidden):
+            with plan.scope():
+                return self.logits_from_hidden(hidden, plan)
+
+        def own(cache):
+            return kv_cache.owned_copy(cache) if layout.in_place else cache
+
+        return loop_lib.Decoding(
+            forward=forward_with(plan),
+            step=forward_with(in_loop),
+            to_logits=to_logits,
+            init_cache=backbone.init_cache,
+            own=own,
+        )
 
     @classmethod
     def from_preset(cls, preset: str | os.PathLike, **overrides) -> CausalLM:
@@ -250,7 +307,7 @@ class CausalLM(keras.Model):
         if isinstance(self.optimizer, keras.optimizers.AdamW):
             # AdamW's config does not keep its exclusion list.
             self.optimizer.exclude_from_weight_decay(
-                var_names=list(NO_DECAY_NAMES)
+                var_names=list(optimizer_lib.NO_DECAY_NAMES)
             )
         if self.built:
             self.optimizer.build(self.trainable_variables)
@@ -269,24 +326,33 @@ class CausalLM(keras.Model):
         return self.logits_from_hidden(hidden), hidden, cache
 
     def generator(self, jit_compile: bool = True, tokenizer=None):
-        """This model's compiled `tflm.generation.api.Generator`, cached
-        per `(jit_compile, tokenizer)` (default tokenizer: `self.tokenizer`).
+        """This model's traced `tflm.generation.generator.Generator` for
+        `(jit_compile, tokenizer)` (default tokenizer: `self.tokenizer`).
+
+        Kept per model for the newest few settings, keyed by the model's
+        layers and variables too: after a weight conversion or LoRA swap
+        the next call traces anew.
         """
-        from tflm.generation import api
+        from tflm.generation import generator as generator_lib
+        from tflm.generation import pipeline
 
         tokenizer = tokenizer or self.tokenizer
         template = json.dumps(self.template, sort_keys=True)
-        key = (bool(jit_compile), tokenizer, template)
+        weights = tuple(id(v) for v in self.weights)
+        key = (bool(jit_compile), tokenizer, template, weights)
         if key not in self._generators:
-            self._generators[key] = api.Generator(
-                self.backbone.call_with_cache,
-                self.logits_from_hidden,
-                self.backbone.init_cache,
-                context=self.backbone.max_sequence_length,
-                vocabulary_size=self.backbone.vocabulary_size,
-                tokenizer=tokenizer,
+            while len(self._generators) >= _MAX_GENERATORS:
+                self._generators.pop(next(iter(self._generators)))
+            self._generators[key] = generator_lib.Generator(
+                pipeline.Pipeline(
+                    self.decoding,
+                    tokenizer,
+                    self.template,
+                    context=self.backbone.max_sequence_length,
+                    vocabulary_size=self.backbone.vocabulary_size,
+                ),
                 jit_compile=jit_compile,
-                template=self.template,
+                layouts=decode_plan.Layout,
             )
         return self._generators[key]
 
@@ -321,22 +387,24 @@ class CausalLM(keras.Model):
                 (matched on text, not returned) and stop ids;
                 `return_details`: also return `token_ids`, `num_tokens`,
                 `stop_reason` and `prompt_index` per sequence. See
-                `tflm.generation.settings` for the rules. Beam search:
+                `tflm.generation.spec` for the rules. Beam search:
                 `num_beams` (> 1), `length_penalty`, `early_stopping`,
                 Hugging Face's semantics; it returns the best
                 `num_return_sequences` beams per prompt (with
                 `return_details`, their `score`), and refuses sampling,
-                penalties and stops (`tflm.generation.beam_settings`).
+                penalties and stops (`tflm.generation.spec`).
 
         Returns:
             The continuations (without the prompt): strings for text
             prompts, id lists for id prompts; one item for a single prompt
             and one sequence, else a flat list, prompt by prompt.
         """
-        from tflm.generation import interface
+        from tflm.generation import generator as generator_lib
 
         generator = self.generator(jit_compile, tokenizer)
-        return interface.generate(generator, prompts, max_new_tokens, **kwargs)
+        return generator_lib.generate(
+            generator, prompts, max_new_tokens, **kwargs
+        )
 
     def stream(
         self,
@@ -354,10 +422,10 @@ class CausalLM(keras.Model):
         Takes `generate`'s settings and `chunk` (tokens per piece); runs the
         plain graph, and the pieces join to `generate`'s text.
         """
-        from tflm.generation import interface
+        from tflm.generation import generator as generator_lib
 
         generator = self.generator(False, tokenizer)
-        return interface.stream(generator, prompt, max_new_tokens, **kwargs)
+        return generator_lib.stream(generator, prompt, max_new_tokens, **kwargs)
 
     def get_config(self):
         config = {

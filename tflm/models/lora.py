@@ -200,7 +200,6 @@ def enable_lora(
             if old.bias is not None:
                 new.bias.assign(old.bias)
             _swap(parent, attr, new)
-    model._generators = {}  # traced with the old layers
     logger.debug("LoRA rank %d on %s.", rank, ", ".join(targets))
 
 
@@ -277,7 +276,6 @@ def merge_lora(model) -> None:
     for variable in model.variables:
         if "seed_generator_state" not in variable.path:
             variable.trainable = True
-    model._generators = {}
     logger.debug("Merged the LoRA adapters into the base weights.")
 
 

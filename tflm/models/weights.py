@@ -21,8 +21,8 @@ the kernel variables of the projections change dtype:
 Everything is core TensorFlow (`Cast`, `MatMul`, `RealDiv`), so an export serves
 under TF Serving's conditions (XLA off, C++ loader). A model directory saved
 from a converted model stores the converted variables and records `weights`
-in its `config.json`; `tflm.modeldir.load` converts the freshly built model
-before it loads them (see `restore_weights`).
+in its `config.json`; `tflm.models.model_dir.load_model` converts the freshly
+built model before it loads them (see `restore_weights`).
 
 Example:
 >>> from tflm.models import causal_lm
@@ -118,7 +118,6 @@ def convert_weights(model, weights: str):
             f"{model.backbone.token_embedding.dtype_policy.name!r}."
         )
     _convert(model, weights)
-    model._generators = {}  # traced with the old variables
     logger.debug("Converted the model's weights to %s.", weights)
     return model
 

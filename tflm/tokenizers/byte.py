@@ -36,7 +36,7 @@ class ByteTokenizer(base.Tokenizer):
 
     type_name = "byte"
     # Text cut to its last n bytes gives exactly its last n ids, so callers
-    # may cut text before tokenizing it (`tflm.generation.frontend`).
+    # may cut text before tokenizing it (`tflm.generation.pipeline`).
     one_id_per_byte = True
 
     def __init__(self, name: str | None = None):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tflm.generation import clipping
+from tflm.generation import text as text_lib
 
 ROWS = [[1, 2, 3, 4, 5], [], [6], [7, 8]]
 
@@ -12,7 +12,7 @@ ROWS = [[1, 2, 3, 4, 5], [], [6], [7, 8]]
 @pytest.mark.parametrize("from_end", [True, False])
 @pytest.mark.parametrize("keep", [0, 1, 2, 9, [3, 1, 0, 1]])
 def test_clip_rows_keeps_the_last_or_first_values(keep, from_end):
-    got = clipping.clip_rows(tf.ragged.constant(ROWS), keep, from_end)
+    got = text_lib.clip_rows(tf.ragged.constant(ROWS), keep, from_end)
     keeps = keep if isinstance(keep, list) else [keep] * len(ROWS)
     want = [
         (row[max(len(row) - k, 0) :] if from_end else row[:k]) if k else []
@@ -25,13 +25,13 @@ def test_clip_rows_of_an_empty_batch():
     ragged = tf.RaggedTensor.from_row_lengths(
         tf.zeros([0], tf.int32), tf.zeros([0], tf.int64)
     )
-    assert clipping.clip_rows(ragged, 3, True).to_list() == []
+    assert text_lib.clip_rows(ragged, 3, True).to_list() == []
 
 
 @pytest.mark.parametrize("from_end", [True, False])
 def test_clip_bytes_cuts_bytes_not_characters(from_end):
     texts = ["abcdef", "", "hé", "xy"]
-    got = clipping.clip_bytes(tf.constant(texts), [2, 3, 2, 5], from_end)
+    got = text_lib.clip_bytes(tf.constant(texts), [2, 3, 2, 5], from_end)
     want = [
         (b[-k:] if from_end else b[:k])
         for b, k in zip([t.encode() for t in texts], [2, 3, 2, 5], strict=True)
@@ -40,7 +40,7 @@ def test_clip_bytes_cuts_bytes_not_characters(from_end):
 
 
 def test_left_pad_keeps_the_last_ids_and_starts_empty_rows():
-    ids, mask = clipping.left_pad(tf.ragged.constant(ROWS), 3, 99)
+    ids, mask = text_lib.left_pad(tf.ragged.constant(ROWS), 3, 99)
     assert ids.numpy().tolist() == [
         [3, 4, 5],
         [0, 0, 99],
@@ -59,16 +59,16 @@ def test_left_pad_width_is_the_room_whatever_the_prompt_length():
     rows = tf.RaggedTensor.from_row_lengths(
         tf.range(2**20, dtype=tf.int32), [2**20] + [0] * 99
     )
-    ids, mask = clipping.left_pad(rows, [5] * 100, 0)
+    ids, mask = text_lib.left_pad(rows, [5] * 100, 0)
     assert ids.shape == (100, 5) and mask.shape == (100, 5)
     np.testing.assert_array_equal(ids[0], np.arange(2**20 - 5, 2**20))
 
 
 def test_left_pad_of_empty_rows_and_an_empty_batch():
-    ids, mask = clipping.left_pad(tf.ragged.constant([[], []], tf.int32), 4, 7)
+    ids, mask = text_lib.left_pad(tf.ragged.constant([[], []], tf.int32), 4, 7)
     assert ids.numpy().tolist() == [[7], [7]]
     assert mask.numpy().tolist() == [[1], [1]]
     empty = tf.RaggedTensor.from_row_lengths(
         tf.zeros([0], tf.int32), tf.zeros([0], tf.int64)
     )
-    assert clipping.left_pad(empty, 4, 7)[0].shape == (0, 1)
+    assert text_lib.left_pad(empty, 4, 7)[0].shape == (0, 1)

@@ -1,4 +1,5 @@
-"""The generation settings: one spec, checked in Python and in the graph.
+"""The generation spec: every control of a request, checked in Python and
+in the graph, and every exported signature's inputs.
 
 Each per-row setting has a name, a dtype, a default and a rule written once
 as a TensorFlow predicate. `CausalLM.generate` runs the rule eagerly on the
@@ -12,13 +13,26 @@ Length rule (in-process and served alike): `max_new_tokens` or
 neither gives `min(DEFAULT_MAX_NEW_TOKENS, context - 1)`. The result is
 capped at `context - 1`, and a prompt that does not fit beside it is cut
 from the left.
+
+Beam search (`BEAM_SPEC`): `num_beams` (1 is the sampling loop),
+`length_penalty` (HF's exponent on the length) and `early_stopping` (HF's
+True/False). With `num_beams > 1`, `num_return_sequences` must be in
+`[1, num_beams]`, and sampling, the logits processors and stops are
+refused rather than silently ignored.
+
+`SIGNATURES` names each exported signature's inputs; `input_specs(name)`
+derives their `tf.TensorSpec`s from this spec, so no signature writes a
+dtype by hand.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
+from typing import NamedTuple
 
+import numpy as np
 import tensorflow as tf
 
 from tflm import errors
@@ -82,8 +96,75 @@ SPEC = (
     ),
 )  # fmt: skip
 BY_NAME = {s.name: s for s in SPEC}
+# A request's settings, every one `[B]`, in `SPEC`'s order.
+Settings = NamedTuple("Settings", [(s.name, tf.Tensor) for s in SPEC])
 # The settings `serving_default` takes (its inputs never change).
 SERVING_DEFAULT = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")
+
+BEAM_SPEC = (
+    Setting("num_beams", tf.int32, 1, lambda x: x >= 1, ">= 1"),
+    Setting(
+        "length_penalty", tf.float32, 1.0, _finite, "finite",
+    ),
+    Setting(
+        "early_stopping", tf.bool, False,
+        lambda x: tf.ones_like(x, tf.bool), "a bool",
+    ),
+)  # fmt: skip
+BEAM_BY_NAME = {s.name: s for s in BEAM_SPEC}
+# Settings beam search does not apply, with their "off" values.
+NOT_WITH_BEAMS = {
+    "temperature": 0.0,
+    "top_k": 0,
+    "top_p": 1.0,
+    "repetition_penalty": 1.0,
+    "no_repeat_ngram_size": 0,
+    "min_new_tokens": 0,
+}
+
+# Prompt forms and the other inputs signatures take: (shape, dtype).
+_INPUTS = {
+    "prompt": ([None], tf.string),
+    "text": ([None], tf.string),
+    "role": ([None, None], tf.string),
+    "content": ([None, None], tf.string),
+    "stop": ([None, None], tf.string),
+    "stop_ids": ([None, None], tf.int32),
+    "token_ids": ([None, None], tf.int32),
+    "num_tokens": ([None], tf.int32),
+    **{s.name: ([None], s.dtype) for s in (*SPEC, *BEAM_SPEC)},
+}
+# Every exported signature's inputs, in order (the serving contract).
+SIGNATURES = {
+    "serving_default": ("prompt", *SERVING_DEFAULT),
+    "generate": ("prompt", *BY_NAME, "stop", "stop_ids"),
+    "beam_search": (
+        "prompt",
+        "max_new_tokens",
+        "max_length",
+        "num_beams",
+        "num_return_sequences",
+        "length_penalty",
+        "early_stopping",
+    ),
+    "chat": ("role", "content", *SERVING_DEFAULT),
+    "score": ("text",),
+    "tokenize": ("text",),
+    "detokenize": ("token_ids", "num_tokens"),
+}
+
+
+def input_specs(signature: str) -> list:
+    """The `tf.TensorSpec`s of a signature's inputs, named and in order.
+
+    Example:
+    >>> [s.name for s in input_specs("score")]
+    ['text']
+    """
+    return [
+        tf.TensorSpec(_INPUTS[n][0], _INPUTS[n][1], n)
+        for n in SIGNATURES[signature]
+    ]
 
 
 def cross_checks(values: dict) -> list[tuple]:
@@ -214,3 +295,118 @@ def check(values: dict) -> None:
                 f"{n}={values[n].numpy().tolist()}" for n in names.split(", ")
             )
             raise errors.InputError(f"{message}. Received: {received}.")
+
+
+def beam_graph_checks(values: dict, batch) -> list:
+    """In-graph asserts on the beam settings `[B]` (and
+    `num_return_sequences`); messages name the input."""
+    n, k = values["num_beams"], values["num_return_sequences"]
+    checks = [
+        _assert(
+            tf.equal(tf.shape(values[name])[0], batch),
+            f"{name} needs one value per prompt (the same dimension 0 as "
+            "prompt)",
+        )
+        for name in BEAM_BY_NAME
+    ]
+    with tf.control_dependencies(checks):
+        checks += [
+            _assert(
+                tf.reduce_all(s.valid(values[s.name])),
+                f"{s.name} must be {s.rule}",
+            )
+            for s in BEAM_SPEC
+        ]
+        checks += [
+            _assert(
+                tf.reduce_all(tf.equal(n, n[:1])),
+                "num_beams must be the same for every prompt",
+            ),
+            _assert(
+                tf.reduce_all((k >= 1) & (k <= n)),
+                "num_return_sequences must be in [1, num_beams]",
+            ),
+        ]
+    return checks
+
+
+def check_beams(values: dict, given: dict) -> bool:
+    """Checks the beam settings of a Python call; whether it is beam search.
+
+    Args:
+        values: `num_beams`, `length_penalty`, `early_stopping` (Python
+            values, defaults filled in).
+        given: the call's other settings, as given (`None`: not given).
+
+    Raises:
+        InputError: a bad beam setting, or a setting beam search would not
+            apply.
+    """
+    n, lp = values["num_beams"], values["length_penalty"]
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise errors.InputError(
+            f"num_beams must be an int >= 1. Received: num_beams={n!r}."
+        )
+    if isinstance(lp, bool) or not isinstance(lp, (int, float)):
+        raise errors.InputError(
+            f"length_penalty must be a float. Received: length_penalty={lp!r}."
+        )
+    if not math.isfinite(lp):
+        raise errors.InputError(
+            f"length_penalty must be finite. Received: length_penalty={lp!r}."
+        )
+    if not isinstance(values["early_stopping"], (bool, np.bool_)):
+        raise errors.InputError(
+            "early_stopping must be True or False. Received: "
+            f"early_stopping={values['early_stopping']!r}."
+        )
+    if n == 1:
+        return False
+    nrs = given.get("num_return_sequences")
+    nrs = 1 if nrs is None else nrs
+    if isinstance(nrs, bool) or not isinstance(nrs, (int, np.integer)):
+        raise errors.InputError(
+            "num_return_sequences must be an int with beam search. "
+            f"Received: num_return_sequences={nrs!r}."
+        )
+    if not 1 <= nrs <= n:
+        raise errors.InputError(
+            "num_return_sequences must be in [1, num_beams] with beam "
+            f"search. Received: num_return_sequences={nrs}, num_beams={n}."
+        )
+    for name, off in NOT_WITH_BEAMS.items():
+        value = given.get(name)
+        if value is not None and np.any(np.asarray(value) != off):
+            raise errors.InputError(
+                f"{name} is not supported with beam search (num_beams > 1); "
+                f"leave it at {off}. Received: {name}={value!r}."
+            )
+    if given.get("stop"):
+        raise errors.InputError(
+            "stop is not supported with beam search (num_beams > 1); beams "
+            "end at end-of-text or the length. Received: "
+            f"stop={given['stop']!r}."
+        )
+    return True
+
+
+# Each signature's outputs (the serving contract), in order.
+OUTPUTS = {
+    "serving_default": ("text", "token_ids", "num_tokens", "stop_reason"),
+    "generate": (
+        "text",
+        "token_ids",
+        "num_tokens",
+        "stop_reason",
+        "prompt_index",
+    ),
+    "beam_search": (
+        "text",
+        "token_ids",
+        "num_tokens",
+        "score",
+        "prompt_index",
+        "stop_reason",
+    ),
+    "chat": ("text", "num_tokens", "stop_reason"),
+}

@@ -1,0 +1,387 @@
+"""The one generation pipeline: request -> prepare -> decode -> finish.
+
+`CausalLM.generate`/`stream` (through `tflm.generation.generator`), the CLI
+and every exported signature (`tflm.export.signatures`) are this pipeline
+with different request forms, so in-process and served generation cannot
+drift:
+
+- a `Request` holds the prompts in one of three forms (`Prompt`: text,
+  token ids or conversations), every setting of `tflm.generation.spec`
+  `[B]`, the stops, and `Beams` for beam search;
+- `prepare` renders text and conversations through the model's template
+  (`tflm.generation.templating`), tokenizes, cuts each row to the context
+  before anything is dense, resolves the length settings, repeats each
+  prompt `num_return_sequences` times (copy `j` samples with `seed + j`),
+  cuts prompts from the left to fit beside their new tokens and left-pads;
+  with `bucket=True` (in-process) the prompt width and cache length are
+  rounded up to powers of two so that similar calls reuse one trace;
+- `decode` builds the model's decode plan for a `Layout` (inside the
+  calling trace) and runs the sampling loop or beam search;
+- `finish` detokenizes, cuts text at stop strings and names the reasons.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import tensorflow as tf
+
+from tflm.generation import beam as beam_lib
+from tflm.generation import loop
+from tflm.generation import spec
+from tflm.generation import templating
+from tflm.generation import text as text_lib
+
+MIN_BUCKET = 8
+# The loop's per-row settings that come straight from the request.
+_LOOP_SETTINGS = (
+    "temperature",
+    "top_k",
+    "top_p",
+    "seed",
+    "min_new_tokens",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+)
+
+
+class Prompt(NamedTuple):
+    """A batch of `B` prompts in one form; the other fields are `None`.
+
+    Fields:
+        text: string `[B]`.
+        ids: int32 ragged `[B, None]`.
+        role, content: string `[B, M]`, conversations ("" pads).
+    """
+
+    text: tf.Tensor | None = None
+    ids: tf.RaggedTensor | None = None
+    role: tf.Tensor | None = None
+    content: tf.Tensor | None = None
+
+    def batch_size(self):
+        if self.text is not None:
+            return tf.shape(self.text)[0]
+        if self.ids is not None:
+            return tf.cast(self.ids.nrows(), tf.int32)
+        return tf.shape(self.role)[0]
+
+
+class Request(NamedTuple):
+    """One batch of work for the pipeline.
+
+    Fields:
+        prompt: a `Prompt`.
+        settings: `spec.Settings`, every setting `[B]`.
+        stop: string `[B, K]` stop strings ("" pads), or `None`.
+        stop_ids: int32 `[B, N]` (-1 pads).
+        beams: `beam.Beams` for beam search, or `None` (sampling).
+    """
+
+    prompt: Prompt
+    settings: spec.Settings
+    stop: tf.Tensor | None
+    stop_ids: tf.Tensor
+    beams: beam_lib.Beams | None = None
+
+
+class Prepared(NamedTuple):
+    """The loop's inputs, `R = B * num_return_sequences` rows.
+
+    Fields:
+        ids, mask: int32 `[R, P]`, left-padded prompts.
+        cache_length: int32 scalar, `S`.
+        settings: `loop.LoopSettings`.
+        stop: string `[R, K]`, or `None`.
+        prompt_index: int32 `[R]`, each row's prompt.
+        truncated: bool `[R]`, the prompt was cut from the left.
+    """
+
+    ids: tf.Tensor
+    mask: tf.Tensor
+    cache_length: tf.Tensor
+    settings: loop.LoopSettings
+    stop: tf.Tensor | None
+    prompt_index: tf.Tensor
+    truncated: tf.Tensor
+
+
+class Response(NamedTuple):
+    """The pipeline's answer, `R` rows (beam search: `B * num_return_sequences`,
+    best first per prompt).
+
+    Fields:
+        text: string `[R]`, the continuation only (`None` without a
+            tokenizer).
+        token_ids: int32 `[R, M]`, padded.
+        num_tokens: int32 `[R]`.
+        stop_reason: string `[R]`, one of `loop.STOP_REASONS`.
+        prompt_index: int32 `[R]`.
+        score: float32 `[R]` for beam search, else `None`.
+    """
+
+    text: tf.Tensor | None
+    token_ids: tf.Tensor
+    num_tokens: tf.Tensor
+    stop_reason: tf.Tensor
+    prompt_index: tf.Tensor
+    score: tf.Tensor | None = None
+
+
+def bucket(length, cap):
+    """The smallest power of two `>= length` (at least `MIN_BUCKET`),
+    capped; on ints and int32 scalar tensors alike.
+
+    Example:
+    >>> bucket(9, 100), bucket(300, 100)
+    (16, 100)
+    """
+    if isinstance(length, int):
+        size = MIN_BUCKET
+        while size < length:
+            size *= 2
+        return min(size, cap)
+    size = tf.while_loop(
+        lambda s: s < length, lambda s: s * 2, [tf.constant(MIN_BUCKET)]
+    )[0]
+    return tf.minimum(size, cap)
+
+
+class Pipeline:
+    """The pipeline for one model and tokenizer; see the module docstring.
+
+    Args:
+        decoding: `layout -> loop.Decoding`, e.g. `CausalLM.decoding`
+            (called inside the trace that runs the loop).
+        tokenizer: a `tflm.tokenizers.Tokenizer`, or `None` (ids only).
+        template: the model's checked template, or `None`.
+        context: the model's context length.
+        vocabulary_size: the number of logits.
+    """
+
+    def __init__(
+        self,
+        decoding: Callable,
+        tokenizer,
+        template,
+        context: int,
+        vocabulary_size: int,
+    ):
+        self.decoding = decoding
+        self.tokenizer = tokenizer
+        self.template = templating.check(template)
+        self.context = int(context)
+        self.vocabulary_size = int(vocabulary_size)
+        has = tokenizer is not None
+        self.start_id = tokenizer.eos_id if has else 0
+        self.eos_id = tokenizer.eos_id if has else -1
+        self.pad_id = tokenizer.pad_id if has else 0
+
+    # Prepare ----------------------------------------------------------------
+    def tokenize(self, prompt: Prompt):
+        """Each prompt's last `context` ids and its full length in ids:
+        `(ragged int32 [B, None], lengths int32 [B])`."""
+        if prompt.ids is not None:
+            lengths = tf.cast(prompt.ids.row_lengths(), tf.int32)
+            ragged = text_lib.clip_rows(prompt.ids, self.context, True)
+            return ragged, lengths
+        role, content = prompt.role, prompt.content
+        if prompt.text is not None:
+            if self.template is None:
+                return self._tokenize_text(prompt.text)
+            role, content = templating.prompt_turns(prompt.text)
+        ragged = templating.render(self.template, self.tokenizer, role, content)
+        lengths = tf.cast(ragged.row_lengths(), tf.int32)
+        return text_lib.clip_rows(ragged, self.context, True), lengths
+
+    def _tokenize_text(self, text):
+        # The byte tokenizer makes one id per byte, so cutting the bytes
+        # first is exact and bounds the work by `context` bytes a row.
+        # Other tokenizers see the whole text (a token can depend on text
+        # far from it); only their ids are cut.
+        tokenizer = self.tokenizer
+        if getattr(tokenizer, "one_id_per_byte", False):
+            lengths = tf.strings.length(text)
+            text = text_lib.clip_bytes(text, self.context, from_end=True)
+            ragged = tokenizer.tokenize(text)
+        else:
+            ragged = tokenizer.tokenize(text)
+            lengths = tf.cast(ragged.row_lengths(), tf.int32)
+        ragged = text_lib.clip_rows(ragged, self.context, from_end=True)
+        return tf.cast(ragged, tf.int32), tf.cast(lengths, tf.int32)
+
+    def prepare(self, request: Request, bucket_shapes: bool) -> Prepared:
+        """The loop's inputs from a request; see the module docstring."""
+        ragged, lengths = self.tokenize(request.prompt)
+        values, context = request.settings._asdict(), self.context
+        batch = tf.shape(lengths)[0]
+        n = tf.cond(
+            batch > 0, lambda: values["num_return_sequences"][0], lambda: 1
+        )
+        if request.beams is not None:
+            n = 1  # beam search returns its own several
+        new = spec.max_new_tokens(values, tf.maximum(lengths, 1), context)
+        index = tf.repeat(tf.range(batch), n)
+        rows = {k: tf.gather(values[k], index) for k in _LOOP_SETTINGS}
+        rows["seed"] += tf.tile(tf.range(n), [batch])
+        new = tf.gather(new, index)
+        room = context - new
+        width_fn = None
+        if bucket_shapes:
+            width_fn = lambda w: bucket(w, context)  # noqa: E731
+        ids, mask = text_lib.left_pad(
+            tf.gather(ragged, index), room, self.start_id, width_fn
+        )
+        cache_length = tf.shape(ids)[1] + tf.maximum(tf.reduce_max(new), 1)
+        if bucket_shapes:
+            cache_length = bucket(cache_length, 2 * context)
+        settings = loop.LoopSettings(
+            max_new_tokens=new,
+            eos_id=tf.constant(self.eos_id, tf.int32),
+            stop_ids=tf.gather(request.stop_ids, index),
+            pad_id=tf.constant(self.pad_id, tf.int32),
+            **rows,
+        )
+        stop = request.stop
+        return Prepared(
+            ids=ids,
+            mask=mask,
+            cache_length=cache_length,
+            settings=settings,
+            stop=None if stop is None else tf.gather(stop, index),
+            prompt_index=index,
+            truncated=tf.gather(lengths, index) > room,
+        )
+
+    # Decode -----------------------------------------------------------------
+    def text_stop(self, stop):
+        """The loop's `text_stop` for stop strings `[R, K]`, or `None`."""
+        if stop is None:
+            return None
+        check = text_lib.text_stop(self.tokenizer.detokenize, stop)
+
+        def maybe(tokens, num_tokens):
+            return tf.cond(
+                text_lib.longest(stop) > 0,
+                lambda: check(tokens, num_tokens),
+                lambda: tf.zeros_like(num_tokens, tf.bool),
+            )
+
+        return maybe
+
+    def decode(self, prepared: Prepared, layout, trim: bool = True):
+        """The sampling loop over `layout`'s decode plan: `loop.LoopOutput`
+        (`trim=False`: `S - P` wide, as XLA needs)."""
+        decoding = self.decoding(layout)
+        cache = decoding.init_cache(
+            tf.shape(prepared.ids)[0], prepared.cache_length
+        )
+        return loop.generate(
+            decoding,
+            cache,
+            prepared.ids,
+            prepared.mask,
+            prepared.settings,
+            self.text_stop(prepared.stop),
+            trim=trim,
+        )
+
+    def beam_search(self, prepared: Prepared, beams, layout):
+        """Beam search over `layout`'s decode plan: `beam.BeamOutput`."""
+        decoding = self.decoding(layout)
+        cache = decoding.init_cache(
+            tf.shape(prepared.ids)[0], prepared.cache_length
+        )
+        return beam_lib.generate(
+            decoding,
+            cache,
+            prepared.ids,
+            prepared.mask,
+            prepared.settings,
+            beams,
+        )
+
+    # Finish -----------------------------------------------------------------
+    def finish(
+        self, out: loop.LoopOutput, stop, prompt_index, score=None
+    ) -> Response:
+        """The `Response` of loop outputs (`stop`: `Prepared.stop`)."""
+        reasons = tf.gather(tf.constant(loop.STOP_REASONS), out.stop_reason)
+        text = None
+        if self.tokenizer is not None:
+            detokenize = self.tokenizer.detokenize
+            ragged = tf.RaggedTensor.from_tensor(
+                out.token_ids, lengths=out.num_tokens
+            )
+            text = detokenize(ragged)
+            if stop is not None:
+                stopped = tf.equal(out.stop_reason, loop.STOP_STRING)
+                text = text_lib.cut(
+                    detokenize,
+                    text,
+                    out.token_ids,
+                    out.num_tokens,
+                    stopped,
+                    stop,
+                )
+        return Response(
+            text=text,
+            token_ids=out.token_ids,
+            num_tokens=out.num_tokens,
+            stop_reason=reasons,
+            prompt_index=prompt_index,
+            score=score,
+        )
+
+    def run(self, request: Request, layout, decode=None) -> Response:
+        """The whole pipeline in the calling graph (an exported signature).
+
+        Args:
+            request: a `Request`.
+            layout: the decode plan's `Layout`.
+            decode: optional `(prepared) -> loop.LoopOutput` to run the
+                sampling loop instead of `self.decode` (e.g. an XLA-compiled
+                function), for a request without stop strings.
+        """
+        prepared = self.prepare(request, bucket_shapes=False)
+        if request.beams is not None:
+            found = self.beam_search(prepared, request.beams, layout)
+            index = tf.gather(prepared.prompt_index, found.prompt_index)
+            return self.finish(found.out, None, index, found.score)
+        if decode is None or prepared.stop is not None:
+            out = self.decode(prepared, layout)
+        else:
+            out = decode(prepared)
+        return self.finish(out, prepared.stop, prepared.prompt_index)
+
+    # The other signatures ---------------------------------------------------
+    def score(self, text, layout):
+        """Log-likelihood of each text after an end-of-text start token:
+        `(log_likelihood float32 [B], num_tokens int32 [B])`."""
+        ragged = self.tokenize_clipped(text, self.context - 1, False)
+        start = tf.fill([ragged.nrows(), 1], self.tokenizer.eos_id)
+        full = tf.concat([tf.cast(start, ragged.dtype), ragged], axis=1)
+        # Padding is masked out; 0 is a valid index whatever `pad_id` is.
+        ids = full.to_tensor(default_value=0)
+        mask = tf.sequence_mask(full.row_lengths(), tf.shape(ids)[1], tf.int32)
+        decoding = self.decoding(layout)
+        cache = decoding.init_cache(tf.shape(ids)[0], tf.shape(ids)[1])
+        positions = tf.maximum(tf.cumsum(mask, axis=1) - 1, 0)
+        hidden, _ = decoding.forward(ids, cache, 0, mask, positions)
+        logits = decoding.to_logits(hidden)
+        log_probs = tf.nn.log_softmax(logits[:, :-1], axis=-1)
+        picked = tf.gather(log_probs, ids[:, 1:], batch_dims=2)
+        weights = tf.cast(mask[:, 1:], tf.float32)
+        return (
+            tf.reduce_sum(picked * weights, axis=1),
+            tf.cast(tf.reduce_sum(mask[:, 1:], axis=1), tf.int32),
+        )
+
+    def tokenize_clipped(self, text, keep, from_end: bool):
+        """Each text's ids, cut to its last (or first) `keep` ids (the byte
+        tokenizer's text is cut first: exact, and bounded work)."""
+        if getattr(self.tokenizer, "one_id_per_byte", False):
+            text = text_lib.clip_bytes(text, keep, from_end)
+        ragged = self.tokenizer.tokenize(text)
+        return text_lib.clip_rows(ragged, keep, from_end)
