@@ -27,8 +27,8 @@ import numpy as np
 import tensorflow as tf
 
 from tflm import export as export_lib
-from tflm import modeldir
 from tflm.models import causal_lm
+from tflm.models import model_dir
 from tflm.models import weights as weights_lib
 from tflm.tokenizers import ByteTokenizer
 
@@ -133,11 +133,11 @@ def sizes(name: str, original, work: str) -> None:
         )
         export_bytes = _size(path)
         directory = os.path.join(work, name, weights + "-dir")
-        modeldir.save(
+        model_dir.save(
             weights_lib.converted(lm, weights), lm.tokenizer, directory
         )
         weight_bytes = os.path.getsize(
-            os.path.join(directory, modeldir.WEIGHTS_FILE)
+            os.path.join(directory, model_dir.WEIGHTS_FILE)
         )
         base.setdefault("export", export_bytes)
         base.setdefault("weights", weight_bytes)

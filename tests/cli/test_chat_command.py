@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from tflm import cli
-from tflm import modeldir
-from tflm.data import templates
 from tflm.models import CausalLM
+from tflm.models import model_dir
 from tflm.tokenizers import ByteTokenizer
+from tflm.tokenizers import templates
 
 NEW = "6"
 
@@ -32,8 +32,8 @@ def dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("chat")
     chat, plain = str(root / "chat"), str(root / "plain")
     metadata = {"template": templates.TEMPLATE}
-    modeldir.save(lm, ByteTokenizer(), chat, metadata=metadata)
-    modeldir.save(lm, ByteTokenizer(), plain)
+    model_dir.save(lm, ByteTokenizer(), chat, metadata=metadata)
+    model_dir.save(lm, ByteTokenizer(), plain)
     return chat, plain
 
 
@@ -49,7 +49,7 @@ def _reply(lm, history):
 
 
 def test_history_is_kept_and_reset_clears_it(dirs, capsys, monkeypatch):
-    lm = modeldir.load(dirs[0])
+    lm = CausalLM.from_preset(dirs[0])
     system = [{"role": "system", "content": "Be brief."}]
     first = [*system, {"role": "user", "content": "hi"}]
     r1 = _reply(lm, first)

@@ -9,8 +9,8 @@ import sys
 import pytest
 
 from tflm import cli
-from tflm import modeldir
 from tflm.cli import quiet
+from tflm.models import model_dir
 
 # What C++ logging looks like: absl/glog lines and SentencePiece's LOG(...).
 NOISE = re.compile(r"^[IWE]\d{4} |LOG\(", re.MULTILINE)
@@ -63,7 +63,7 @@ def test_quickstart_runs_on_the_builtin_corpus_quietly(quickstart):
     assert all(" -> " in line and "b64" not in line for line in served)
     assert "docker run --rm -p 8501:8501 -v " in done.stdout
     assert "curl -s localhost:8501/v1/models/tflm:predict" in done.stdout
-    assert modeldir.is_model_dir(out / "model")
+    assert model_dir.is_model_dir(out / "model")
     assert os.path.isfile(out / "serving" / "1" / "saved_model.pb")
 
 
@@ -192,7 +192,7 @@ def _boom(*args, **kwargs):
 
 
 def test_a_bug_exits_1_with_a_pointer_to_debug(monkeypatch, capsys):
-    monkeypatch.setattr(modeldir, "load", _boom)
+    monkeypatch.setattr(model_dir, "load_model", _boom)
     assert cli.main(["generate", "m", "--prompt", "a"]) == 1
     err = capsys.readouterr().err
     assert "internal error: RuntimeError: boom" in err
@@ -203,7 +203,7 @@ def test_a_bug_exits_1_with_a_pointer_to_debug(monkeypatch, capsys):
 
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_debug_prints_the_traceback(monkeypatch, capsys, where):
-    monkeypatch.setattr(modeldir, "load", _boom)
+    monkeypatch.setattr(model_dir, "load_model", _boom)
     argv = ["generate", "m", "--prompt", "a"]
     argv = ["--debug", *argv] if where == "before" else [*argv, "--debug"]
     assert cli.main(argv) == 1

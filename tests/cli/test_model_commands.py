@@ -8,8 +8,8 @@ import pytest
 
 from tflm import cli
 from tflm import export
-from tflm import modeldir
 from tflm.models import CausalLM
+from tflm.models import model_dir as model_dir_lib
 from tflm.tokenizers import ByteTokenizer
 
 
@@ -19,12 +19,12 @@ def model_dir(tmp_path_factory):
         "tiny", vocabulary_size=259, max_sequence_length=32
     )
     path = str(tmp_path_factory.mktemp("cmd") / "model")
-    modeldir.save(lm, ByteTokenizer(), path)
+    model_dir_lib.save(lm, ByteTokenizer(), path)
     return path
 
 
 def test_generate_prints_what_generate_returns(model_dir, capsys):
-    expected = modeldir.load(model_dir).generate(
+    expected = CausalLM.from_preset(model_dir).generate(
         ["ab", "xyz"], 6, jit_compile=False
     )
     argv = ["generate", model_dir, "--prompt", "ab", "--prompt", "xyz"]
@@ -36,7 +36,7 @@ def test_generate_prints_what_generate_returns(model_dir, capsys):
 def test_generate_reads_prompts_from_stdin_and_streams(
     model_dir, capsys, monkeypatch
 ):
-    expected = modeldir.load(model_dir).generate("hi", 5)
+    expected = CausalLM.from_preset(model_dir).generate("hi", 5)
     monkeypatch.setattr("sys.stdin", io.StringIO("hi\n"))
     argv = ["generate", model_dir, "--max-new-tokens", "5", "--stream"]
     assert cli.main(argv) == 0
@@ -75,7 +75,7 @@ def test_generate_bad_controls_exit_2(model_dir, capsys, flags, name):
 
 
 def test_generate_controls_and_samples(model_dir, capsys):
-    lm = modeldir.load(model_dir)
+    lm = CausalLM.from_preset(model_dir)
     kwargs = dict(temperature=2.0, seed=3, repetition_penalty=1.3)
     expected = lm.generate(
         "ab", 6, num_return_sequences=2, jit_compile=False, **kwargs
@@ -89,7 +89,7 @@ def test_generate_controls_and_samples(model_dir, capsys):
 
 
 def test_generate_beam_search(model_dir, capsys):
-    expected = modeldir.load(model_dir).generate(
+    expected = CausalLM.from_preset(model_dir).generate(
         "ab", 6, num_beams=3, num_return_sequences=2, length_penalty=0.6,
         early_stopping=True, jit_compile=False,
     )  # fmt: skip
@@ -127,7 +127,7 @@ def test_quickstart_trains_exports_and_serves(tmp_path, capsys):
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "[4/4] served" in printed
-    assert modeldir.is_model_dir(out / "model")
+    assert model_dir_lib.is_model_dir(out / "model")
     assert export.existing_versions(str(out / "serving")) == [1]
     served = printed.split("[4/4]")[1].splitlines()[1:3]
     assert all(line.startswith("  ") and " -> " in line for line in served)
@@ -142,7 +142,7 @@ def test_generate_refuses_a_prompt_that_is_not_utf8(model_dir, capsys):
 
 
 def test_generate_multi_token_stop_string(model_dir, capsys):
-    lm = modeldir.load(model_dir)
+    lm = CausalLM.from_preset(model_dir)
     expected = lm.generate("a", 8, stop=["king"], jit_compile=False)
     argv = ["generate", model_dir, "--prompt", "a", "--stop", "king"]
     assert cli.main(argv + ["--max-new-tokens", "8"]) == 0

@@ -5,9 +5,9 @@ import pytest
 
 from tflm import data
 from tflm import errors
-from tflm import modeldir
 from tflm import tokenizers
 from tflm.models import causal_lm
+from tflm.models import model_dir
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +15,7 @@ def model(tmp_path_factory):
     """A real tiny model directory, with the logs `tflm train` writes."""
     directory = tmp_path_factory.mktemp("saved") / "model"
     lm = causal_lm.CausalLM.from_preset("tiny", vocabulary_size=260)
-    modeldir.save(lm, tokenizers.ByteTokenizer(), directory)
+    model_dir.save(lm, tokenizers.ByteTokenizer(), directory)
     (directory / "logs").mkdir()
     (directory / "logs" / "metrics.jsonl").write_text('{"step": 1}\n')
     (directory / "notes.txt").write_text("a user's notes on the run\n")
@@ -65,7 +65,7 @@ def _names(found, root):
 
 
 def test_markers_match_what_tflm_writes(folder):
-    assert modeldir.is_model_dir(folder / "run")
+    assert model_dir.is_model_dir(folder / "run")
     assert data.skip_reason(str(folder / "run")) == "a tflm model directory"
     assert data.skip_reason(str(folder / "tok")) == "a tokenizer directory"
     assert data.skip_reason(str(folder / "export" / "1")) == "a SavedModel"

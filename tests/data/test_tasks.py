@@ -8,7 +8,7 @@ import pytest
 from tflm import errors
 from tflm import tokenizers
 from tflm.data import tasks
-from tflm.data import templates
+from tflm.tokenizers import templates
 
 TOKENIZER = tokenizers.ByteTokenizer()
 

@@ -9,7 +9,6 @@ import pytest
 
 import tflm
 from tflm import errors
-from tflm import modeldir
 from tflm import tokenizers
 from tflm.atomic import writer
 from tflm.models import CausalLM
@@ -24,7 +23,7 @@ def model():
 @pytest.fixture
 def saved(model, tmp_path):
     out = tmp_path / "model"
-    modeldir.save(model, tokenizers.ByteTokenizer(), out)
+    model_dir.save(model, tokenizers.ByteTokenizer(), out)
     return out
 
 
@@ -47,22 +46,22 @@ def test_save_and_load_round_trip(model, saved):
     assert config["format_version"] == 1
     assert config["tokenizer"]["type"] == "byte"
     assert config["backbone"]["num_layers"] == 2
-    assert modeldir.is_model_dir(saved)
-    loaded = modeldir.load(saved)
+    assert model_dir.is_model_dir(saved)
+    loaded = model_dir.load_model(CausalLM, saved)
     np.testing.assert_allclose(loaded(_inputs()), model(_inputs()), atol=1e-6)
     assert isinstance(loaded.tokenizer, tokenizers.ByteTokenizer)
     assert _hidden(saved.parent) == []
 
 
 def test_load_in_another_precision(saved):
-    loaded = modeldir.load(saved, dtype="mixed_bfloat16")
+    loaded = model_dir.load_model(CausalLM, saved, dtype="mixed_bfloat16")
     assert loaded.backbone.token_embedding.dtype_policy.name == "mixed_bfloat16"
 
 
 def test_mixed_precision_model_is_saved_as_float32(tmp_path):
     model = CausalLM.from_preset("tiny", dtype="mixed_bfloat16")
-    modeldir.save(model, tokenizers.ByteTokenizer(), tmp_path / "m")
-    config = modeldir.validate(tmp_path / "m")
+    model_dir.save(model, tokenizers.ByteTokenizer(), tmp_path / "m")
+    config = model_dir.validate(tmp_path / "m")
     assert config["backbone"]["dtype"] == "float32"
 
 
@@ -90,7 +89,7 @@ def test_extra_can_be_a_writer_function(model, tmp_path):
         np.save(path, np.arange(3))
 
     out = tmp_path / "m"
-    modeldir.save(
+    model_dir.save(
         model, tokenizers.ByteTokenizer(), out, extra={"train/a.npy": write}
     )
     np.testing.assert_array_equal(np.load(out / "train" / "a.npy"), [0, 1, 2])
@@ -126,13 +125,13 @@ def test_a_failed_save_leaves_the_old_directory(model, saved):
 def test_refuses_folders_that_hold_something_else(model, tmp_path):
     (tmp_path / "keep.txt").write_text("mine")
     with pytest.raises(ValueError, match="no tflm model"):
-        modeldir.save(model, tokenizers.ByteTokenizer(), tmp_path)
+        model_dir.save(model, tokenizers.ByteTokenizer(), tmp_path)
     assert os.listdir(tmp_path) == ["keep.txt"]
     with pytest.raises(ValueError, match="is a file"):
-        modeldir.save(model, tokenizers.ByteTokenizer(), tmp_path / "keep.txt")
+        model_dir.save(model, tokenizers.ByteTokenizer(), tmp_path / "keep.txt")
     (tmp_path / "empty").mkdir()
-    modeldir.save(model, tokenizers.ByteTokenizer(), tmp_path / "empty")
-    assert modeldir.is_model_dir(tmp_path / "empty")
+    model_dir.save(model, tokenizers.ByteTokenizer(), tmp_path / "empty")
+    assert model_dir.is_model_dir(tmp_path / "empty")
 
 
 @pytest.mark.parametrize(
@@ -166,9 +165,9 @@ def test_refuses_folders_that_hold_something_else(model, tmp_path):
 def test_validate_names_the_bad_file(saved, damage, message):
     damage(saved)
     with pytest.raises(ValueError, match=message):
-        modeldir.validate(saved)
+        model_dir.validate(saved)
     with pytest.raises(ValueError, match=message):
-        modeldir.load(saved)
+        model_dir.load_model(CausalLM, saved)
 
 
 def test_truncated_weights_are_detected(saved):
@@ -177,7 +176,7 @@ def test_truncated_weights_are_detected(saved):
     for size in (len(data) // 2, len(data) - 100):
         path.write_bytes(data[:size])
         with pytest.raises(ValueError, match="model.weights.h5"):
-            modeldir.validate(saved)
+            model_dir.validate(saved)
 
 
 def test_weights_that_do_not_fit_the_config(saved):
@@ -185,18 +184,18 @@ def test_weights_that_do_not_fit_the_config(saved):
     config["backbone"]["hidden_dim"] = 16
     (saved / "config.json").write_text(json.dumps(config))
     with pytest.raises(errors.InputError, match="does not fit config.json"):
-        modeldir.load(saved)
+        model_dir.load_model(CausalLM, saved)
     config["backbone"]["hidden_dim"] = 8
     config["backbone"]["num_heads"] = 4  # same sizes, other layout
     (saved / "config.json").write_text(json.dumps(config))
     with pytest.raises(errors.InputError, match="does not fit config.json"):
-        modeldir.load(saved)
+        model_dir.load_model(CausalLM, saved)
 
 
 def test_is_model_dir(saved, tmp_path):
-    assert modeldir.is_model_dir(saved)
-    assert not modeldir.is_model_dir(tmp_path / "missing")
-    assert not modeldir.is_model_dir(tmp_path)
+    assert model_dir.is_model_dir(saved)
+    assert not model_dir.is_model_dir(tmp_path / "missing")
+    assert not model_dir.is_model_dir(tmp_path)
 
 
 def _leftover(saved, kind):
@@ -217,8 +216,8 @@ def test_recover_restores_a_directory_renamed_aside(saved):
     aside = _leftover(saved, "tflm-old")
     os.rename(saved, aside)
     _leftover(saved, "tflm-tmp").mkdir()
-    modeldir.recover(saved)
-    assert modeldir.is_model_dir(saved)
+    model_dir.recover(saved)
+    assert model_dir.is_model_dir(saved)
     assert _hidden(saved.parent) == []
 
 
@@ -229,7 +228,7 @@ def test_recover_moves_logs_out_of_an_old_directory(model, saved):
     (aside / "logs" / "a").write_text("a")
     (saved / "logs").mkdir()
     (saved / "logs" / "b").write_text("b")
-    modeldir.recover(saved)
+    model_dir.recover(saved)
     assert sorted(os.listdir(saved / "logs")) == ["a", "b"]
     assert _hidden(saved.parent) == []
 

@@ -8,8 +8,8 @@ import pytest
 
 from tflm import cli
 from tflm import errors
-from tflm import modeldir
 from tflm.models import CausalLM
+from tflm.models import model_dir
 from tflm.models import weights as weights_lib
 from tflm.tokenizers import ByteTokenizer
 
@@ -95,17 +95,17 @@ def test_float32_is_a_no_op_and_a_copy_keeps_the_original():
 def test_model_directory_stores_converted_weights(tmp_path, weights):
     lm = weights_lib.convert_weights(_model("gpt2"), weights)
     float_dir, path = tmp_path / "float", tmp_path / weights
-    modeldir.save(_model("gpt2"), ByteTokenizer(), float_dir)
-    modeldir.save(lm, ByteTokenizer(), path)
-    with open(path / modeldir.CONFIG_FILE) as f:
+    model_dir.save(_model("gpt2"), ByteTokenizer(), float_dir)
+    model_dir.save(lm, ByteTokenizer(), path)
+    with open(path / model_dir.CONFIG_FILE) as f:
         assert json.load(f)["weights"] == weights
-    with open(float_dir / modeldir.CONFIG_FILE) as f:
+    with open(float_dir / model_dir.CONFIG_FILE) as f:
         assert "weights" not in json.load(f)
-    loaded = modeldir.load(path)
+    loaded = CausalLM.from_preset(path)
     assert weights_lib.weights_of(loaded) == weights
     x = _inputs()
     np.testing.assert_array_equal(loaded(x).numpy(), lm(x).numpy())
-    with h5py.File(path / modeldir.WEIGHTS_FILE) as f:
+    with h5py.File(path / model_dir.WEIGHTS_FILE) as f:
         kernel = f[KERNEL]
         assert kernel.dtype.itemsize == (2 if weights == "bfloat16" else 1)
 
@@ -120,7 +120,7 @@ def test_bad_weights_value_is_a_clear_error():
 
 def test_cli_rejects_a_bad_weights_flag(tmp_path, capsys):
     path = str(tmp_path / "model")
-    modeldir.save(_model("gpt2"), ByteTokenizer(), path)
+    model_dir.save(_model("gpt2"), ByteTokenizer(), path)
     for command in (["generate", path, "--prompt", "a"], ["export", path]):
         with pytest.raises(SystemExit) as exit_info:
             cli.main(
@@ -137,10 +137,10 @@ def test_cli_rejects_a_bad_weights_flag(tmp_path, capsys):
 def test_a_converted_directory_loads_as_float32(tmp_path, weights):
     original = _model("gpt2")
     path = tmp_path / weights
-    modeldir.save(
+    model_dir.save(
         weights_lib.converted(original, weights), ByteTokenizer(), path
     )
-    loaded = modeldir.load(path, weights="float32")
+    loaded = model_dir.load_model(CausalLM, path, weights="float32")
     assert weights_lib.weights_of(loaded) == "float32"
     assert all(v.dtype == "float32" for v in loaded.weights)
     kernel = loaded.backbone.blocks[0].mlp_in.kernel.numpy()

@@ -11,7 +11,7 @@ import pytest
 import train_helpers
 
 from tflm import errors
-from tflm import modeldir
+from tflm.models import causal_lm
 from tflm.train import config as config_lib
 from tflm.train import fit
 from tflm.train import state
@@ -39,7 +39,7 @@ def _saved_step(out):
 
 
 def _weights_are_finite(out):
-    model = modeldir.load(out)
+    model = causal_lm.CausalLM.from_preset(out)
     return all(np.isfinite(w).all() for w in model.get_weights())
 
 

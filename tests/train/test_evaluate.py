@@ -8,9 +8,9 @@ import train_helpers
 
 from tflm import cli
 from tflm import errors
-from tflm import modeldir
 from tflm import tokenizers
 from tflm.models import causal_lm
+from tflm.models import model_dir as model_dir_lib
 from tflm.train import evaluate
 
 
@@ -28,7 +28,7 @@ def _save_model(out, weight=None):
     )
     if weight is not None:
         lm.set_weights([np.full(w.shape, weight) for w in lm.get_weights()])
-    modeldir.save(lm, tokenizer, out)
+    model_dir_lib.save(lm, tokenizer, out)
     return str(out)
 
 

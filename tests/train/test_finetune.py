@@ -13,8 +13,8 @@ import pytest
 import train_helpers
 
 from tflm import tokenizers
-from tflm.data import templates
 from tflm.models import causal_lm
+from tflm.tokenizers import templates
 from tflm.train import config as config_lib
 from tflm.train import fit
 from tflm.train import inputs

@@ -8,11 +8,12 @@ import tensorflow as tf
 import train_helpers
 
 from tflm import errors
-from tflm import modeldir
+from tflm.models import causal_lm
+from tflm.models import model_dir
+from tflm.models import optimizer as optimizer_lib
 from tflm.train import config as config_lib
 from tflm.train import fit
 from tflm.train import inputs
-from tflm.train import optimizer as optimizer_lib
 
 corpus = train_helpers.corpus
 
@@ -92,7 +93,7 @@ def test_train_writes_model_directory_logs_and_state(trained):
 
 def test_saved_model_loads_with_the_same_outputs(trained):
     result, out = trained
-    model = modeldir.load(out)
+    model = causal_lm.CausalLM.from_preset(out)
     ids = np.arange(1, 9, dtype="int32")[None]
     x = {"token_ids": ids, "padding_mask": np.ones_like(ids)}
     np.testing.assert_allclose(model(x), result.model(x), atol=1e-6)
@@ -220,6 +221,6 @@ def test_epochs_sentencepiece_accumulation_and_bf16(corpus, tmp_path):
     assert result.step == per_epoch
     assert result.model.tokenizer.vocabulary_size == 300
     assert result.validation_loss < np.log(300)
-    saved = modeldir.validate(tmp_path / "model")
+    saved = model_dir.validate(tmp_path / "model")
     assert saved["backbone"]["dtype"] == "float32"
     assert saved["tokenizer"]["type"] == "sentencepiece"

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tflm.models import CausalLM
-from tflm.train import optimizer as optimizer_lib
+from tflm.models import optimizer as optimizer_lib
 
 PEAK, FLOOR, WARMUP, TOTAL = 1e-3, 1e-4, 100, 2000
 

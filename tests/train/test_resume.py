@@ -10,7 +10,7 @@ import time
 import numpy as np
 import train_helpers
 
-from tflm import modeldir
+from tflm.models import causal_lm
 
 corpus = train_helpers.corpus
 
@@ -74,7 +74,7 @@ def _kill_after_first_checkpoint(argv, out):
 
 
 def _weights(directory):
-    model = modeldir.load(directory)
+    model = causal_lm.CausalLM.from_preset(directory)
     return np.concatenate([np.ravel(w) for w in model.get_weights()])
 
 

@@ -11,10 +11,10 @@ import pytest
 from tflm import cli
 from tflm import errors
 from tflm import tokenizers
-from tflm.data import templates
 from tflm.models import backbone as backbone_lib
 from tflm.models import causal_lm
 from tflm.models import model_dir
+from tflm.tokenizers import templates
 from tflm.train import task_metrics
 
 sacrebleu = pytest.importorskip("sacrebleu", reason="the metrics extra")

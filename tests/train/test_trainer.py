@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from tflm.models import CausalLM
-from tflm.train import optimizer as optimizer_lib
+from tflm.models import optimizer as optimizer_lib
 from tflm.train import trainer as trainer_lib
 
 B, T, V = 8, 8, 32

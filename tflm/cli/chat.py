@@ -39,10 +39,11 @@ def _opening(system: str | None) -> list[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tflm import modeldir
     from tflm.errors import InputError
+    from tflm.models import causal_lm
+    from tflm.models import model_dir
 
-    model = modeldir.load(args.model_dir)
+    model = model_dir.load_model(causal_lm.CausalLM, args.model_dir)
     if model.template is None:
         raise InputError(
             f"{args.model_dir} has no chat template (its config.json records "

@@ -123,10 +123,11 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tflm import modeldir
+    from tflm.models import causal_lm
+    from tflm.models import model_dir
 
     prompts = _prompts(args)
-    model = modeldir.load(args.model_dir)
+    model = model_dir.load_model(causal_lm.CausalLM, args.model_dir)
     if args.weights:
         from tflm.models import weights
 

@@ -82,9 +82,10 @@ def _show(prompts, answers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tflm import export
-    from tflm import modeldir
     from tflm import quickstart
     from tflm.cli import export as export_cli
+    from tflm.models import causal_lm
+    from tflm.models import model_dir
     from tflm.train import evaluate
     from tflm.train import fit
 
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         f"      held-out perplexity {scores['perplexity']:.2f}, "
         f"{scores['bits_per_character']:.3f} bits per character"
     )
-    model = modeldir.load(train.out)
+    model = model_dir.load_model(causal_lm.CausalLM, train.out)
     prompts = list(config.prompts or quickstart.DEFAULT_PROMPTS)
     print("[2/4] in-process, greedy:")
     _show(prompts, model.generate(prompts, config.max_new_tokens))

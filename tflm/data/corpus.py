@@ -27,22 +27,16 @@ import tensorflow as tf
 import tensorflow_text
 
 from tflm import errors
-from tflm.data import files as files_lib
 from tflm.data import jsonl
 
 logger = logging.getLogger(__name__)
 
 TEXT_FORMATS = ("document", "paragraph", "line")
-EXTENSIONS = files_lib.EXTENSIONS
 # RE2's \s and this class agree: ASCII whitespace only.
 _SPACE = r"[\t\n\f\r ]"
 _PARAGRAPH_BREAK = rf"\n{_SPACE}*\n"
 _CHUNK = 1 << 24
 _RECORDS_PER_BATCH = 256
-
-
-# Kept here for callers that found it here first.
-find_files = files_lib.find_files
 
 
 def find_invalid_utf8(path: str) -> tuple[int, int, int]:
@@ -205,7 +199,7 @@ def read_documents(
     """Reads files into a dataset of documents (string scalars), in order.
 
     Args:
-        files: paths from `find_files`.
+        files: paths from `tflm.data.files.find_files`.
         text_format: `"document"`, `"paragraph"` or `"line"`.
         jsonl_field: the text field of `.jsonl` records.
         cache_dir: where `.jsonl` texts are cached as TFRecords.

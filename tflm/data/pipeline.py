@@ -25,15 +25,11 @@ from tflm.tokenizers import base
 
 logger = logging.getLogger(__name__)
 
-SPLITS = split_lib.SPLITS
 _LINES_PER_CALL = 256
 _DOCS_PER_CALL = 64
 # Corpora up to this size are tokenized once up front to check that they
 # fill at least one batch; bigger ones are assumed to.
 _EXACT_CHECK_BYTES = 16 << 20
-# Kept here for callers that found them here first.
-is_validation = split_lib.is_validation
-select_split = split_lib.select_split
 
 
 def token_stream(
@@ -218,9 +214,10 @@ def _check_arguments(sequence_length, batch_size, split, fraction) -> None:
             "sequence_length and batch_size must be positive. Received: "
             f"sequence_length={sequence_length}, batch_size={batch_size}"
         )
-    if split not in SPLITS:
+    if split not in split_lib.SPLITS:
         raise errors.InputError(
-            f"split must be one of {SPLITS}. Received: split={split!r}"
+            f"split must be one of {split_lib.SPLITS}. Received: "
+            f"split={split!r}"
         )
     if not 0 <= fraction < 1 or (split == "validation" and fraction == 0):
         raise errors.InputError(

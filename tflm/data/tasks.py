@@ -9,12 +9,12 @@ Each line is one example, either a prompt and its completion,
     {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}]}
 
 that ends with an assistant turn. Both are rendered by
-`tflm.data.templates` and padded to one window of `sequence_length + 1`
-tokens each; the loss (`sample_weight`) covers the completion or assistant
-tokens and the end id after each. An example longer than the window loses
-its oldest prompt tokens (its start id stays); if the completion alone is
-too long, the prompt is dropped and the completion's end is cut. One
-warning counts the examples truncated.
+`tflm.tokenizers.templates` and padded to one window of
+`sequence_length + 1` tokens each; the loss (`sample_weight`) covers the
+completion or assistant tokens and the end id after each. An example longer
+than the window loses its oldest prompt tokens (its start id stays); if the
+completion alone is too long, the prompt is dropped and the completion's
+end is cut. One warning counts the examples truncated.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import tensorflow as tf
 
 from tflm import errors
 from tflm.data import files as files_lib
-from tflm.data import templates
 from tflm.tokenizers import base
+from tflm.tokenizers import templates
 
 logger = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from tflm import tokenizers
 from tflm.data import corpus
+from tflm.data import files as files_lib
 
 SAMPLE_CHARS = 1_000_000
 
@@ -39,7 +40,7 @@ def train_sentencepiece(
         InputError: no file matches, a file is not UTF-8, or the vocabulary
             size does not fit the text.
     """
-    files = corpus.find_files(paths)
+    files = files_lib.find_files(paths)
     text_files = [f for f in files if not f.endswith(".jsonl")]
     jsonl_files = [f for f in files if f.endswith(".jsonl")]
     for path in text_files:
@@ -64,7 +65,7 @@ def characters_per_token(
 ) -> tuple[float, int]:
     """(characters per token, characters read) over the start of `paths`."""
     sample = corpus.sample_texts(
-        corpus.find_files(paths), max_chars, jsonl_field
+        files_lib.find_files(paths), max_chars, jsonl_field
     )
     ratio = tokenizers.chars_per_token(tokenizer, sample)
     return ratio, sum(len(text) for text in sample)

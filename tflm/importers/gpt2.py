@@ -1,11 +1,11 @@
-"""Pretrained GPT-2 from local files: Hugging Face or keras-hub layout.
+"""Pretrained GPT-2 from local files in the Hugging Face layout.
 
 A Hugging Face checkpoint directory holds `config.json` (`model_type:
 gpt2`), `model.safetensors` (or shards listed in
 `model.safetensors.index.json`), `vocab.json` and `merges.txt`. Tensors are
 read one at a time, a few MiB per copy, straight into the variables of a
 `CausalLM` built from the config, so memory stays near one copy of the
-weights.
+weights. keras-hub presets are read by `tflm.importers.keras_hub_gpt2`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import Any
 
 from tflm import errors
 from tflm import tokenizers
-from tflm.importers import keras_hub_gpt2
 from tflm.importers import safetensors
 from tflm.importers import weights
 from tflm.models import backbone as backbone_lib
@@ -40,8 +39,6 @@ _REQUIRED = {
     "add_cross_attention": False,
     "tie_word_embeddings": True,
 }
-
-load_keras_hub_gpt2 = keras_hub_gpt2.load_keras_hub_gpt2
 
 
 def backbone_args(config: dict[str, Any], path: str) -> dict[str, Any]:

@@ -36,9 +36,14 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
 TOKENIZER_DIR = "tokenizer"
 TRAIN_DIR = "train"
-ADAPTERS_FILE = lora_storage.ADAPTERS_FILE
 # What `save` owns (the training state belongs to the weights beside it).
-MANAGED = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR, TRAIN_DIR, ADAPTERS_FILE)
+MANAGED = (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    TOKENIZER_DIR,
+    TRAIN_DIR,
+    lora_storage.ADAPTERS_FILE,
+)
 
 Extra = Mapping[str, "str | bytes | Callable[[str], None]"]
 
@@ -71,7 +76,7 @@ def save(
             called with the file's absolute path that writes it.
         metadata: more JSON-safe `config.json` entries, such as `parent`
             (the model it was fine-tuned from), `template` (see
-            `tflm.data.templates`) or `best_step`.
+            `tflm.tokenizers.templates`) or `best_step`.
         overwrite: replace an existing model (and drop its `train/` state).
         merge_lora: write the adapters merged into the base weights (one
             plain model, as `tflm.models.lora.merged`); `model` is kept.

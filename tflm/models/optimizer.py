@@ -1,7 +1,7 @@
 """tflm's optimizer and learning-rate schedule, shared by every way to train.
 
 `CausalLM.compile()` and `tflm train` / `tflm finetune` (through
-`tflm.train.optimizer.make_optimizer`) use these same classes, so a model
+`tflm.train.optimizer.from_config`) use these same classes, so a model
 trains the same way whichever road it takes.
 """
 

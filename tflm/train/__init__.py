@@ -7,13 +7,13 @@ Names are imported on first use, so that importing `tflm.train.config`
 import importlib
 
 _EXPORTS = {
-    "AdamW": "tflm.train.optimizer",
+    "AdamW": "tflm.models.optimizer",
     "LMTrainer": "tflm.train.trainer",
     "TrainConfig": "tflm.train.config",
     "TrainResult": "tflm.train.fit",
-    "WarmupDecay": "tflm.train.optimizer",
+    "WarmupDecay": "tflm.models.optimizer",
     "evaluate": "tflm.train.evaluate",
-    "make_optimizer": "tflm.train.optimizer",
+    "make_optimizer": "tflm.models.optimizer",
     "resolve_strategy": "tflm.train.strategy",
     "train": "tflm.train.fit",
 }

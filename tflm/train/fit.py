@@ -2,9 +2,10 @@
 
 A run is a `TrainConfig`. The model directory `config.out` is written at
 step 0, at every checkpoint and at the end (atomically, see
-`tflm.modeldir`), with the state that resuming needs. Running the same
-config again continues from the last checkpoint with the same data order and
-learning-rate schedule, and does nothing when the run has finished.
+`tflm.models.model_dir`), with the state that resuming needs. Running the
+same config again continues from the last checkpoint with the same data
+order and learning-rate schedule, and does nothing when the run has
+finished.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import tensorflow as tf
 
 from tflm import atomic
 from tflm import errors
-from tflm import modeldir
 from tflm import tokenizers
-from tflm.data import templates
 from tflm.models import backbone as backbone_lib
 from tflm.models import causal_lm
+from tflm.models import model_dir
 from tflm.models import presets
+from tflm.models import train_step
+from tflm.tokenizers import templates
 from tflm.train import best as best_lib
 from tflm.train import callbacks as callbacks_lib
 from tflm.train import config as config_lib
@@ -157,7 +159,7 @@ def _train(run: _Run, config, verbose, callbacks) -> TrainResult:
             run.start_step,
             run.total_steps,
         )
-        model = modeldir.load(run.out)
+        model = model_dir.load_model(causal_lm.CausalLM, run.out)
         return TrainResult(model, run.start_step, run.start_step, None, run.out)
     if run.saved:
         logger.info("Resuming %s from step %d.", run.out, run.start_step)
@@ -189,9 +191,9 @@ def _prepare(config: config_lib.TrainConfig, stack) -> _Run:
     chief = strategy_lib.is_chief(strategy)
     out = os.path.abspath(config.out)
     if chief:
-        modeldir.recover(out)
-    modeldir.check_target(out)
-    saved = state_lib.read(out) if modeldir.is_model_dir(out) else None
+        model_dir.recover(out)
+    model_dir.check_target(out)
+    saved = state_lib.read(out) if model_dir.is_model_dir(out) else None
     keras.utils.set_random_seed(config.seed)
     parent = None
     if config.init_from is not None:
@@ -200,7 +202,7 @@ def _prepare(config: config_lib.TrainConfig, stack) -> _Run:
         tokenizer = start_lib.parent_tokenizer(parent)
     else:
         tokenizer = inputs.make_tokenizer(
-            config, out if saved else None, strategy_lib.spans_workers(strategy)
+            config, out if saved else None, train_step.spans_workers(strategy)
         )
         backbone = _backbone_kwargs(config, tokenizer)
     if saved:
@@ -243,8 +245,8 @@ def _backbone_kwargs(config, tokenizer) -> dict:
 
 
 def _check_resume(out, saved, config, backbone, parent) -> None:
-    config_path = os.path.join(out, modeldir.CONFIG_FILE)
-    saved_config = modeldir.validate(out)
+    config_path = os.path.join(out, model_dir.CONFIG_FILE)
+    saved_config = model_dir.validate(out)
     recorded = saved_config.get("parent", {}).get("sha256")
     if parent is not None and recorded != parent.fingerprint:
         raise errors.InputError(
@@ -270,7 +272,7 @@ def _build(run: _Run):
     lm.tokenizer = run.tokenizer
     lora = config.lora_rank is not None
     if run.saved and not lora:
-        lm.load_weights(os.path.join(run.out, modeldir.WEIGHTS_FILE))
+        lm.load_weights(os.path.join(run.out, model_dir.WEIGHTS_FILE))
     start_lib.enable_lora(lm, config)
     if run.saved and lora:
         start_lib.restore_adapters(lm, run.out)
@@ -292,9 +294,8 @@ def use_xla(jit_compile: str, strategy, precision: str) -> bool:
 
     `"on"` and `"off"` say so; `"auto"` is on under the default strategy,
     except for `mixed_bfloat16` on a machine without a GPU: XLA's CPU
-    backend gives no bf16 matmul speed-up (bench-small 8 × 256: 1,504
-    tokens/s with XLA, 2,450 with oneDNN's bf16 matmuls in the plain graph,
-    against 1,680 in float32).
+    backend gives no bf16 matmul speed-up, where oneDNN's bf16 matmuls in
+    the plain graph do (see docs/performance.md).
     """
     if jit_compile != "auto":
         return jit_compile == "on"
@@ -315,11 +316,11 @@ def _save(run: _Run, lm, optimizer, step: int, keeper=None) -> None:
     if keeper is not None and keeper.weights is not None:
         extra[best_lib.BEST_FILE] = keeper.write
     if run.config.lora_rank is not None:
-        extra[start_lib.ADAPTERS_FILE] = lambda path: start_lib.save_adapters(
-            lm, path
+        extra[start_lib.TRAIN_ADAPTERS_FILE] = lambda path: (
+            start_lib.save_adapters(lm, path)
         )
     # A run's own directory: `_prepare` checked it is new or this run's.
-    modeldir.save(
+    model_dir.save(
         lm,
         run.tokenizer,
         run.out,

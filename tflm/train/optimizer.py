@@ -1,4 +1,9 @@
-"""AdamW, the learning-rate schedule, and the mixed-precision wrapper."""
+"""A run's optimizer: `tflm.models.optimizer` with a `TrainConfig`'s settings.
+
+The optimizer itself (AdamW, the learning-rate schedule and the
+mixed-precision wrapper) lives with the model, so that `CausalLM.compile()`
+uses it too.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +12,20 @@ import keras
 from tflm.models import optimizer as model_optimizer
 from tflm.train import config as config_lib
 
-SCHEDULES = config_lib.SCHEDULES
-PRECISIONS = config_lib.PRECISIONS
-# The classes live with the model, so that `CausalLM.compile()` uses them.
-WarmupDecay = model_optimizer.WarmupDecay
-AdamW = model_optimizer.AdamW
-make_optimizer = model_optimizer.make_optimizer
-
 
 def from_config(
     config: config_lib.TrainConfig, total_steps: int, **kwargs
 ) -> keras.optimizers.Optimizer:
-    """`make_optimizer` with a `TrainConfig`'s settings.
+    """tflm's optimizer with a `TrainConfig`'s settings.
 
     Args:
         config: the run's settings (already range-checked).
         total_steps: updates in the run.
-        **kwargs: Passed to `make_optimizer` (`sum_gradients`).
+        **kwargs: Passed to `tflm.models.optimizer.make_optimizer`
+            (`sum_gradients`).
     """
     floor = config.min_learning_rate
-    return make_optimizer(
+    return model_optimizer.make_optimizer(
         learning_rate=config.learning_rate,
         min_learning_rate=config.learning_rate / 10 if floor is None else floor,
         warmup_steps=config.warmup_steps,

@@ -22,7 +22,9 @@ from tflm.models import model_dir
 from tflm.train import config as config_lib
 from tflm.train import parent as parent_lib
 
-ADAPTERS_FILE = f"{model_dir.TRAIN_DIR}/adapters.npz"
+# A LoRA run's adapters as training state (the model's own are
+# `tflm.models.lora_storage.ADAPTERS_FILE`, beside the weights).
+TRAIN_ADAPTERS_FILE = f"{model_dir.TRAIN_DIR}/adapters.npz"
 
 
 def parent_backbone(
@@ -110,7 +112,7 @@ def save_adapters(lm, path: str) -> None:
 
 def restore_adapters(lm, directory: str) -> None:
     """Loads what `save_adapters` wrote into the same variables."""
-    path = os.path.join(directory, ADAPTERS_FILE)
+    path = os.path.join(directory, TRAIN_ADAPTERS_FILE)
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}

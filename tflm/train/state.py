@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 
 from tflm import errors
-from tflm.models import model_dir as modeldir
+from tflm.models import model_dir
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = f"{modeldir.TRAIN_DIR}/state.json"
-OPTIMIZER_FILE = f"{modeldir.TRAIN_DIR}/optimizer.npz"
-RNG_FILE = f"{modeldir.TRAIN_DIR}/rng.npz"
+STATE_FILE = f"{model_dir.TRAIN_DIR}/state.json"
+OPTIMIZER_FILE = f"{model_dir.TRAIN_DIR}/optimizer.npz"
+RNG_FILE = f"{model_dir.TRAIN_DIR}/rng.npz"
 LOG_DIR = "logs"
 METRICS_FILE = f"{LOG_DIR}/metrics.jsonl"
 # Backbone settings that may differ on resume: the precision is a run
@@ -85,7 +85,7 @@ def read(directory: str) -> TrainState:
 
 
 def extra_files(state: TrainState, optimizer, model) -> dict[str, Any]:
-    """The `extra` argument of `modeldir.save` for this state."""
+    """The `extra` argument of `model_dir.save` for this state."""
     text = json.dumps(dataclasses.asdict(state), indent=2)
     return {
         STATE_FILE: text,

@@ -19,7 +19,6 @@ from tflm.train import config as config_lib
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES = config_lib.STRATEGIES
 _TPU_ENV = ("TPU_NAME", "COLAB_TPU_ADDR")
 
 
@@ -91,11 +90,12 @@ def resolve_strategy(name: str = "auto") -> tf.distribute.Strategy:
     strategies must start before the runtime does.
 
     Args:
-        name: one of `STRATEGIES`. `"auto"` picks a TPU when one is
-            configured, `MultiWorkerMirroredStrategy` when `TF_CONFIG` names
-            more than one worker, `MirroredStrategy` when more than one GPU
-            is visible, and else the default strategy. `"mirrored"` mirrors
-            over all local GPUs, or over all logical CPUs without a GPU.
+        name: one of `tflm.train.config.STRATEGIES`. `"auto"` picks a TPU
+            when one is configured, `MultiWorkerMirroredStrategy` when
+            `TF_CONFIG` names more than one worker, `MirroredStrategy` when
+            more than one GPU is visible, and else the default strategy.
+            `"mirrored"` mirrors over all local GPUs, or over all logical
+            CPUs without a GPU.
 
     Returns:
         A `tf.distribute.Strategy`.
@@ -103,10 +103,10 @@ def resolve_strategy(name: str = "auto") -> tf.distribute.Strategy:
     Raises:
         ValueError: unknown name, or a malformed `TF_CONFIG`.
     """
-    if name not in STRATEGIES:
+    if name not in config_lib.STRATEGIES:
         raise errors.InputError(
             f"Unknown strategy. Received: strategy={name!r}. Expected one of "
-            f"{', '.join(STRATEGIES)}."
+            f"{', '.join(config_lib.STRATEGIES)}."
         )
     tf_config = parse_tf_config()
     if name == "auto":
@@ -191,10 +191,6 @@ def is_default(strategy: tf.distribute.Strategy) -> bool:
     return type(strategy).__name__ == "_DefaultDistributionStrategy"
 
 
-# One definition, beside the train step that needs it too.
-spans_workers = train_step.spans_workers
-
-
 def check_workers_agree(
     strategy: tf.distribute.Strategy, **values: int
 ) -> None:
@@ -207,7 +203,7 @@ def check_workers_agree(
         strategy: the run's strategy.
         **values: small integers, such as the step a run resumes from.
     """
-    if not spans_workers(strategy) or not values:
+    if not train_step.spans_workers(strategy) or not values:
         return
     local = tf.constant(list(values.values()), tf.float64)
     sums = strategy.run(lambda: (tf.identity(local), tf.square(local)))

@@ -1,9 +1,9 @@
 """Task metrics of a model on prompt/completion (or chat) examples.
 
 The loss is the token-weighted cross-entropy on the completion tokens
-(rendered by `tflm.data.templates`, as in fine-tuning); the completions are
-greedy, from the templated prompt, and are scored against the references
-with exact match, chrF and BLEU (`sacrebleu`) and ROUGE-L F1
+(rendered by `tflm.tokenizers.templates`, as in fine-tuning); the
+completions are greedy, from the templated prompt, and are scored against
+the references with exact match, chrF and BLEU (`sacrebleu`) and ROUGE-L F1
 (`rouge-score`).
 """
 
@@ -19,9 +19,9 @@ import tensorflow as tf
 
 from tflm import errors
 from tflm.data import tasks
-from tflm.data import templates
 from tflm.models import causal_lm
 from tflm.models import train_step
+from tflm.tokenizers import templates
 
 
 def is_task_data(paths: Sequence[str]) -> bool:
@@ -105,7 +105,7 @@ def greedy_completions(
         if len(ids) > keep:  # Truncated from the prompt side.
             ids = np.concatenate([ids[:1], ids[len(ids) - keep + 1 :]])
         prompts.append(ids.tolist())
-    # XLA's compile of the decode loop (10-15 s on a CPU) pays off only
+    # XLA's compile of the decode loop (seconds on a CPU) pays off only
     # over many batches; the plain graph answers a few in less time.
     jit_compile = len(prompts) > _XLA_FROM_BATCHES * batch_size
     outputs = []

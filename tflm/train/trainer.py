@@ -8,9 +8,6 @@ import tensorflow as tf
 from tflm.models import causal_lm
 from tflm.models import train_step
 
-_sum_over_replicas = train_step.sum_over_replicas
-_for_keras_reduction = train_step.for_keras_reduction
-
 
 class LMTrainer(keras.Model):
     """Trains a `CausalLM` with exact gradient accumulation.
@@ -21,7 +18,7 @@ class LMTrainer(keras.Model):
     that of the whole batch at once, while activations are held for a
     micro-batch only. The loss is the token-weighted mean over the global
     batch (all replicas, all micro-batches). Gradients are dense, and summed
-    over replicas here when the optimizer is a `tflm.train.optimizer.AdamW`
+    over replicas here when the optimizer is a `tflm.models.optimizer.AdamW`
     with `sum_gradients=False` (so that a loss scaler checks the sum and
     clipping sees it), by the optimizer otherwise.
 
@@ -86,7 +83,7 @@ class LMTrainer(keras.Model):
             self.lm, self.optimizer, data, self.accumulation_steps
         )
         self.loss_tracker.update_state(loss)
-        return _for_keras_reduction(
+        return train_step.for_keras_reduction(
             {
                 "loss": self.loss_tracker.result(),
                 "step_loss": loss,
@@ -99,9 +96,11 @@ class LMTrainer(keras.Model):
         loss_sum = train_step.token_loss_sum(self.lm, x, y, weight, False)
         # Every replica adds the global sums, so any replica's ratio is the
         # token-weighted mean over everything evaluated.
-        self.loss_total.update_state(_sum_over_replicas(loss_sum))
+        self.loss_total.update_state(train_step.sum_over_replicas(loss_sum))
         self.weight_total.update_state(
-            _sum_over_replicas(tf.reduce_sum(weight))
+            train_step.sum_over_replicas(tf.reduce_sum(weight))
         )
         total = tf.maximum(self.weight_total.result(), 1.0)
-        return _for_keras_reduction({"loss": self.loss_total.result() / total})
+        return train_step.for_keras_reduction(
+            {"loss": self.loss_total.result() / total}
+        )
