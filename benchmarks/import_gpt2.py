@@ -5,7 +5,7 @@ Writes a random GPT-2 124M checkpoint in the Hugging Face layout (numpy +
 from the shared corpora with the `tokenizers` library when it is installed,
 topped up with synthetic ones), then imports it in a fresh process and
 prints one JSON line: seconds, peak RSS (whole process, and above the RSS
-before the import began: TensorFlow and tflm alone take ~0.7 GB), the
+before the import began, which TensorFlow and tflm alone account for), the
 weights' size, their ratios, and the tokenizer's speed on the corpora.
 
     python benchmarks/import_gpt2.py [--keep DIR]

@@ -12,10 +12,8 @@ memory (in bfloat16, Eigen converts element by element). In training
 hand-written gradient: one kernel forward, one backward, inside an
 otherwise plain graph (the train step that Keras' `jit_compile="auto"`
 runs on a CPU). The backward recomputes what it needs from the input, so
-that no float32 copy of an activation is kept between the passes.
-Measured on a bench-small `mixed_bfloat16` train step (8 × 256, plain
-graph): the GELU alone 835–850 → 772–810 ms, against 784–796 ms with ReLU
-in its place.
+that no float32 copy of an activation is kept between the passes. What
+each kernel saves a train step is measured in docs/performance.md.
 
 Inference (generation, the export) never calls them: it is plain
 TensorFlow, so that an export never needs XLA. This module is TensorFlow
@@ -118,9 +116,8 @@ def masked_softmax(scores, mask, scale: float = 1.0):
 
     Attention's bfloat16 scores in training under a mixed policy: cast up,
     masked, normalized, cast back (and differentiated) in one pass instead
-    of five or six. Measured on a bench-small `mixed_bfloat16` train step,
-    alternating steps: 741 → 722 and 755 → 742 ms. (With float32 scores,
-    oneDNN's own softmax measured faster: 1,092 against 1,153 ms.)
+    of five or six. It is meant for bfloat16 scores: with float32 ones,
+    oneDNN's own softmax measured faster (see docs/performance.md).
 
     Args:
         scores: float `(..., S)`.
@@ -143,11 +140,9 @@ def _layer_norm_with_gradient(epsilon: float):
     """The fused layer norm for `epsilon` (two compiled functions each).
 
     The forward pass and `dx` are XLA kernels; `dgamma` and `dbeta`, sums
-    over every row, are left to TensorFlow's own reductions, which XLA's
-    CPU backend runs several times slower: a bench-small layer norm's
-    forward and backward took 3.2 → 2.0 ms (and 6.8 → 4.9) that way, and
-    a `mixed_bfloat16` train step 643 → 632 and 655 → 638 ms (alternating
-    steps; float32 1,084 → 1,076).
+    over every row, are left to TensorFlow's own reductions, which
+    measured faster than XLA's CPU backend for such column sums (see
+    docs/performance.md).
     """
 
     def statistics(x):

@@ -2,12 +2,11 @@
 
 TensorFlow's `SparseSoftmaxCrossEntropyWithLogits` (behind Keras'
 `sparse_categorical_crossentropy`) is the slowest single op of a training
-step over a vocabulary: on a bench-small batch (2,048 tokens × 8,192
-logits, float32) it and its gradient took 42–50 ms on this 2-core CPU.
-`sparse_cross_entropy` computes the same values from oneDNN's softmax, two
-row maxima and a gather, and its gradient `p - onehot(y)` as one scaled
-copy of the probabilities with a scatter at the labels: 18–19 ms for the
-same work (`benchmarks/train_step.py` measures the whole step).
+step over a vocabulary on a CPU. `sparse_cross_entropy` computes the same
+values from oneDNN's softmax, two row maxima and a gather, and its gradient
+`p - onehot(y)` as one scaled copy of the probabilities with a scatter at
+the labels, in well under the time (docs/performance.md has the figures;
+`benchmarks/train_step.py` measures the whole step).
 """
 
 from __future__ import annotations
