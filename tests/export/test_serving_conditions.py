@@ -1,6 +1,8 @@
 """The export under TF Serving's conditions (`serving_check.py`): a TF1
 `Session`, `saved_model.loader.load`, XLA disabled, REST-converted inputs."""
 
+import json
+
 import numpy as np
 import pytest
 import serving_helpers as helpers
@@ -300,3 +302,44 @@ def test_xla_export_runs_where_xla_is_on(tmp_path):
     expected = helpers.generate(model, rows)
     texts = [t.decode("utf-8", "replace") for t in out["text"].numpy()]
     assert texts == expected["outputs"]
+
+
+# TF Serving with `--xla_cpu_compilation_enabled=true`: the same session
+# loader, XLA left on; the warm-up records replayed, then the rows.
+_XLA_ON = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("check", sys.argv[1])
+check = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(check)
+import tensorflow_text  # noqa: F401
+server = check.Server(sys.argv[2])
+warmup = []
+for name, arrays in check.warmup_requests(
+    sys.argv[2] + "/" + check.WARMUP_FILE
+):
+    try:
+        server.run(name, arrays)
+        warmup.append({"signature_name": name})
+    except Exception as e:  # noqa: BLE001
+        warmup.append({"signature_name": name, "error": str(e)[:500]})
+rows = json.loads(sys.argv[3])
+print(json.dumps({"warmup": warmup, "result": server.rest(rows)}))
+"""
+
+
+def test_xla_export_serves_through_the_session_loader_with_xla_on(tmp_path):
+    model = helpers.byte_model()
+    path = export_lib.export(model, str(tmp_path), jit_compile=True)
+    rows = helpers.ROWS[:2]
+    body = helpers.columnar(rows)
+    report = helpers.run_python(
+        ["-c", _XLA_ON, helpers.SERVING_CHECK, path, json.dumps(body)]
+    )
+    assert [w for w in report["warmup"] if "error" in w] == []
+    outputs = report["result"]["outputs"]
+    expected = helpers.generate(model, rows)
+    texts = [
+        helpers.as_bytes(t).decode("utf-8", "replace") for t in outputs["text"]
+    ]
+    assert texts == expected["outputs"]
+    assert outputs["num_tokens"] == expected["num_tokens"]

@@ -38,8 +38,9 @@ def add(subparsers) -> None:
     parser.add_argument(
         "--xla",
         action="store_true",
-        help="compile the decode loop with XLA (TF Serving "
-        "then needs --xla_cpu_compilation_enabled=true)",
+        help="compile the decode loop with XLA (TF Serving then needs "
+        "--xla_cpu_compilation_enabled=true, or "
+        "--xla_gpu_compilation_enabled=true on a GPU)",
     )
     parser.add_argument(
         "--weights",
@@ -55,7 +56,9 @@ def add(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def serve_commands(base: str, name: str = "tflm") -> list[str]:
+def serve_commands(
+    base: str, name: str = "tflm", xla: bool = False
+) -> list[str]:
     """The `docker run` and `curl` commands that serve export base `base`.
 
     Example:
@@ -80,9 +83,10 @@ def serve_commands(base: str, name: str = "tflm") -> list[str]:
         }
     )
     volume = shlex.quote(f"{os.path.abspath(base)}:/models/{name}")
+    flag = " --xla_cpu_compilation_enabled=true" if xla else ""
     return [
         f"docker run --rm -p 8501:8501 -v {volume} -e MODEL_NAME={name} "
-        "tensorflow/serving:2.21.0",
+        f"tensorflow/serving:2.21.0{flag}",
         f"curl -s localhost:8501/v1/models/{name}:predict -d "
         + shlex.quote(body),
     ]
@@ -90,9 +94,11 @@ def serve_commands(base: str, name: str = "tflm") -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from tflm import export
-    from tflm import modeldir
+    from tflm.generation import spec
+    from tflm.models import causal_lm
+    from tflm.models import model_dir
 
-    model = modeldir.load(args.model_dir)
+    model = model_dir.load_model(causal_lm.CausalLM, args.model_dir)
     path = export.export(
         model,
         args.out,
@@ -103,8 +109,15 @@ def run(args: argparse.Namespace) -> int:
         weights=args.weights,
     )
     print(f"exported: {path} ({common.size_mb(path):.1f} MB)")
-    print("signatures: serving_default, score, tokenize, detokenize")
+    names = [n for n in spec.SIGNATURES if n != "chat" or model.template]
+    print(f"signatures: {', '.join(names)}")
+    if args.xla:
+        print(
+            "XLA export: the server needs --xla_cpu_compilation_enabled=true "
+            "(--xla_gpu_compilation_enabled=true on a GPU); without it TF "
+            "Serving refuses this version at warm-up."
+        )
     print("serve it:")
-    for command in serve_commands(os.path.dirname(path)):
+    for command in serve_commands(os.path.dirname(path), xla=args.xla):
         print(f"  {command}")
     return 0

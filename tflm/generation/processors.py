@@ -14,18 +14,29 @@ import tensorflow as tf
 NEG_INF = float("-inf")
 
 
+def _marked(ids, keep, vocabulary_size):
+    """bool `[B, V]`: true at each row's ids `[B, N]` where `keep`.
+
+    Dense shapes only (no boolean masks, whose sizes depend on the data):
+    ids not kept, or out of range, mark an extra column that is dropped, so
+    the same graph runs in the plain graph and under XLA with open shapes.
+    """
+    batch = tf.shape(ids)[0]
+    keep &= (ids >= 0) & (ids < vocabulary_size)
+    column = tf.where(keep, ids, vocabulary_size)
+    rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(ids))
+    marked = tf.tensor_scatter_nd_update(
+        tf.zeros([batch, vocabulary_size + 1], tf.bool),
+        tf.stack([rows, column], axis=-1),
+        tf.ones(tf.shape(ids), tf.bool),
+    )
+    return marked[:, :vocabulary_size]
+
+
 def seen_tokens(prompt_ids, prompt_mask, vocabulary_size):
     """bool `[B, V]`: the ids that occur in each row's (real) prompt."""
-    batch = tf.shape(prompt_ids)[0]
-    rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(prompt_ids))
-    keep = tf.cast(prompt_mask, tf.bool) & (prompt_ids >= 0)
-    keep &= prompt_ids < vocabulary_size
-    index = tf.stack([rows[keep], prompt_ids[keep]], axis=1)
-    return tf.tensor_scatter_nd_update(
-        tf.zeros([batch, vocabulary_size], tf.bool),
-        index,
-        tf.ones([tf.shape(index)[0]], tf.bool),
-    )
+    keep = tf.cast(prompt_mask, tf.bool)
+    return _marked(prompt_ids, keep, vocabulary_size)
 
 
 def mark_seen(seen, token):
@@ -72,14 +83,7 @@ def no_repeat_ngram(logits, history, start, end, size):
     banned = tf.gather(
         history, tf.clip_by_value(j + n - 1, 0, length - 1), batch_dims=1
     )
-    rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(banned))
-    index = tf.stack([rows[match], banned[match]], axis=1)
-    vocab = tf.shape(logits)[1]
-    mask = tf.tensor_scatter_nd_update(
-        tf.zeros([batch, vocab], tf.bool),
-        index,
-        tf.ones([tf.shape(index)[0]], tf.bool),
-    )
+    mask = _marked(banned, match, tf.shape(logits)[1])
     return tf.where(mask, NEG_INF, logits)
 
 
@@ -90,12 +94,6 @@ def min_new_tokens(logits, step, minimum, eos_id, stop_ids):
     stops = tf.concat(
         [tf.fill([batch, 1], tf.cast(eos_id, tf.int32)), stop_ids], axis=1
     )
-    rows = tf.broadcast_to(tf.range(batch)[:, None], tf.shape(stops))
-    keep = (stops >= 0) & (stops < vocab) & (step < minimum)[:, None]
-    index = tf.stack([rows[keep], stops[keep]], axis=1)
-    banned = tf.tensor_scatter_nd_update(
-        tf.zeros([batch, vocab], tf.bool),
-        index,
-        tf.ones([tf.shape(index)[0]], tf.bool),
-    )
+    keep = tf.broadcast_to((step < minimum)[:, None], tf.shape(stops))
+    banned = _marked(stops, keep, vocab)
     return tf.where(banned, NEG_INF, logits)
