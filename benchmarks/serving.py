@@ -16,7 +16,10 @@ load from other processes hits both alike. XLA rows (tflm, and keras-hub's
 alternating with the same in-process graph run, before XLA is disabled.
 HF transformers' `GPT2LMHeadModel.generate` (eager PyTorch, greedy, the
 same shape and random weights) runs in phase 2, alternating with the
-served exports (XLA has no part in it).
+served exports (XLA has no part in it). With `--xla-export`, a float32
+`tflm export --xla` is served in phase 1 too (XLA left on, as TF Serving
+with `--xla_cpu_compilation_enabled=true`), and phase 2 reports the error
+the same export gives where XLA is disabled.
 Prints export time and size, the op count of one decode step of the
 exported loop, the read bandwidth (median of several passes over
 512 MB) and the weight-read limit (steps/s at which every weight is read
@@ -112,12 +115,15 @@ def build_model(tokenizer, preset: str = "bench-small", model=None):
     return model
 
 
-def export_model(model, workdir: str, weights: str = "float32") -> tuple:
+def export_model(
+    model, workdir: str, weights: str = "float32", xla: bool = False
+) -> tuple:
     from tflm import export
 
     start = time.perf_counter()
+    name = f"export-{weights}" + ("-xla" if xla else "")
     path = export.export(
-        model, os.path.join(workdir, f"export-{weights}"), weights=weights
+        model, os.path.join(workdir, name), weights=weights, jit_compile=xla
     )
     seconds = time.perf_counter() - start
     size = sum(
@@ -321,6 +327,12 @@ def main():
         default="float32,bfloat16",
         help="exports to serve, by weight type (float32 first)",
     )
+    parser.add_argument(
+        "--xla-export",
+        action="store_true",
+        help="also serve `tflm export --xla` (float32) where XLA is on, "
+        "as TF Serving with --xla_cpu_compilation_enabled=true would",
+    )
     args = parser.parse_args()
     if not os.path.exists(args.data):
         _line(skipped=f"{args.data} not found (../shared/data)")
@@ -342,6 +354,17 @@ def main():
         )
         _line(
             weights=weights,
+            export_seconds=round(export_seconds, 2),
+            export_MB=round(megabytes, 1),
+        )
+    xla_path = None
+    if args.xla_export:
+        xla_path, export_seconds, megabytes = export_model(
+            model, workdir, "float32", xla=True
+        )
+        _line(
+            weights="float32",
+            xla=True,
             export_seconds=round(export_seconds, 2),
             export_MB=round(megabytes, 1),
         )
@@ -383,20 +406,41 @@ def main():
     # `tflm_graph` runs in both phases, so each ratio compares runs that
     # alternated with each other (served vs XLA goes through tflm_graph).
     best = {}
+    serving_check = load_serving_check()
+    xla_server = None
+    if xla_path is not None:  # loaded as TF Serving loads, XLA left on
+        xla_server = serving_check.Server(xla_path)
+        warmup = os.path.join(xla_path, serving_check.WARMUP_FILE)
+        for signature, arrays in serving_check.warmup_requests(warmup):
+            xla_server.run(signature, arrays)
+        limits["served_xla"] = limits["served"]
     for batch in batches:
         runners = {
             "tflm_xla": tflm_runner(model, prompts[:batch], args.new, True),
             "tflm_graph": tflm_runner(model, prompts[:batch], args.new, False),
         }
+        if xla_server is not None:
+            runners["served_xla"] = served_runner(
+                xla_server, prompts[:batch], args.new
+            )
         if hub is not None:
             runners["keras_hub_xla"] = keras_hub_runner(
                 hub, batch, args.prompt, args.new
             )
         for name, seconds in best_interleaved(runners, args.repeats).items():
             best[1, name, batch] = seconds
-    serving_check = load_serving_check()
     xla = serving_check.disable_xla()
     assert xla["xla_disabled"], xla
+    if xla_path is not None:  # the default server refuses the XLA export
+        refused = serving_check.Server(xla_path)
+        try:
+            refused.run("serving_default", _feeds(prompts[:1], 4))
+            _line(xla_export_without_xla="answered")
+        except Exception as e:  # noqa: BLE001
+            _line(
+                xla_export_without_xla=type(e).__name__,
+                message=str(e).splitlines()[0][:200],
+            )
     hf = None if args.no_hf else hf_gpt2(args.preset)
     servers = {}
     for weights, export_path in paths.items():
@@ -431,6 +475,10 @@ def main():
         ratios = {
             "served_over_tflm_graph": best[2, "tflm_graph", batch] / served
         }
+        if (1, "served_xla", batch) in best:
+            ratios["served_xla_over_tflm_xla"] = (
+                best[1, "tflm_xla", batch] / best[1, "served_xla", batch]
+            )
         for name in ("tflm_xla", "keras_hub_xla"):
             if (1, name, batch) in best:
                 via_graph = best[1, name, batch] / best[1, "tflm_graph", batch]
