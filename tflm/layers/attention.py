@@ -82,10 +82,18 @@ class CausalSelfAttention(keras.layers.Layer):
         num_key_value_heads: int. Key/value heads `K`; must divide
             `num_heads`. Defaults to `num_heads` (plain multi-head).
         use_bias: bool. Biases on the projections. Defaults to `True`.
+        head_dim: int. The head size `H`; defaults to the hidden size over
+            `num_heads` (some checkpoints use another, e.g. Gemma's).
+        qkv_bias: bool. Biases on the query, key and value projections
+            (Qwen2 has them, and no output bias); defaults to `use_bias`.
+        output_bias: bool. A bias on the output projection; defaults to
+            `use_bias`.
         fused_qkv: bool. One `query_key_value` projection instead of
             separate `query`, `key`, `value`. Defaults to `True`.
         use_rotary: bool. Rotary position embedding on queries and keys.
         rope_max_wavelength: float. RoPE base. Defaults to `10000.0`.
+        rope_scaling: dict. Scaled rotary frequencies (`tflm.layers.rotary`:
+            `linear` or `llama3`), or `None`.
         dropout: float. Dropout on attention probabilities.
         kernel_initializer: Keras initializer. Defaults to normal(0.02).
         **kwargs: Passed to `keras.layers.Layer` (`name`, `dtype`).
@@ -124,9 +132,22 @@ class CausalSelfAttention(keras.layers.Layer):
         rope_max_wavelength: float = 10000.0,
         dropout: float = 0.0,
         kernel_initializer=None,
+        head_dim: int | None = None,
+        qkv_bias: bool | None = None,
+        output_bias: bool | None = None,
+        rope_scaling: dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if head_dim is not None and (
+            isinstance(head_dim, bool)
+            or not isinstance(head_dim, int)
+            or head_dim <= 0
+        ):
+            raise ValueError(
+                f"head_dim must be a positive int or None. Received: "
+                f"head_dim={head_dim!r}."
+            )
         if num_key_value_heads is None:
             num_key_value_heads = num_heads
         if num_heads <= 0 or num_key_value_heads <= 0:
@@ -146,6 +167,12 @@ class CausalSelfAttention(keras.layers.Layer):
         self.num_heads = int(num_heads)
         self.num_key_value_heads = int(num_key_value_heads)
         self.use_bias = bool(use_bias)
+        self.head_dim_arg = head_dim
+        self.qkv_bias = self.use_bias if qkv_bias is None else bool(qkv_bias)
+        self.output_bias = (
+            self.use_bias if output_bias is None else bool(output_bias)
+        )
+        self.rope_scaling = rotary.check_rope_scaling(rope_scaling)
         self.fused_qkv = bool(fused_qkv)
         self.use_rotary = bool(use_rotary)
         self.rope_max_wavelength = float(rope_max_wavelength)
@@ -156,36 +183,37 @@ class CausalSelfAttention(keras.layers.Layer):
 
     def build(self, input_shape):
         hidden_dim = input_shape[-1]
-        if hidden_dim % self.num_heads:
+        if self.head_dim_arg is None and hidden_dim % self.num_heads:
             raise ValueError(
                 "num_heads must divide the hidden size. Received: "
                 f"num_heads={self.num_heads}, hidden size={hidden_dim}."
             )
-        self.head_dim = hidden_dim // self.num_heads
+        self.head_dim = self.head_dim_arg or hidden_dim // self.num_heads
+        q_dim = self.num_heads * self.head_dim
         kv_dim = self.num_key_value_heads * self.head_dim
         if self.use_rotary:
             rotary.rope_inverse_frequencies(self.head_dim)  # validates H
         if self.fused_qkv:
             self.query_key_value = self._dense(
-                hidden_dim + 2 * kv_dim, "query_key_value"
+                q_dim + 2 * kv_dim, "query_key_value", self.qkv_bias
             )
             self.query_key_value.build(input_shape)
         else:
-            self.query = self._dense(hidden_dim, "query")
-            self.key = self._dense(kv_dim, "key")
-            self.value = self._dense(kv_dim, "value")
+            self.query = self._dense(q_dim, "query", self.qkv_bias)
+            self.key = self._dense(kv_dim, "key", self.qkv_bias)
+            self.value = self._dense(kv_dim, "value", self.qkv_bias)
             for layer in (self.query, self.key, self.value):
                 layer.build(input_shape)
-        self.output_dense = self._dense(hidden_dim, "output")
-        self.output_dense.build(tuple(input_shape[:-1]) + (hidden_dim,))
+        self.output_dense = self._dense(hidden_dim, "output", self.output_bias)
+        self.output_dense.build(tuple(input_shape[:-1]) + (q_dim,))
         self.dropout_layer = keras.layers.Dropout(
             self.dropout, dtype=self.dtype_policy, name="attention_dropout"
         )
 
-    def _dense(self, units, name):
+    def _dense(self, units, name, use_bias):
         return keras.layers.Dense(
             units,
-            use_bias=self.use_bias,
+            use_bias=use_bias,
             kernel_initializer=keras.initializers.get(
                 keras.initializers.serialize(self.kernel_initializer)
             ),
@@ -203,7 +231,7 @@ class CausalSelfAttention(keras.layers.Layer):
         Dense becomes a `tensordot` with a dozen shape ops per call).
         """
         n, k, h = self.num_heads, self.num_key_value_heads, self.head_dim
-        x = reshape(x, (-1, n * h))
+        x = reshape(x, (-1, x.shape[-1]))
         # One position (a decode step): `(B, 1, N, H)` and `(B, N, 1, H)` are
         # the same memory, so heads need slices and reshapes, no transpose.
         one = isinstance(length, int) and length == 1
@@ -284,7 +312,10 @@ class CausalSelfAttention(keras.layers.Layer):
                     keras.ops.arange(length, dtype="int32") + offset
                 )[None]
             cos, sin = rotary.rope_tables(
-                position_ids, self.head_dim, self.rope_max_wavelength
+                position_ids,
+                self.head_dim,
+                self.rope_max_wavelength,
+                self.rope_scaling,
             )
             cos, sin = cos[:, None], sin[:, None]
             q = rotary.apply_rope(q, cos, sin)
@@ -300,7 +331,7 @@ class CausalSelfAttention(keras.layers.Layer):
         out = self._attend(q, k, v, attention_mask, training)
         if not (isinstance(length, int) and length == 1):
             out = keras.ops.transpose(out, (0, 2, 1, 3))
-        out = reshape(out, (-1, hidden))
+        out = reshape(out, (-1, self.num_heads * self.head_dim))
         out = self._apply(self.output_dense, out, plan)
         out = reshape(out, (batch, length, hidden))
         return out if cache is None else (out, cache)
@@ -314,6 +345,10 @@ class CausalSelfAttention(keras.layers.Layer):
             num_heads=self.num_heads,
             num_key_value_heads=self.num_key_value_heads,
             use_bias=self.use_bias,
+            head_dim=self.head_dim_arg,
+            qkv_bias=self.qkv_bias,
+            output_bias=self.output_bias,
+            rope_scaling=self.rope_scaling,
             fused_qkv=self.fused_qkv,
             use_rotary=self.use_rotary,
             rope_max_wavelength=self.rope_max_wavelength,

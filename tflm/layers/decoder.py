@@ -35,6 +35,10 @@ class DecoderBlock(keras.layers.Layer):
         activation: `"gelu"` (tanh approximation, as GPT-2) or `"swiglu"`
             (`silu(gate) * up`, as LLaMA; `mlp_in` holds gate and up fused).
         use_bias: bool. Biases on every projection. Defaults to `True`.
+        head_dim, qkv_bias, output_bias, rope_scaling: see
+            `CausalSelfAttention`.
+        mlp_bias: bool. Biases on the MLP's projections; defaults to
+            `use_bias`.
         fused_qkv: bool. See `CausalSelfAttention`.
         use_rotary: bool. Rotary position embedding in attention.
         rope_max_wavelength: float. RoPE base.
@@ -79,6 +83,11 @@ class DecoderBlock(keras.layers.Layer):
         dropout: float = 0.0,
         layer_norm_epsilon: float = 1e-5,
         kernel_initializer=None,
+        head_dim: int | None = None,
+        qkv_bias: bool | None = None,
+        output_bias: bool | None = None,
+        mlp_bias: bool | None = None,
+        rope_scaling: dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -102,6 +111,7 @@ class DecoderBlock(keras.layers.Layer):
         self.norm = norm
         self.activation = activation
         self.use_bias = bool(use_bias)
+        self.mlp_bias = self.use_bias if mlp_bias is None else bool(mlp_bias)
         self.fused_qkv = bool(fused_qkv)
         self.use_rotary = bool(use_rotary)
         self.rope_max_wavelength = float(rope_max_wavelength)
@@ -119,8 +129,22 @@ class DecoderBlock(keras.layers.Layer):
             use_rotary=self.use_rotary,
             rope_max_wavelength=self.rope_max_wavelength,
             dropout=self.dropout,
+            head_dim=head_dim,
+            qkv_bias=qkv_bias,
+            output_bias=output_bias,
+            rope_scaling=rope_scaling,
         )
-        attention_lib.CausalSelfAttention(**self._attention_kwargs)
+        checked = attention_lib.CausalSelfAttention(**self._attention_kwargs)
+        self.head_dim = checked.head_dim_arg
+        self.qkv_bias = checked.qkv_bias
+        self.output_bias = checked.output_bias
+        self.rope_scaling = checked.rope_scaling
+        self._attention_kwargs = {
+            **self._attention_kwargs,
+            "qkv_bias": self.qkv_bias,
+            "output_bias": self.output_bias,
+            "rope_scaling": self.rope_scaling,
+        }
 
     def _initializer(self):
         return keras.initializers.get(
@@ -146,14 +170,14 @@ class DecoderBlock(keras.layers.Layer):
         )
         self.mlp_in = keras.layers.Dense(
             width,
-            use_bias=self.use_bias,
+            use_bias=self.mlp_bias,
             kernel_initializer=self._initializer(),
             dtype=policy,
             name="mlp_in",
         )
         self.mlp_out = keras.layers.Dense(
             hidden_dim,
-            use_bias=self.use_bias,
+            use_bias=self.mlp_bias,
             kernel_initializer=self._initializer(),
             dtype=policy,
             name="mlp_out",
@@ -223,6 +247,11 @@ class DecoderBlock(keras.layers.Layer):
             norm=self.norm,
             activation=self.activation,
             use_bias=self.use_bias,
+            head_dim=self.head_dim,
+            qkv_bias=self.qkv_bias,
+            output_bias=self.output_bias,
+            mlp_bias=self.mlp_bias,
+            rope_scaling=self.rope_scaling,
             fused_qkv=self.fused_qkv,
             use_rotary=self.use_rotary,
             rope_max_wavelength=self.rope_max_wavelength,

@@ -50,6 +50,12 @@ class Backbone(keras.Model):
         position_embedding: `"learned"` or `"rotary"`.
         rope_max_wavelength: float. RoPE base.
         use_bias: bool. Biases in projections.
+        head_dim: int. The head size, when not `hidden_dim // num_heads`.
+        qkv_bias, output_bias, mlp_bias: bool. Biases on the query/key/value,
+            attention output and MLP projections; each defaults to
+            `use_bias` (Qwen2: `qkv_bias=True` with `use_bias=False`).
+        rope_scaling: dict. Scaled rotary frequencies (`linear` or `llama3`,
+            see `tflm.layers.rotary`), or `None`.
         fused_qkv: bool. One fused QKV projection per block.
         tie_embeddings: bool. Output projection reuses the token embedding.
         dropout: float.
@@ -90,6 +96,11 @@ class Backbone(keras.Model):
         tie_embeddings: bool = True,
         dropout: float = 0.0,
         layer_norm_epsilon: float = 1e-5,
+        head_dim: int | None = None,
+        qkv_bias: bool | None = None,
+        output_bias: bool | None = None,
+        mlp_bias: bool | None = None,
+        rope_scaling: dict | None = None,
         dtype=None,
         **kwargs,
     ):
@@ -101,7 +112,7 @@ class Backbone(keras.Model):
             intermediate_dim=intermediate_dim,
             max_sequence_length=max_sequence_length,
         )
-        if hidden_dim % num_heads:
+        if head_dim is None and hidden_dim % num_heads:
             raise ValueError(
                 "num_heads must divide hidden_dim. Received: "
                 f"hidden_dim={hidden_dim}, num_heads={num_heads}."
@@ -146,6 +157,11 @@ class Backbone(keras.Model):
                 norm=norm,
                 activation=activation,
                 use_bias=use_bias,
+                head_dim=head_dim,
+                qkv_bias=qkv_bias,
+                output_bias=output_bias,
+                mlp_bias=mlp_bias,
+                rope_scaling=rope_scaling,
                 fused_qkv=fused_qkv,
                 use_rotary=position_embedding == "rotary",
                 rope_max_wavelength=rope_max_wavelength,
@@ -194,7 +210,13 @@ class Backbone(keras.Model):
         self.tie_embeddings = tie_embeddings
         self.dropout = dropout
         self.layer_norm_epsilon = layer_norm_epsilon
-        self.head_dim = hidden_dim // num_heads
+        block = self.blocks[0]
+        self.qkv_bias = block.qkv_bias
+        self.output_bias = block.output_bias
+        self.mlp_bias = block.mlp_bias
+        self.rope_scaling = block.rope_scaling
+        self.head_dim = head_dim or hidden_dim // num_heads
+        self._head_dim_arg = head_dim
 
     def _embed(
         self, token_ids, position_ids, training=None, decode=False, plan=None
@@ -288,6 +310,11 @@ class Backbone(keras.Model):
             "tie_embeddings": self.tie_embeddings,
             "dropout": self.dropout,
             "layer_norm_epsilon": self.layer_norm_epsilon,
+            "head_dim": self._head_dim_arg,
+            "qkv_bias": self.qkv_bias,
+            "output_bias": self.output_bias,
+            "mlp_bias": self.mlp_bias,
+            "rope_scaling": self.rope_scaling,
             "dtype": keras.dtype_policies.serialize(
                 self.token_embedding.dtype_policy
             ),
