@@ -58,23 +58,6 @@ def copy_renamed(base_checkout: str, target: str) -> None:
     sys.path.insert(0, target)
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def interleaved(runners: dict, repeats: int) -> dict:
-    """Seconds of each runner, round-robin after one warm-up each."""
-    for run in runners.values():
-        run()
-    times = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, run in runners.items():
-            times[name].append(_timed(run))
-    return times
-
-
 def report(kind, batch, tokens, times):
     best = {k: min(v) for k, v in times.items()}
     for side in ("new", "base"):
@@ -165,7 +148,7 @@ def main():
                 )
                 for side, m in models.items()
             }
-            times = interleaved(runners, args.repeats)
+            times = serving.interleaved(runners, args.repeats)
             kind = "in_process_xla" if jit else "in_process_graph"
             report(kind, batch, batch * args.new, times)
     for jit in (True, False):
@@ -175,7 +158,7 @@ def main():
             )
             for side, m in models.items()
         }
-        times = interleaved(runners, args.repeats)
+        times = serving.interleaved(runners, args.repeats)
         kind = "beam4_xla" if jit else "beam4_graph"
         report(kind, 1, args.beam_new, times)
     import tflm_base.export
@@ -231,7 +214,7 @@ def main():
                 )
                 for side in ("new", "base")
             }
-            times = interleaved(runners, args.repeats)
+            times = serving.interleaved(runners, args.repeats)
             report(f"served_{weights}", batch, batch * args.new, times)
 
 

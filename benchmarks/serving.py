@@ -224,16 +224,21 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def best_interleaved(runners: dict, repeats: int) -> dict:
-    """Best seconds of each runner, run round-robin after one warm-up each,
-    so that load from other processes hits them alike."""
+def interleaved(runners: dict, repeats: int) -> dict:
+    """Seconds of each runner's `repeats` runs, round-robin after one
+    warm-up each, so that load from other processes hits them alike."""
     for run in runners.values():
         run()
     times = {name: [] for name in runners}
     for _ in range(repeats):
         for name, run in runners.items():
             times[name].append(_timed(run))
-    return {name: min(t) for name, t in times.items()}
+    return times
+
+
+def best_interleaved(runners: dict, repeats: int) -> dict:
+    """Best seconds of each runner (see `interleaved`)."""
+    return {name: min(t) for name, t in interleaved(runners, repeats).items()}
 
 
 def tflm_runner(model, prompts, new, jit: bool):

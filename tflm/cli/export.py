@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         weights=args.weights,
     )
     print(f"exported: {path} ({common.size_mb(path):.1f} MB)")
-    names = [n for n in spec.SIGNATURES if n != "chat" or model.template]
+    names = spec.signature_names(model.template is not None)
     print(f"signatures: {', '.join(names)}")
     if args.xla:
         print(

@@ -90,18 +90,10 @@ class ServingModule(tf.Module):
         """The request of a generating signature, its inputs checked."""
         first = "prompt" if "prompt" in inputs else "role"
         batch = tf.shape(inputs[first])[0]
-        given = {k: v for k, v in inputs.items() if k in spec.BY_NAME}
-        stop, stop_ids = inputs.get("stop"), inputs.get("stop_ids")
-        checks = spec.graph_checks(given, stop, stop_ids, batch)
-        if "max_length" not in inputs:
-            checks.append(
-                _check(
-                    tf.reduce_all(inputs["max_new_tokens"] >= 0),
-                    "max_new_tokens must be >= 0",
-                )
-            )
-        if name == "beam_search":
-            checks += spec.beam_graph_checks(inputs, batch)
+        settings = {k: inputs[k] for k in spec.ALL_SETTINGS if k in inputs}
+        checks = spec.graph_checks(
+            settings, inputs.get("stop"), inputs.get("stop_ids"), batch
+        )
         if name == "chat":
             checks += _chat_checks(inputs["role"], inputs["content"])
         with tf.control_dependencies(checks):
@@ -115,11 +107,12 @@ class ServingModule(tf.Module):
         given = {k: v for k, v in inputs.items() if k in spec.BY_NAME}
         beams = None
         if name == "beam_search":
+            # Beam search returns its own several: each prompt is decoded
+            # once (as `CausalLM.generate` does with `num_beams > 1`).
+            k = given.pop("num_return_sequences")
             beams = beam_lib.Beams(
                 num_beams=_first(inputs["num_beams"], batch),
-                num_return_sequences=_first(
-                    inputs["num_return_sequences"], batch
-                ),
+                num_return_sequences=_first(k, batch),
                 length_penalty=inputs["length_penalty"],
                 early_stopping=inputs["early_stopping"],
             )
@@ -170,11 +163,8 @@ class ServingModule(tf.Module):
         return {"text": self.tokenizer.detokenize(ragged)}
 
     def _signature_functions(self) -> dict:
-        names = [n for n in spec.SIGNATURES if n != "chat"]
-        if self.template is not None:
-            names.append("chat")
         functions = {}
-        for name in names:
+        for name in spec.signature_names(self.template is not None):
             specs = spec.input_specs(name)
             if name in GENERATING:
                 body = _by_name(specs, lambda i, n=name: self.generating(n, i))

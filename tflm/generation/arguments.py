@@ -23,7 +23,7 @@ logger = logging.getLogger("tflm")
 
 
 def need_tokenizer(generator):
-    if generator.tokenizer is None:
+    if generator.pipeline.tokenizer is None:
         raise errors.InputError(
             "Text prompts and stop strings need a tokenizer: load the model "
             "with `CausalLM.from_preset(model_dir)`, set `model.tokenizer`, "
@@ -42,7 +42,9 @@ def _prompts(prompts, generator):
             and templating.is_turn(first[0])
         ):
             need_tokenizer(generator)
-            turns, single = templating.batch(prompts, generator.template)
+            turns, single = templating.batch(
+                prompts, generator.pipeline.template
+            )
             return turns, single, True
     if isinstance(prompts, tf.Tensor):
         prompts = prompts.numpy()
@@ -69,7 +71,7 @@ def _prompts(prompts, generator):
             "A prompt of token ids is empty. Give at least one id (e.g. the "
             "end-of-text id to start a new document)."
         )
-    vocab = generator.vocabulary_size
+    vocab = generator.pipeline.vocabulary_size
     if any(not 0 <= i < vocab for r in rows for i in r):
         raise errors.InputError(f"Token ids must be in [0, {vocab}).")
     ragged = tf.ragged.constant(rows, tf.int32, ragged_rank=1)
@@ -181,6 +183,6 @@ def setup(generator, prompts, settings):
         logger.warning(
             "A prompt was truncated from the left so that it fits the "
             "context (%d tokens) beside its new tokens.",
-            generator.context,
+            generator.pipeline.context,
         )
     return prepared, single, is_text, strings

@@ -53,10 +53,6 @@ class Generator:
 
     def __init__(self, pipeline, jit_compile: bool, layouts):
         self.pipeline = pipeline
-        self.tokenizer = pipeline.tokenizer
-        self.template = pipeline.template
-        self.context = pipeline.context
-        self.vocabulary_size = pipeline.vocabulary_size
         self.jit_compile = bool(jit_compile)
         self.layouts = layouts
         self.trace_count = 0
@@ -91,6 +87,7 @@ class Generator:
         self._prefill = graph.function(self._prefill_graph)
         self._chunk = graph.function(self._chunk_graph)
         self._finish = graph.function(self._finish_graph)
+        self._finish_beams = graph.function(self._finish_beams_graph)
 
     # Graph functions --------------------------------------------------------
     def _prepare(self, prompt, settings, stop, stop_ids):
@@ -115,10 +112,8 @@ class Generator:
         self.trace_count += 1
         # Streaming runs the loop in chunks: layouts as stored (a transpose
         # would run at every chunk).
-        decoding = self.pipeline.decoding(self.layouts("graph", False))
-        cache = decoding.init_cache(
-            tf.shape(prepared.ids)[0], prepared.cache_length
-        )
+        layout = self.layouts("graph", False)
+        decoding, cache = self.pipeline.start(prepared, layout)
         return loop.prefill(
             decoding, cache, prepared.ids, prepared.mask, prepared.settings
         )
@@ -130,9 +125,13 @@ class Generator:
         state = loop.decode(decoding, state, const, max_steps, text_stop)
         return state, loop.finish(state, trim=False)
 
-    def _finish_graph(self, out, stop, prompt_index, score=None):
+    def _finish_graph(self, out, stop, prompt_index):
         self.trace_count += 1
-        return self.pipeline.finish(out, stop, prompt_index, score)
+        return self.pipeline.finish(out, stop, prompt_index)
+
+    def _finish_beams_graph(self, found):
+        self.trace_count += 1
+        return self.pipeline.finish_beams(found)
 
     # Python side ------------------------------------------------------------
     def prepare(self, prompts, settings, stop, stop_ids):
@@ -173,7 +172,7 @@ class Generator:
                 early_stopping=tf.fill([batch], bool(beams["early_stopping"])),
             ),
         )
-        return self._finish(found.out, None, found.prompt_index, found.score)
+        return self._finish_beams(found)
 
     def steps(self, prepared, has_stop: bool, chunk: int):
         """Yields `(loop output, finished)` after every `chunk` steps."""
@@ -249,7 +248,7 @@ def stream(
     )
     if (
         not (isinstance(prompt, str) or (one_chat and prompt))
-        or generator.tokenizer is None
+        or generator.pipeline.tokenizer is None
     ):
         raise errors.InputError(
             "stream takes one text prompt or one conversation and needs a "
@@ -269,7 +268,7 @@ def stream(
         generator, prompt, {"max_new_tokens": max_new_tokens, **kw}
     )
     hold = max((len(s) for s in strings), default=1) - 1
-    text = text_lib.Incremental(generator.tokenizer)
+    text = text_lib.Incremental(generator.pipeline.tokenizer)
     sent, out = "", None
     for out, finished in generator.steps(prepared, bool(strings), chunk):
         if finished:

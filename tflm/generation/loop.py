@@ -25,7 +25,9 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
+from tflm.generation import processors
 from tflm.generation import samplers
+from tflm.generation import spec
 
 # Why each row stopped (the exported signatures map these to strings).
 STOP_LENGTH, STOP_EOS, STOP_TOKEN, STOP_STRING = 0, 1, 2, 3
@@ -97,24 +99,12 @@ class LoopSettings(NamedTuple):
         """
         new = tf.cast(max_new_tokens, tf.int32)
         batch = tf.shape(new)[0]
-        defaults = {
-            "temperature": (0.0, tf.float32),
-            "top_k": (0, tf.int32),
-            "top_p": (1.0, tf.float32),
-            "seed": (0, tf.int32),
-            "min_new_tokens": (0, tf.int32),
-            "repetition_penalty": (1.0, tf.float32),
-            "no_repeat_ngram_size": (0, tf.int32),
-        }
-        unknown = set(rows) - set(defaults)
+        unknown = set(rows) - set(PER_ROW)
         if unknown:
             raise TypeError(f"Unknown loop settings: {sorted(unknown)}.")
-        values = {
-            name: tf.cast(rows[name], dtype)
-            if name in rows
-            else tf.fill([batch], tf.constant(default, dtype))
-            for name, (default, dtype) in defaults.items()
-        }
+        # The request's defaults (`tflm.generation.spec`).
+        values = spec.fill_defaults(rows, batch)
+        values = {name: values[name] for name in PER_ROW}
         if stop_ids is None:
             stop_ids = tf.fill([batch, 0], -1)
         stop_ids = tf.cast(stop_ids, tf.int32)
@@ -127,6 +117,14 @@ class LoopSettings(NamedTuple):
             pad_id=tf.constant(pad_id, tf.int32),
             **values,
         )
+
+
+# The fields that a request's settings give row by row, as they are.
+PER_ROW = tuple(
+    f
+    for f in LoopSettings._fields
+    if f in spec.BY_NAME and f != "max_new_tokens"
+)
 
 
 class Constants(NamedTuple):
@@ -198,6 +196,12 @@ def _stopped_by(token, eos_id, stop_ids):
     return tf.where(is_eos, STOP_EOS, tf.where(is_stop, STOP_TOKEN, 0))
 
 
+def positions(mask):
+    """int32 positions counting only real tokens (`mask` int32 `[B, T]`):
+    each left-padded row gets the positions it would have alone."""
+    return tf.maximum(tf.cumsum(mask, axis=1) - 1, 0)
+
+
 def prefill(decoding: Decoding, cache, prompt_ids, prompt_mask, settings):
     """Runs the prompts once; returns `(LoopState, Constants)`.
 
@@ -216,8 +220,9 @@ def prefill(decoding: Decoding, cache, prompt_ids, prompt_mask, settings):
     slot_mask = tf.concat(
         [prompt_mask, tf.ones([batch, cache_len - prompt_len], tf.int32)], 1
     )
-    positions = tf.maximum(tf.cumsum(prompt_mask, axis=1) - 1, 0)
-    hidden, cache = decoding.forward(prompt_ids, cache, 0, slot_mask, positions)
+    hidden, cache = decoding.forward(
+        prompt_ids, cache, 0, slot_mask, positions(prompt_mask)
+    )
     max_new = tf.maximum(settings.max_new_tokens, 0)
     steps = tf.maximum(
         tf.minimum(tf.reduce_max(max_new), cache_len - prompt_len), 0
@@ -238,7 +243,7 @@ def prefill(decoding: Decoding, cache, prompt_ids, prompt_mask, settings):
         step=tf.constant(0),
         logits=logits,
         cache=cache,
-        seen=samplers.seen_tokens(
+        seen=processors.seen_tokens(
             prompt_ids, prompt_mask, tf.shape(logits)[-1]
         ),
         done=limit <= 0,
@@ -277,7 +282,7 @@ def _step(decoding, const, text_stop, state):
         step=i + 1,
         logits=decoding.to_logits(hidden[:, 0]),
         cache=cache,
-        seen=samplers.mark_seen(state.seen, token),
+        seen=processors.mark_seen(state.seen, token),
         done=done | (stop > 0) | (num_tokens >= const.limit),
         num_tokens=num_tokens,
         stop_reason=tf.where(done, state.stop_reason, stop),

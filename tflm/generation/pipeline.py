@@ -34,16 +34,6 @@ from tflm.generation import templating
 from tflm.generation import text as text_lib
 
 MIN_BUCKET = 8
-# The loop's per-row settings that come straight from the request.
-_LOOP_SETTINGS = (
-    "temperature",
-    "top_k",
-    "top_p",
-    "seed",
-    "min_new_tokens",
-    "repetition_penalty",
-    "no_repeat_ngram_size",
-)
 
 
 class Prompt(NamedTuple):
@@ -182,34 +172,38 @@ class Pipeline:
     def tokenize(self, prompt: Prompt):
         """Each prompt's last `context` ids and its full length in ids:
         `(ragged int32 [B, None], lengths int32 [B])`."""
-        if prompt.ids is not None:
-            lengths = tf.cast(prompt.ids.row_lengths(), tf.int32)
-            ragged = text_lib.clip_rows(prompt.ids, self.context, True)
-            return ragged, lengths
-        role, content = prompt.role, prompt.content
-        if prompt.text is not None:
-            if self.template is None:
-                return self._tokenize_text(prompt.text)
-            role, content = templating.prompt_turns(prompt.text)
-        ragged = templating.render(self.template, self.tokenizer, role, content)
-        lengths = tf.cast(ragged.row_lengths(), tf.int32)
-        return text_lib.clip_rows(ragged, self.context, True), lengths
-
-    def _tokenize_text(self, text):
-        # The byte tokenizer makes one id per byte, so cutting the bytes
-        # first is exact and bounds the work by `context` bytes a row.
-        # Other tokenizers see the whole text (a token can depend on text
-        # far from it); only their ids are cut.
-        tokenizer = self.tokenizer
-        if getattr(tokenizer, "one_id_per_byte", False):
-            lengths = tf.strings.length(text)
-            text = text_lib.clip_bytes(text, self.context, from_end=True)
-            ragged = tokenizer.tokenize(text)
+        if prompt.text is not None and self.template is None:
+            ragged, lengths = self._clipped(prompt.text, self.context, True)
         else:
-            ragged = tokenizer.tokenize(text)
-            lengths = tf.cast(ragged.row_lengths(), tf.int32)
-        ragged = text_lib.clip_rows(ragged, self.context, from_end=True)
+            ragged = prompt.ids
+            if ragged is None:
+                role, content = prompt.role, prompt.content
+                if prompt.text is not None:
+                    role, content = templating.prompt_turns(prompt.text)
+                ragged = templating.render(
+                    self.template, self.tokenizer, role, content
+                )
+            lengths = ragged.row_lengths()
+            ragged = text_lib.clip_rows(ragged, self.context, True)
         return tf.cast(ragged, tf.int32), tf.cast(lengths, tf.int32)
+
+    def _clipped(self, text, keep, from_end: bool):
+        """Each text's ids cut to its last (or first) `keep` ids, and each
+        text's full length in ids.
+
+        The byte tokenizer makes one id per byte, so cutting the bytes
+        first is exact and bounds the work by `keep` bytes a row. Other
+        tokenizers see the whole text (a token can depend on text far from
+        it); only their ids are cut.
+        """
+        if getattr(self.tokenizer, "one_id_per_byte", False):
+            lengths = tf.strings.length(text)
+            text = text_lib.clip_bytes(text, keep, from_end)
+            ragged = self.tokenizer.tokenize(text)
+        else:
+            ragged = self.tokenizer.tokenize(text)
+            lengths = ragged.row_lengths()
+        return text_lib.clip_rows(ragged, keep, from_end), lengths
 
     def prepare(self, request: Request, bucket_shapes: bool) -> Prepared:
         """The loop's inputs from a request; see the module docstring."""
@@ -219,11 +213,9 @@ class Pipeline:
         n = tf.cond(
             batch > 0, lambda: values["num_return_sequences"][0], lambda: 1
         )
-        if request.beams is not None:
-            n = 1  # beam search returns its own several
         new = spec.max_new_tokens(values, tf.maximum(lengths, 1), context)
         index = tf.repeat(tf.range(batch), n)
-        rows = {k: tf.gather(values[k], index) for k in _LOOP_SETTINGS}
+        rows = {k: tf.gather(values[k], index) for k in loop.PER_ROW}
         rows["seed"] += tf.tile(tf.range(n), [batch])
         new = tf.gather(new, index)
         room = context - new
@@ -270,13 +262,19 @@ class Pipeline:
 
         return maybe
 
-    def decode(self, prepared: Prepared, layout, trim: bool = True):
-        """The sampling loop over `layout`'s decode plan: `loop.LoopOutput`
-        (`trim=False`: `S - P` wide, as XLA needs)."""
+    def start(self, prepared: Prepared, layout):
+        """`layout`'s `loop.Decoding` (its plan built here) and the empty
+        cache for `prepared`."""
         decoding = self.decoding(layout)
         cache = decoding.init_cache(
             tf.shape(prepared.ids)[0], prepared.cache_length
         )
+        return decoding, cache
+
+    def decode(self, prepared: Prepared, layout, trim: bool = True):
+        """The sampling loop over `layout`'s decode plan: `loop.LoopOutput`
+        (`trim=False`: `S - P` wide, as XLA needs)."""
+        decoding, cache = self.start(prepared, layout)
         return loop.generate(
             decoding,
             cache,
@@ -289,10 +287,7 @@ class Pipeline:
 
     def beam_search(self, prepared: Prepared, beams, layout):
         """Beam search over `layout`'s decode plan: `beam.BeamOutput`."""
-        decoding = self.decoding(layout)
-        cache = decoding.init_cache(
-            tf.shape(prepared.ids)[0], prepared.cache_length
-        )
+        decoding, cache = self.start(prepared, layout)
         return beam_lib.generate(
             decoding,
             cache,
@@ -334,6 +329,10 @@ class Pipeline:
             score=score,
         )
 
+    def finish_beams(self, found: beam_lib.BeamOutput) -> Response:
+        """The `Response` of beam search's best beams."""
+        return self.finish(found.out, None, found.prompt_index, found.score)
+
     def run(self, request: Request, layout, decode=None) -> Response:
         """The whole pipeline in the calling graph (an exported signature).
 
@@ -347,8 +346,7 @@ class Pipeline:
         prepared = self.prepare(request, bucket_shapes=False)
         if request.beams is not None:
             found = self.beam_search(prepared, request.beams, layout)
-            index = tf.gather(prepared.prompt_index, found.prompt_index)
-            return self.finish(found.out, None, index, found.score)
+            return self.finish_beams(found)
         if decode is None or prepared.stop is not None:
             out = self.decode(prepared, layout)
         else:
@@ -367,8 +365,7 @@ class Pipeline:
         mask = tf.sequence_mask(full.row_lengths(), tf.shape(ids)[1], tf.int32)
         decoding = self.decoding(layout)
         cache = decoding.init_cache(tf.shape(ids)[0], tf.shape(ids)[1])
-        positions = tf.maximum(tf.cumsum(mask, axis=1) - 1, 0)
-        hidden, _ = decoding.forward(ids, cache, 0, mask, positions)
+        hidden, _ = decoding.forward(ids, cache, 0, mask, loop.positions(mask))
         logits = decoding.to_logits(hidden)
         log_probs = tf.nn.log_softmax(logits[:, :-1], axis=-1)
         picked = tf.gather(log_probs, ids[:, 1:], batch_dims=2)
@@ -379,9 +376,6 @@ class Pipeline:
         )
 
     def tokenize_clipped(self, text, keep, from_end: bool):
-        """Each text's ids, cut to its last (or first) `keep` ids (the byte
-        tokenizer's text is cut first: exact, and bounded work)."""
-        if getattr(self.tokenizer, "one_id_per_byte", False):
-            text = text_lib.clip_bytes(text, keep, from_end)
-        ragged = self.tokenizer.tokenize(text)
-        return text_lib.clip_rows(ragged, keep, from_end)
+        """Each text's ids, cut to its last (or first) `keep` ids (see
+        `_clipped`)."""
+        return self._clipped(text, keep, from_end)[0]

@@ -103,17 +103,6 @@ def sample(logits, temperature, top_k, top_p, seed, step):
     return tf.cond(tf.reduce_any(temperature > 0), draw, lambda: greedy)
 
 
-def seen_tokens(prompt_ids, prompt_mask, vocabulary_size):
-    """bool `[B, V]`: the ids of each row's real prompt (what the
-    repetition penalty counts as seen)."""
-    return processors.seen_tokens(prompt_ids, prompt_mask, vocabulary_size)
-
-
-def mark_seen(seen, token):
-    """`seen` with each row's `token` `[B]` set."""
-    return processors.mark_seen(seen, token)
-
-
 def next_token(logits, seen, const, tokens, step):
     """int32 `[B]`: each row's next token.
 

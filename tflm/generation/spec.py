@@ -112,6 +112,8 @@ BEAM_SPEC = (
     ),
 )  # fmt: skip
 BEAM_BY_NAME = {s.name: s for s in BEAM_SPEC}
+# Every setting a signature may take.
+ALL_SETTINGS = (*BY_NAME, *BEAM_BY_NAME)
 # Settings beam search does not apply, with their "off" values.
 NOT_WITH_BEAMS = {
     "temperature": 0.0,
@@ -154,6 +156,16 @@ SIGNATURES = {
 }
 
 
+def signature_names(template: bool) -> list[str]:
+    """The signatures an export has: `chat` only with a template.
+
+    Example:
+    >>> "chat" in signature_names(False), "chat" in signature_names(True)
+    (False, True)
+    """
+    return [name for name in SIGNATURES if name != "chat" or template]
+
+
 def input_specs(signature: str) -> list:
     """The `tf.TensorSpec`s of a signature's inputs, named and in order.
 
@@ -187,30 +199,53 @@ def cross_checks(values: dict) -> list[tuple]:
 
 
 def graph_checks(values: dict, stop, stop_ids, batch) -> list:
-    """In-graph asserts on batched inputs; every message names its input."""
-    checks = []
-    for name, value in values.items():
-        checks.append(
-            _assert(
-                tf.equal(tf.shape(value)[0], batch),
-                f"{name} needs one value per prompt (the same dimension 0 "
-                "as prompt)",
-            )
+    """In-graph asserts on a signature's batched inputs (settings of `SPEC`
+    and `BEAM_SPEC`, stops); every message names its input."""
+    rules = [s for s in (*SPEC, *BEAM_SPEC) if s.name in values]
+    checks = [
+        _assert(
+            tf.equal(tf.shape(values[s.name])[0], batch),
+            f"{s.name} needs one value per prompt (the same dimension 0 "
+            "as prompt)",
         )
+        for s in rules
+    ]
     with tf.control_dependencies(checks):
         checks += [
             _assert(
                 tf.reduce_all(s.valid(values[s.name])),
                 f"{s.name} must be {s.rule}",
             )
-            for s in SPEC
-            if s.name in values
+            for s in rules
         ]
         if "max_length" in values:
             checks += [_assert(ok, msg) for ok, _, msg in cross_checks(values)]
+        else:  # `UNSET` means "use max_length", which is not an input here
+            checks.append(
+                _assert(
+                    tf.reduce_all(values["max_new_tokens"] >= 0),
+                    "max_new_tokens must be >= 0",
+                )
+            )
+        if "num_beams" in values:
+            checks += _beam_checks(values)
     if stop is not None:
         checks += _stop_checks(stop, stop_ids, batch)
     return checks
+
+
+def _beam_checks(values: dict) -> list:
+    n, k = values["num_beams"], values["num_return_sequences"]
+    return [
+        _assert(
+            tf.reduce_all(tf.equal(n, n[:1])),
+            "num_beams must be the same for every prompt",
+        ),
+        _assert(
+            tf.reduce_all((k >= 1) & (k <= n)),
+            "num_return_sequences must be in [1, num_beams]",
+        ),
+    ]
 
 
 def _stop_checks(stop, stop_ids, batch):
@@ -295,39 +330,6 @@ def check(values: dict) -> None:
                 f"{n}={values[n].numpy().tolist()}" for n in names.split(", ")
             )
             raise errors.InputError(f"{message}. Received: {received}.")
-
-
-def beam_graph_checks(values: dict, batch) -> list:
-    """In-graph asserts on the beam settings `[B]` (and
-    `num_return_sequences`); messages name the input."""
-    n, k = values["num_beams"], values["num_return_sequences"]
-    checks = [
-        _assert(
-            tf.equal(tf.shape(values[name])[0], batch),
-            f"{name} needs one value per prompt (the same dimension 0 as "
-            "prompt)",
-        )
-        for name in BEAM_BY_NAME
-    ]
-    with tf.control_dependencies(checks):
-        checks += [
-            _assert(
-                tf.reduce_all(s.valid(values[s.name])),
-                f"{s.name} must be {s.rule}",
-            )
-            for s in BEAM_SPEC
-        ]
-        checks += [
-            _assert(
-                tf.reduce_all(tf.equal(n, n[:1])),
-                "num_beams must be the same for every prompt",
-            ),
-            _assert(
-                tf.reduce_all((k >= 1) & (k <= n)),
-                "num_return_sequences must be in [1, num_beams]",
-            ),
-        ]
-    return checks
 
 
 def check_beams(values: dict, given: dict) -> bool:

@@ -29,6 +29,11 @@ def reshape(x, shape):
     return keras.ops.reshape(x, shape)
 
 
+def project(layer, x, plan=None):
+    """`layer(x)`, or as a decode plan multiplies it (`plan.project`)."""
+    return layer(x) if plan is None else plan.project(layer, x)
+
+
 def _small_softmax(scores):
     """Softmax over the last axis from elementwise ops. For one query row
     per head (a decode step), the plain graph's fused softmax kernel costs
@@ -221,9 +226,6 @@ class CausalSelfAttention(keras.layers.Layer):
             name=name,
         )
 
-    def _apply(self, layer, x, plan):
-        return layer(x) if plan is None else plan.project(layer, x)
-
     def _project(self, x, batch, length, plan=None):
         """Returns q `(B, N, T, H)`, k and v `(B, K, T, H)`.
 
@@ -236,19 +238,19 @@ class CausalSelfAttention(keras.layers.Layer):
         # the same memory, so heads need slices and reshapes, no transpose.
         one = isinstance(length, int) and length == 1
         if self.fused_qkv and n == k and not one:
-            qkv = self._apply(self.query_key_value, x, plan)
+            qkv = project(self.query_key_value, x, plan)
             qkv = reshape(qkv, (batch, length, 3, n, h))
             qkv = keras.ops.transpose(qkv, (2, 0, 3, 1, 4))
             return keras.ops.unstack(qkv, 3)
         if self.fused_qkv:
-            qkv = self._apply(self.query_key_value, x, plan)
+            qkv = project(self.query_key_value, x, plan)
             # Slices, not `split` (which builds its sizes from the shape).
             q = qkv[:, : n * h]
             key = qkv[:, n * h : (n + k) * h]
             v = qkv[:, (n + k) * h :]
         else:
             q, key, v = (
-                self._apply(layer, x, plan)
+                project(layer, x, plan)
                 for layer in (self.query, self.key, self.value)
             )
 
@@ -332,7 +334,7 @@ class CausalSelfAttention(keras.layers.Layer):
         if not (isinstance(length, int) and length == 1):
             out = keras.ops.transpose(out, (0, 2, 1, 3))
         out = reshape(out, (-1, self.num_heads * self.head_dim))
-        out = self._apply(self.output_dense, out, plan)
+        out = project(self.output_dense, out, plan)
         out = reshape(out, (batch, length, hidden))
         return out if cache is None else (out, cache)
 

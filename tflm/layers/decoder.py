@@ -190,13 +190,10 @@ class DecoderBlock(keras.layers.Layer):
         self.mlp_in.build(input_shape)
         self.mlp_out.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
 
-    def _apply(self, layer, x, plan):
-        return layer(x) if plan is None else plan.project(layer, x)
-
     def _mlp(self, x, training=None, plan=None):
         shape = kv_cache.static_shape(x)
         # On `(B*T, D)` each projection is one matmul (see attention).
-        h = self._apply(
+        h = attention_lib.project(
             self.mlp_in, keras.ops.reshape(x, (-1, shape[-1])), plan
         )
         if self.activation == "swiglu":
@@ -204,7 +201,7 @@ class DecoderBlock(keras.layers.Layer):
             h = keras.ops.silu(gate) * up
         else:
             h = fused.gelu(h, training)
-        h = self._apply(self.mlp_out, h, plan)
+        h = attention_lib.project(self.mlp_out, h, plan)
         return attention_lib.reshape(h, shape)
 
     def call(

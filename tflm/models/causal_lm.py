@@ -107,18 +107,6 @@ class CausalLM(keras.Model):
             logits = plan.head(embedding, hidden)
         return keras.ops.cast(logits, "float32")
 
-    def projections(self) -> list:
-        """The `Dense` projections of every decoder block."""
-        layers = []
-        for block in self.backbone.blocks:
-            attention = block.attention
-            if attention.fused_qkv:
-                layers.append(attention.query_key_value)
-            else:
-                layers += [attention.query, attention.key, attention.value]
-            layers += [attention.output_dense, block.mlp_in, block.mlp_out]
-        return layers
-
     def decoding(self, layout=None) -> loop_lib.Decoding:
         """What a decode loop calls, with `layout`'s weights
         (`tflm.models.decode_plan`). Call it inside the traced function

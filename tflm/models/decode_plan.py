@@ -38,6 +38,7 @@ import keras
 import tensorflow as tf
 
 from tflm.layers import kv_cache
+from tflm.models import weights as weights_lib
 
 BACKENDS = ("xla", "graph")
 # A projection kernel of `ROW_BLOCK_MIN_BYTES` or more whose blocks keep
@@ -140,7 +141,6 @@ def times_transposed(x, kernel_t, bias=None):
 
 class _StoredKernel(NamedTuple):
     kernel_t: keras.Variable  # `(out, in)`
-    bias: object  # the layer's bias variable, or `None`
     num_blocks: int
 
 
@@ -159,7 +159,7 @@ class StoredWeights(tf.Module):
     def __init__(self, model):
         super().__init__(name="stored_weights")
         self._kernels = {}
-        for layer in model.projections():
+        for layer in weights_lib.projections(model):
             if plain_dense(layer):
                 kernel_t = keras.Variable(
                     tf.transpose(layer.kernel),
@@ -168,9 +168,7 @@ class StoredWeights(tf.Module):
                     name="kernel_t",
                 )
                 blocks = num_row_blocks(*kernel_t.shape, kernel_t.dtype)
-                self._kernels[id(layer)] = _StoredKernel(
-                    kernel_t, layer.bias, blocks
-                )
+                self._kernels[id(layer)] = _StoredKernel(kernel_t, blocks)
         embedding = model.backbone.token_embedding
         self.table_t = None
         table = keras.backend.standardize_dtype(embedding.embeddings.dtype)
@@ -308,36 +306,35 @@ class DecodePlan:
         return self._reads.derived(variable, key, compute)
 
     def _value(self, variable):
-        return self._derived(variable, "value", lambda v: v)
+        if self._reads is None:
+            return tf.convert_to_tensor(variable)
+        return self._reads.get_current_value(variable)
 
     def project(self, layer, x):
         """`layer(x)` for a projection and `x` `(rows, in)`."""
         stored = self.layout.stored
         kept = None if stored is None else stored.kernel(layer)
-        bias = None if layer.bias is None else self._value(layer.bias)
-        if kept is not None:
+        if kept is not None and kept.num_blocks > 1:
             n = kept.num_blocks
-            if n > 1:
-                kernel_t = self._derived(
-                    kept.kernel_t, ("blocks", n), lambda v: split_rows(v, n)
-                )
-            else:
-                kernel_t = self._value(kept.kernel_t)
-            bias = None if kept.bias is None else self._value(kept.bias)
-            return times_transposed(x, kernel_t, bias)
-        if not self._transposes(layer, x):
+            kernel_t = self._derived(
+                kept.kernel_t, ("blocks", n), lambda v: split_rows(v, n)
+            )
+        elif kept is not None:
+            kernel_t = self._value(kept.kernel_t)
+        elif self._transposes(layer, x):
+            kernel_t = self._derived(layer.kernel, "transposed", tf.transpose)
+        else:
             return layer(x)
-        kernel_t = self._derived(layer.kernel, "transposed", tf.transpose)
+        bias = None if layer.bias is None else self._value(layer.bias)
         return times_transposed(x, kernel_t, bias)
 
     def _transposes(self, layer, x) -> bool:
-        backend = self.layout.backend
         if not self.layout.relayout or x.shape.rank != 2:
             return False
         if not plain_dense(layer):
             return False
         narrowing = layer.kernel.shape[0] > layer.kernel.shape[1]
-        return narrowing and (backend == "graph" or x.shape[0] == 1)
+        return narrowing and (self.layout.backend == "graph" or x.shape[0] == 1)
 
     def head(self, embedding, hidden):
         """`embedding(hidden, reverse=True)`: logits in the head's dtype."""
