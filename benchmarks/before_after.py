@@ -109,6 +109,11 @@ def main():
     parser.add_argument("--new", type=int, default=192)
     parser.add_argument("--beam-new", type=int, default=128)
     parser.add_argument("--workdir", default=None)
+    parser.add_argument(
+        "--served-only",
+        action="store_true",
+        help="skip the in-process and beam rows",
+    )
     args = parser.parse_args()
     import serving
 
@@ -140,7 +145,7 @@ def main():
     base.set_weights(new.get_weights())
     new.tokenizer, base.tokenizer = tokenizer, base_tokenizer
     models = {"new": new, "base": base}
-    for batch in batches:
+    for batch in [] if args.served_only else batches:
         for jit in (True, False):
             runners = {
                 side: generate_runner(
@@ -151,7 +156,7 @@ def main():
             times = serving.interleaved(runners, args.repeats)
             kind = "in_process_xla" if jit else "in_process_graph"
             report(kind, batch, batch * args.new, times)
-    for jit in (True, False):
+    for jit in () if args.served_only else (True, False):
         runners = {
             side: generate_runner(
                 m, prompts[:1], args.beam_new, jit_compile=jit, num_beams=4
