@@ -65,6 +65,24 @@ class Tokenizer(tf.Module):
         raise NotImplementedError
 
     @property
+    def special_tokens(self) -> dict[str, int]:
+        """Control tokens by their text (`"<|im_start|>"`, `"</s>"`), each
+        one id; empty by default.
+
+        `tokenize` never turns text into these ids: a literal
+        `"<|im_start|>"` in a prompt is ordinary text, so user content cannot
+        forge a control token. Chat templates place them by id.
+        """
+        return {}
+
+    @property
+    def add_bos(self) -> bool:
+        """Whether a text prompt starts with `bos_id`, as the checkpoint's
+        own tokenizer does (Llama 2's `add_bos_token`); `False` by default.
+        `tokenize` itself never adds it."""
+        return False
+
+    @property
     def newline_is_boundary(self) -> bool:
         """Whether no token spans a `"\\n"`.
 
