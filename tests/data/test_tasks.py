@@ -8,7 +8,7 @@ import pytest
 from tflm import errors
 from tflm import tokenizers
 from tflm.data import tasks
-from tflm.tokenizers import templates
+from tflm.tokenizers import template_render
 
 TOKENIZER = tokenizers.ByteTokenizer()
 
@@ -39,7 +39,9 @@ def test_prompt_completion_mask_covers_exactly_the_completion(tmp_path):
     ids, loss, real = tasks.encode_examples(examples, TOKENIZER, 64)
     assert loss.sum() == len("chat") + 1  # And the end id.
     assert _masked_text(ids[0], loss[0]) == ("chat", 1)
-    assert real[0].sum() == len(templates.encode(examples[0], TOKENIZER)[0])
+    assert real[0].sum() == len(
+        template_render.encode(examples[0], TOKENIZER)[0]
+    )
 
 
 def test_configurable_fields(tmp_path):
@@ -65,7 +67,7 @@ def test_chat_mask_covers_every_assistant_turn(tmp_path):
     assert loss.sum() == len("hello") + len("ciao") + 2
     assert _masked_text(ids[0], loss[0]) == ("hellociao", 2)
     # The prompt part is what serving tokenizes for the last reply.
-    prompt = templates.encode_prompt(messages[:-1], TOKENIZER)
+    prompt = template_render.encode_prompt(messages[:-1], TOKENIZER)
     np.testing.assert_array_equal(ids[0, : len(prompt)], prompt)
 
 

@@ -14,6 +14,7 @@ from tflm import errors
 from tflm import export as export_lib
 from tflm.models import model_dir
 from tflm.models.causal_lm import CausalLM
+from tflm.tokenizers import template_render
 from tflm.tokenizers import templates
 
 CHATS = [
@@ -47,7 +48,7 @@ def chat_export() -> str:
 
 
 def _templated_ids(messages):
-    ids = templates.encode_prompt(messages, chat_model().tokenizer)
+    ids = template_render.encode_prompt(messages, chat_model().tokenizer)
     return ids.tolist()
 
 

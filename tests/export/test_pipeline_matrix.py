@@ -37,6 +37,7 @@ import tensorflow as tf
 from tflm.generation import spec
 from tflm.models import model_dir
 from tflm.models.causal_lm import CausalLM
+from tflm.tokenizers import template_render
 from tflm.tokenizers import templates
 
 KINDS = ("templated", "plain")
@@ -437,8 +438,8 @@ def test_templated_beam_search_applies_the_template(cases):
     case = cases["templated"]
     lm, tokenizer = case.lm, case.lm.tokenizer
     rendered = [
-        templates.encode_prompt(
-            templates.prompt_messages(p), tokenizer
+        template_render.encode_prompt(
+            [{"role": "user", "content": p}], tokenizer
         ).tolist()
         for p in BEAM_PROMPTS
     ]

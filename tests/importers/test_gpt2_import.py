@@ -162,8 +162,8 @@ def test_import_never_replaces_a_model_silently(tmp_path, hf_dir):
 
 def test_other_model_type_is_refused(tmp_path):
     gpt2_files.write_checkpoint(str(tmp_path))
-    _rewrite_config(str(tmp_path), model_type="llama")
-    with pytest.raises(ValueError, match="config.json: model_type is 'llama'"):
+    _rewrite_config(str(tmp_path), model_type="bert")
+    with pytest.raises(ValueError, match="'bert'.* imports gpt2, llama"):
         importers.import_checkpoint(tmp_path, tmp_path / "out")
     _rewrite_config(
         str(tmp_path), model_type="gpt2", activation_function="relu"

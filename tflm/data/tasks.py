@@ -29,6 +29,7 @@ import tensorflow as tf
 from tflm import errors
 from tflm.data import files as files_lib
 from tflm.tokenizers import base
+from tflm.tokenizers import template_render
 from tflm.tokenizers import templates
 
 logger = logging.getLogger(__name__)
@@ -152,6 +153,7 @@ def encode_examples(
     examples: Sequence[Conversation],
     tokenizer: base.Tokenizer,
     sequence_length: int,
+    template: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Windows of `sequence_length + 1` ids, their loss mask and real-token
     mask, `[N, sequence_length + 1]` each (see the module docstring)."""
@@ -161,7 +163,7 @@ def encode_examples(
     real = np.zeros((len(examples), window), bool)
     truncated = 0
     for row, example in enumerate(examples):
-        tokens, mask = templates.encode(example, tokenizer)
+        tokens, mask = template_render.encode(example, tokenizer, template)
         if len(tokens) > window:
             truncated += 1
             tokens, mask = _truncate(tokens, mask, window)

@@ -57,6 +57,7 @@ class ServingModule(tf.Module):
             getattr(model, "template", None),
             context=model.backbone.max_sequence_length,
             vocabulary_size=model.backbone.vocabulary_size,
+            eos_ids=getattr(model, "eos_ids", ()),
         )
         self.template = self.pipeline.template
         self.layout = decode_plan.Layout("graph", False, self.stored)
@@ -95,7 +96,9 @@ class ServingModule(tf.Module):
             settings, inputs.get("stop"), inputs.get("stop_ids"), batch
         )
         if name == "chat":
-            checks += _chat_checks(inputs["role"], inputs["content"])
+            checks += _chat_checks(
+                self.template, inputs["role"], inputs["content"]
+            )
         with tf.control_dependencies(checks):
             inputs = {k: tf.identity(v) for k, v in inputs.items()}
         if name == "chat":
@@ -182,13 +185,13 @@ class ServingModule(tf.Module):
         }
 
 
-def _chat_checks(role, content) -> list:
+def _chat_checks(template, role, content) -> list:
     checks = [
         _check(
             tf.reduce_all(tf.equal(tf.shape(role), tf.shape(content))),
             "role and content must have the same shape [B, M]",
         ),
-        templating.role_check(role),
+        templating.role_check(template, role),
     ]
     with tf.control_dependencies(checks):
         checks.append(templating.last_check(role))

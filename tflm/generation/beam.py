@@ -146,7 +146,8 @@ class _Rows(NamedTuple):
 def _step(decoding, const, beams, rows, state):
     i, nb = state.step, beams.num_beams
     sums, parent, token, seqs = _choose(state, nb)
-    is_eos = tf.equal(token, const.settings.eos_id)
+    eos_ids = const.settings.eos_ids
+    is_eos = tf.reduce_any(tf.equal(token[..., None], eos_ids), axis=-1)
     hits = is_eos | (i + 1 >= const.limit)[:, None]
     # The best `num_beams` that did not end run on.
     run_sums, pick = tf.math.top_k(sums + tf.cast(hits, tf.float32) * _NEG, nb)
@@ -229,7 +230,7 @@ def generate(
         decoding: a `loop.Decoding`.
         cache: the empty cache for `B` rows (repeated to the beams here).
         prompt_ids, prompt_mask: `[B, P]`, left-padded.
-        settings: `loop.LoopSettings` (`max_new_tokens`, `eos_id`,
+        settings: `loop.LoopSettings` (`max_new_tokens`, `eos_ids`,
             `pad_id`); sampling settings are not read.
         beams: `Beams`.
     """

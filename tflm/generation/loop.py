@@ -68,7 +68,7 @@ class LoopSettings(NamedTuple):
         min_new_tokens: int32; end and stop ids are banned before it.
         repetition_penalty: float32, 1 is off.
         no_repeat_ngram_size: int32, 0 is off.
-        eos_id: int32 scalar, -1 for none.
+        eos_ids: int32 `[E]`, the ids that end a reply (none: `[]`).
         stop_ids: int32 `[B, N]`, -1 pads.
         pad_id: int32 scalar, written after a row stopped.
     """
@@ -81,13 +81,13 @@ class LoopSettings(NamedTuple):
     min_new_tokens: tf.Tensor
     repetition_penalty: tf.Tensor
     no_repeat_ngram_size: tf.Tensor
-    eos_id: tf.Tensor
+    eos_ids: tf.Tensor
     stop_ids: tf.Tensor
     pad_id: tf.Tensor
 
     @classmethod
     def make(
-        cls, max_new_tokens, *, eos_id=-1, pad_id=0, stop_ids=None, **rows
+        cls, max_new_tokens, *, eos_ids=(), pad_id=0, stop_ids=None, **rows
     ):
         """Settings for `[B]` rows: the processors off and greedy, except
         where `rows` (per-row values by field name) says otherwise.
@@ -112,7 +112,7 @@ class LoopSettings(NamedTuple):
             stop_ids = tf.tile(stop_ids[None], [batch, 1])
         return cls(
             max_new_tokens=new,
-            eos_id=tf.constant(eos_id, tf.int32),
+            eos_ids=tf.reshape(tf.constant(eos_ids, tf.int32), [-1]),
             stop_ids=stop_ids,
             pad_id=tf.constant(pad_id, tf.int32),
             **values,
@@ -189,9 +189,9 @@ class LoopOutput(NamedTuple):
     stop_reason: tf.Tensor
 
 
-def _stopped_by(token, eos_id, stop_ids):
+def _stopped_by(token, eos_ids, stop_ids):
     """int32 `[B]`: `STOP_EOS`, `STOP_TOKEN` or 0 (keep going)."""
-    is_eos = tf.equal(token, eos_id)
+    is_eos = tf.reduce_any(tf.equal(token[:, None], eos_ids[None, :]), 1)
     is_stop = tf.reduce_any(tf.equal(token[:, None], stop_ids), axis=1)
     return tf.where(is_eos, STOP_EOS, tf.where(is_stop, STOP_TOKEN, 0))
 
@@ -259,7 +259,7 @@ def _step(decoding, const, text_stop, state):
     token = samplers.next_token(
         state.logits, state.seen, const, state.tokens, i
     )
-    stop = _stopped_by(token, s.eos_id, s.stop_ids)
+    stop = _stopped_by(token, s.eos_ids, s.stop_ids)
     emit = tf.logical_and(tf.logical_not(done), tf.equal(stop, 0))
     batch = tf.shape(token)[0]
     tokens = tf.tensor_scatter_nd_update(

@@ -148,6 +148,8 @@ class Pipeline:
         template: the model's checked template, or `None`.
         context: the model's context length.
         vocabulary_size: the number of logits.
+        eos_ids: more ids that end a reply, besides the tokenizer's end id
+            and the template's end of turn (Llama 3's `<|eot_id|>`).
     """
 
     def __init__(
@@ -157,6 +159,7 @@ class Pipeline:
         template,
         context: int,
         vocabulary_size: int,
+        eos_ids=(),
     ):
         self.decoding = decoding
         self.tokenizer = tokenizer
@@ -164,8 +167,20 @@ class Pipeline:
         self.context = int(context)
         self.vocabulary_size = int(vocabulary_size)
         has = tokenizer is not None
-        self.start_id = tokenizer.eos_id if has else 0
-        self.eos_id = tokenizer.eos_id if has else -1
+        # A checkpoint whose tokenizer starts text with its start id (Llama
+        # 2's `<s>`) is prompted and scored that way; tflm's own models
+        # start from the end id that separates their training documents.
+        self.add_bos = has and tokenizer.add_bos
+        start = (
+            tokenizer.bos_id
+            if self.add_bos
+            else getattr(tokenizer, "eos_id", 0)
+        )
+        self.start_id = start if has else 0
+        ends = [tokenizer.eos_id] if has else []
+        ends += templating.end_ids(self.template, tokenizer)
+        ends += [int(i) for i in eos_ids]
+        self.eos_ids = tuple(dict.fromkeys(ends))
         self.pad_id = tokenizer.pad_id if has else 0
 
     # Prepare ----------------------------------------------------------------
@@ -173,7 +188,12 @@ class Pipeline:
         """Each prompt's last `context` ids and its full length in ids:
         `(ragged int32 [B, None], lengths int32 [B])`."""
         if prompt.text is not None and self.template is None:
-            ragged, lengths = self._clipped(prompt.text, self.context, True)
+            keep = self.context - int(self.add_bos)
+            ragged, lengths = self._clipped(prompt.text, keep, True)
+            if self.add_bos:
+                start = tf.fill([ragged.nrows(), 1], self.start_id)
+                ragged = tf.concat([tf.cast(start, ragged.dtype), ragged], 1)
+                lengths += 1
         else:
             ragged = prompt.ids
             if ragged is None:
@@ -230,7 +250,7 @@ class Pipeline:
             cache_length = bucket(cache_length, 2 * context)
         settings = loop.LoopSettings(
             max_new_tokens=new,
-            eos_id=tf.constant(self.eos_id, tf.int32),
+            eos_ids=tf.constant(self.eos_ids, tf.int32, [len(self.eos_ids)]),
             stop_ids=tf.gather(request.stop_ids, index),
             pad_id=tf.constant(self.pad_id, tf.int32),
             **rows,
@@ -355,10 +375,10 @@ class Pipeline:
 
     # The other signatures ---------------------------------------------------
     def score(self, text, layout):
-        """Log-likelihood of each text after an end-of-text start token:
+        """Log-likelihood of each text after the start token (`start_id`):
         `(log_likelihood float32 [B], num_tokens int32 [B])`."""
         ragged = self.tokenize_clipped(text, self.context - 1, False)
-        start = tf.fill([ragged.nrows(), 1], self.tokenizer.eos_id)
+        start = tf.fill([ragged.nrows(), 1], self.start_id)
         full = tf.concat([tf.cast(start, ragged.dtype), ragged], axis=1)
         # Padding is masked out; 0 is a valid index whatever `pad_id` is.
         ids = full.to_tensor(default_value=0)

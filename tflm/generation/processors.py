@@ -87,13 +87,12 @@ def no_repeat_ngram(logits, history, start, end, size):
     return tf.where(mask, NEG_INF, logits)
 
 
-def min_new_tokens(logits, step, minimum, eos_id, stop_ids):
-    """Bans end-of-text and stop ids `[B, N]` (-1 pads) while `step <
+def min_new_tokens(logits, step, minimum, eos_ids, stop_ids):
+    """Bans the end ids `[E]` and stop ids `[B, N]` (-1 pads) while `step <
     minimum` (per row)."""
     batch, vocab = tf.shape(logits)[0], tf.shape(logits)[1]
-    stops = tf.concat(
-        [tf.fill([batch, 1], tf.cast(eos_id, tf.int32)), stop_ids], axis=1
-    )
+    ends = tf.tile(tf.cast(eos_ids, tf.int32)[None, :], [batch, 1])
+    stops = tf.concat([ends, stop_ids], axis=1)
     keep = tf.broadcast_to((step < minimum)[:, None], tf.shape(stops))
     banned = _marked(stops, keep, vocab)
     return tf.where(banned, NEG_INF, logits)

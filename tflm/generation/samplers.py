@@ -133,7 +133,7 @@ def next_token(logits, seen, const, tokens, step):
     logits = tf.cond(
         tf.reduce_any(step < s.min_new_tokens),
         lambda: processors.min_new_tokens(
-            logits, step, s.min_new_tokens, s.eos_id, s.stop_ids
+            logits, step, s.min_new_tokens, s.eos_ids, s.stop_ids
         ),
         lambda: logits,
     )

@@ -1,17 +1,12 @@
-"""The model's template, applied in the graph (what `tflm.tokenizers.templates`
-does in Python, id for id).
+"""The model's chat template in generation: checks, conversations from
+Python, and the graph rendering of `tflm.tokenizers.template_render`.
 
-A fine-tuned model directory records its template (`config.json
-["template"]`); generation then prompts the model the way it was trained.
-`render` takes a batch of conversations as role and content strings
-`[B, M]` (an empty role pads) and builds each row's prompt ids: the start id,
-then the pieces of `templates.segments` (every non-reply stretch, with the
-assistant header that opens the next reply, is one tokenized piece; each
-earlier reply is another, followed by the end id), ending with the header
-of the reply to write. A single prompt is the conversation `[user: prompt]`.
-Only core string and ragged ops: the exported signatures run it under TF
+A fine-tuned or imported model directory records its template
+(`config.json["template"]`); generation then prompts the model the way it
+was trained. A single prompt is the conversation `[user: prompt]`. Only
+core string and ragged ops: the exported signatures run it under TF
 Serving. `batch` turns Python conversations (`{"role", "content"}` turns)
-into those strings, checked.
+into role and content strings `[B, M]`, checked.
 """
 
 from __future__ import annotations
@@ -21,10 +16,10 @@ from collections.abc import Mapping
 import tensorflow as tf
 
 from tflm import errors
-from tflm.generation import text as text_lib
+from tflm.tokenizers import template_render
 from tflm.tokenizers import templates
 
-PADDING = ""  # The role of a padding cell.
+PADDING = templates.PADDING
 
 
 def check(template) -> dict | None:
@@ -33,34 +28,23 @@ def check(template) -> dict | None:
     Raises:
         InputError: a template that this tflm cannot apply.
     """
-    if template is None:
-        return None
-    if not isinstance(template, Mapping) or template.get("name") != (
-        templates.NAME
-    ):
-        name = template.get("name") if isinstance(template, Mapping) else None
-        raise errors.InputError(
-            f"Unknown prompt template {name!r} in the model's config.json; "
-            f"this tflm applies {templates.NAME!r}. Upgrade tflm."
-        )
-    headers = template.get("headers", {})
-    if sorted(headers) != sorted(templates.ROLES):
-        raise errors.InputError(
-            "The model's template needs a header for each role "
-            f"({', '.join(templates.ROLES)}). Received: {sorted(headers)}."
-        )
-    return dict(template)
+    return templates.check(template)
 
 
-def role_check(role):
-    """An assert that every role is a known one or padding."""
-    known = tf.zeros_like(role, tf.bool)
-    for name in (*templates.ROLES, PADDING):
-        known |= tf.equal(role, name)
-    message = (
-        "role must be one of " + ", ".join(templates.ROLES) + ' or "" (padding)'
-    )
-    return tf.debugging.Assert(tf.reduce_all(known), [message])
+def end_ids(template, tokenizer) -> list[int]:
+    """The ids that end an assistant turn in `template` (`<|im_end|>`,
+    `<|eot_id|>`), besides the tokenizer's end id."""
+    if template is None or tokenizer is None:
+        return []
+    return [
+        templates.token_id(tokenizer, token)
+        for token in templates.end_tokens(template)
+    ]
+
+
+def role_check(template, role):
+    """An assert that every role is one the template has, or padding."""
+    return template_render.role_check(template, role)
 
 
 def last_check(role):
@@ -75,71 +59,11 @@ def last_check(role):
 
 
 def render(template: dict, tokenizer, role, content):
-    """Prompt ids of conversations, as `templates.encode_prompt` makes them.
-
-    Args:
-        template: a checked template (`check`).
-        tokenizer: the model's tokenizer.
-        role: string `[B, M]`: system, user, assistant or "" (padding).
-        content: string `[B, M]`.
-
-    Returns:
-        int32 ragged `[B, None]`.
-    """
-    headers, turn_end = template["headers"], template["turn_end"]
-    assistant = tf.equal(role, "assistant")
-    header = tf.fill(tf.shape(role), "")
-    for name in templates.ROLES:
-        header = tf.where(tf.equal(role, name), headers[name], header)
-    real = tf.not_equal(role, PADDING)
-    body = tf.where(assistant | ~real, "", content + turn_end)
-    reply = tf.where(assistant, content, "")
-    after = tf.where(assistant, turn_end, "")
-    # Piece 2c gathers the text before reply c, piece 2c + 1 is reply c.
-    replies_before = tf.cumsum(tf.cast(assistant, tf.int32), 1, exclusive=True)
-    piece = 2 * replies_before
-    batch, turns = tf.shape(role)[0], tf.shape(role)[1]
-    replies = tf.reduce_sum(tf.cast(assistant, tf.int32), axis=1)
-    fragments = tf.stack([header + body, reply, after], axis=2)
-    ids = tf.stack([piece, piece + 1, piece + 2], axis=2)
-    opening = tf.fill([batch, 1], headers["assistant"])  # the new reply's
-    fragments = tf.concat([tf.reshape(fragments, [batch, -1]), opening], 1)
-    ids = tf.concat([tf.reshape(ids, [batch, -1]), 2 * replies[:, None]], 1)
-    width = 2 * turns + 1  # pieces a row can have
-    segment = ids + tf.range(batch)[:, None] * width
-    text = tf.strings.unsorted_segment_join(
-        tf.reshape(fragments, [-1]), tf.reshape(segment, [-1]), batch * width
-    )
-    return _assemble(template, tokenizer, text, replies, batch, width)
-
-
-def _assemble(template, tokenizer, text, replies, batch, width):
-    """The ids of the pieces `text` `[B * width]`, end ids after replies."""
-    tokens = tf.cast(tokenizer.tokenize(text), tf.int32)
-    index = tf.tile(tf.range(width), [batch])
-    used = index <= 2 * tf.repeat(replies, width)
-    # Pieces past a row's last reply are empty text; drop whatever ids a
-    # tokenizer might give them.
-    tokens = text_lib.clip_rows(
-        tokens, tf.where(used, 2**30, 0), from_end=False
-    )
-    if template.get("eos_after_assistant", True):
-        is_reply = used & (index % 2 == 1)
-        end = tf.RaggedTensor.from_row_lengths(
-            tf.fill(
-                [tf.reduce_sum(tf.cast(is_reply, tf.int32))], tokenizer.eos_id
-            ),
-            tf.cast(is_reply, tokens.row_splits.dtype),
-        )
-        tokens = tf.concat([tokens, tf.cast(end, tf.int32)], axis=1)
-    rows = tf.RaggedTensor.from_uniform_row_length(
-        tokens, tf.cast(width, tokens.row_splits.dtype)
-    )
-    rows = rows.merge_dims(1, 2)
-    if template.get("bos", True):
-        start = tf.fill([batch, 1], tf.constant(tokenizer.bos_id, tf.int32))
-        rows = tf.concat([start, rows], axis=1)
-    return rows
+    """Prompt ids of conversations `[B, M]` (role and content strings, ""
+    roles pad): int32 ragged `[B, None]`, as `template_render.
+    encode_prompt` makes them."""
+    ids, _ = template_render.render(template, tokenizer, role, content)
+    return ids
 
 
 def prompt_turns(prompt):
@@ -165,6 +89,7 @@ def batch(prompts, template):
         )
     for conversation in conversations:
         _check_turns(conversation)
+        template_render.check_roles(template, conversation)
     width = max([len(c) for c in conversations] + [1])
     role, content = [], []
     for conversation in conversations:

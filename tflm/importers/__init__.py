@@ -1,8 +1,9 @@
 """Published checkpoints to tflm model directories.
 
-`import_checkpoint(path, out_dir)` reads a GPT-2 checkpoint directory, in
-the Hugging Face layout or as a keras-hub preset, and writes a model
-directory that `tflm generate`, `finetune`, `eval` and `export` take.
+`import_checkpoint(path, out_dir)` reads a checkpoint directory in the
+Hugging Face layout (GPT-2, Llama, Qwen2, Mistral; see
+`tflm.importers.huggingface`) or a keras-hub GPT-2 preset, and writes a
+model directory that `tflm generate`, `finetune`, `eval` and `export` take.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import os
 
 from tflm import errors
-from tflm.importers import gpt2
+from tflm.importers import huggingface
 from tflm.importers import keras_hub_gpt2
 from tflm.importers import weights
 from tflm.models import model_dir
@@ -31,7 +32,7 @@ def detect_format(path: str | os.PathLike) -> str:
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise errors.InputError(f"{path} is not a directory.")
-    config_path = os.path.join(path, gpt2.CONFIG_FILE)
+    config_path = os.path.join(path, huggingface.CONFIG_FILE)
     config = weights.read_json(config_path)
     if keras_hub_gpt2.is_keras_hub_preset(config):
         return KERAS_HUB
@@ -43,16 +44,28 @@ def detect_format(path: str | os.PathLike) -> str:
     )
 
 
-def load_checkpoint(path: str | os.PathLike, **overrides):
+def load_checkpoint(
+    path: str | os.PathLike,
+    *,
+    max_context: int | None = None,
+    chat_template: str | None = None,
+    **overrides,
+):
     """`(CausalLM, tokenizer)` from a checkpoint directory of either layout.
 
     Args:
-        path: a Hugging Face GPT-2 directory or a keras-hub GPT-2 preset.
+        path: a Hugging Face directory (GPT-2, Llama, Qwen2, Mistral) or a
+            keras-hub GPT-2 preset.
+        max_context: the context to run a rotary model at (see
+            `tflm.importers.huggingface.load`).
+        chat_template: a format name instead of the checkpoint's own.
         **overrides: `Backbone` arguments to change, such as `dropout`.
     """
     if detect_format(path) == KERAS_HUB:
         return keras_hub_gpt2.load_keras_hub_gpt2(path, **overrides)
-    return gpt2.load_hf_gpt2(path, **overrides)
+    return huggingface.load(
+        path, max_context=max_context, chat_template=chat_template, **overrides
+    )
 
 
 def import_checkpoint(
@@ -60,19 +73,22 @@ def import_checkpoint(
     out_dir: str | os.PathLike,
     *,
     overwrite: bool = False,
+    max_context: int | None = None,
+    chat_template: str | None = None,
     **overrides,
 ) -> str:
-    """Turns a GPT-2 checkpoint directory into a tflm model directory.
+    """Turns a checkpoint directory into a tflm model directory.
 
     Args:
-        path: a Hugging Face GPT-2 directory (`config.json`,
-            `model.safetensors`, `vocab.json`, `merges.txt`) or a keras-hub
-            GPT-2 preset directory.
+        path: a Hugging Face directory (`config.json`, safetensors weights,
+            tokenizer files) or a keras-hub GPT-2 preset directory.
         out_dir: the model directory to write (see
             `tflm.models.model_dir.save`).
         overwrite: replace a model directory already at `out_dir` (its
             weights, tokenizer and training state); without it, an existing
             model is refused before anything is read.
+        max_context: see `load_checkpoint`.
+        chat_template: see `load_checkpoint`.
         **overrides: `Backbone` arguments to change, such as `dropout`.
 
     Returns:
@@ -90,8 +106,13 @@ def import_checkpoint(
             "(overwrite=True) to replace it (its weights, tokenizer and "
             "training state), or name a new folder."
         )
-    model, tokenizer = load_checkpoint(path, **overrides)
-    model_dir.save(model, tokenizer, out_dir, overwrite=overwrite)
+    model, tokenizer = load_checkpoint(
+        path, max_context=max_context, chat_template=chat_template, **overrides
+    )
+    metadata = {"template": model.template} if model.template else None
+    model_dir.save(
+        model, tokenizer, out_dir, overwrite=overwrite, metadata=metadata
+    )
     logger.info("Imported %s to %s.", os.fspath(path), out_dir)
     return out_dir
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from tflm import errors
 from tflm import tokenizers
-from tflm.importers import safetensors
+from tflm.importers import checkpoint as checkpoint_lib
 from tflm.importers import weights
 from tflm.models import backbone as backbone_lib
 from tflm.models import causal_lm
@@ -26,8 +26,6 @@ from tflm.tokenizers import gpt2_bpe
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
 # Hugging Face names of GELU with the tanh approximation.
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 # Buffers and duplicates that are not weights of the model.
@@ -124,64 +122,15 @@ def hf_variables(backbone: backbone_lib.Backbone) -> dict[str, Any]:
     return names
 
 
-class _Checkpoint:
-    """The safetensors file(s) of a checkpoint directory, by tensor name."""
-
-    def __init__(self, directory: str):
-        index = os.path.join(directory, INDEX_FILE)
-        if os.path.isfile(index):
-            weight_map = weights.read_json(index).get("weight_map") or {}
-            files = sorted(set(weight_map.values()))
-        elif os.path.isfile(os.path.join(directory, WEIGHTS_FILE)):
-            files = [WEIGHTS_FILE]
-        else:
-            raise errors.InputError(
-                f"{os.path.join(directory, WEIGHTS_FILE)} is missing (PyTorch "
-                "`.bin` files are not read; download the `.safetensors` one)."
-            )
-        self.files = []
-        try:
-            for f in files:
-                path = os.path.join(directory, f)
-                self.files.append(safetensors.SafetensorsFile(path))
-        except BaseException:
-            self.close()
-            raise
-        self.where = {name: f for f in self.files for name in f.keys()}
-        suffixes = [n for n in self.where if n.endswith("wte.weight")]
-        self.prefix = suffixes[0][: -len("wte.weight")] if suffixes else ""
-
-    def copy_into(self, variables: dict[str, Any]) -> None:
-        for name, variable in variables.items():
-            full = self.prefix + name
-            if full not in self.where:
-                raise errors.InputError(
-                    f"{self.files[0].path}: tensor {full!r} is missing; the "
-                    "file does not hold the GPT-2 that config.json describes."
-                )
-            file = self.where[full]
-            if not file.dtype(full).startswith(("F", "BF")):
-                raise errors.InputError(
-                    f"{file.path}: tensor {full!r} is {file.dtype(full)}, "
-                    "not floating point."
-                )
-            weights.assign(
-                variable, file.shape(full), file.chunks(full), file.path, full
-            )
-        known = {self.prefix + n for n in variables}
-        extra = [
-            n for n in self.where if n not in known and not n.endswith(IGNORED)
-        ]
-        if extra:
-            logger.warning(
-                "Ignored %d tensors that GPT-2 does not have: %s",
-                len(extra),
-                ", ".join(extra[:5]),
-            )
-
-    def close(self) -> None:
-        for file in self.files:
-            file.close()
+def _targets(checkpoint, backbone) -> dict[str, checkpoint_lib.Target]:
+    """`hf_variables` under the checkpoint's name prefix (`transformer.`
+    in files saved from `GPT2LMHeadModel`)."""
+    found = [n for n in checkpoint.where if n.endswith("wte.weight")]
+    prefix = found[0][: -len("wte.weight")] if found else ""
+    return {
+        prefix + name: checkpoint_lib.Target(variable)
+        for name, variable in hf_variables(backbone).items()
+    }
 
 
 def load_hf_gpt2(
@@ -209,12 +158,14 @@ def load_hf_gpt2(
     weights.log_architecture(args, config_path)
     tokenizer = gpt2_bpe.GPT2BPETokenizer.from_directory(path)
     weights.check_vocabulary(tokenizer, args["vocabulary_size"], config_path)
-    checkpoint = _Checkpoint(path)
+    checkpoint = checkpoint_lib.Checkpoint(path)
     try:
         model = causal_lm.CausalLM(
             backbone_lib.Backbone(**{**args, **overrides})
         )
-        checkpoint.copy_into(hf_variables(model.backbone))
+        checkpoint.copy_into(
+            _targets(checkpoint, model.backbone), ignored=IGNORED
+        )
     finally:
         checkpoint.close()
     model.tokenizer = tokenizer

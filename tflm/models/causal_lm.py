@@ -95,6 +95,9 @@ class CausalLM(keras.Model):
         # ["template"]`, see `tflm.tokenizers.templates`), or `None`: generation
         # then renders text prompts and conversations into it.
         self.template = None
+        # More ids that end a reply (`config.json["eos_ids"]`, from an
+        # imported checkpoint's `generation_config.json`).
+        self.eos_ids: tuple[int, ...] = ()
         self._generators = {}
 
     def logits_from_hidden(self, hidden, plan=None):
@@ -327,7 +330,7 @@ class CausalLM(keras.Model):
         tokenizer = tokenizer or self.tokenizer
         template = json.dumps(self.template, sort_keys=True)
         weights = tuple(id(v) for v in self.weights)
-        key = (bool(jit_compile), tokenizer, template, weights)
+        key = (bool(jit_compile), tokenizer, template, self.eos_ids, weights)
         if key not in self._generators:
             while len(self._generators) >= _MAX_GENERATORS:
                 self._generators.pop(next(iter(self._generators)))
@@ -338,6 +341,7 @@ class CausalLM(keras.Model):
                     self.template,
                     context=self.backbone.max_sequence_length,
                     vocabulary_size=self.backbone.vocabulary_size,
+                    eos_ids=self.eos_ids,
                 ),
                 jit_compile=jit_compile,
                 layouts=decode_plan.Layout,

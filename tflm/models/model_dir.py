@@ -156,7 +156,13 @@ def model_config(
         "tokenizer": tokenizers.base.tokenizer_config(tokenizer),
         **weights_lib.config_entry(model),
         **lora_storage.config_entry(model),
+        **_eos_entry(model),
     }
+
+
+def _eos_entry(model) -> dict[str, Any]:
+    eos_ids = list(getattr(model, "eos_ids", ()))
+    return {"eos_ids": eos_ids} if eos_ids else {}
 
 
 def write_config(
@@ -325,4 +331,15 @@ def load_model(
         os.path.join(directory, TOKENIZER_DIR)
     )
     model.template = templating.check(config.get("template"))
+    model.eos_ids = _eos_ids(config.get("eos_ids", []), path)
     return model
+
+
+def _eos_ids(value, path: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value
+    ):
+        raise errors.InputError(
+            f"{path}: eos_ids must be a list of token ids. Received: {value!r}."
+        )
+    return tuple(value)

@@ -7,17 +7,20 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-import sentencepiece
 import tensorflow as tf
 from tensorflow_text.python.ops import sentencepiece_tokenizer
 
-from tflm import errors
 from tflm.tokenizers import base
+from tflm.tokenizers import sentencepiece_import as hf_import
 from tflm.tokenizers import sentencepiece_training as training
 from tflm.tokenizers import storage
 
 MODEL_FILE = "sentencepiece.model"
 _OPS = sentencepiece_tokenizer.gen_sentencepiece_tokenizer
+_ID_KEYS = ("pad_id", "bos_id", "eos_id")
+_TRAIN_AGAIN = (
+    "Restore it, or train the tokenizer again with `tflm tokenizer train`."
+)
 
 
 class _SentencepieceModel(tf.saved_model.experimental.TrackableResource):
@@ -55,6 +58,10 @@ class SentencePieceTokenizer(base.Tokenizer):
     Byte pieces that do not form valid UTF-8 (a character cut in half)
     detokenize to one U+FFFD per byte.
 
+    A published model (`from_huggingface`) runs as transformers'
+    `LlamaTokenizer` runs it: no escape, no normalization, and the
+    `prepend_scheme` space rule instead of SentencePiece's dummy prefix.
+
     The serialized model is part of the TensorFlow graph, so a SavedModel
     that tracks this tokenizer needs only `tensorflow_text` to run it; the
     `.model` file is also tracked as `model_file` (a `tf.saved_model.Asset`)
@@ -63,6 +70,21 @@ class SentencePieceTokenizer(base.Tokenizer):
     Args:
         model: the serialized model proto, or the path of a `.model` file.
         name: optional module name.
+        escape: escape U+2581 and U+E000 as above (tflm's own models);
+            `False` gives the text to SentencePiece as it is.
+        prepend_scheme: `None` runs the model as `sentencepiece` does (its
+            normalizer and dummy prefix). Else transformers' rule: the
+            model runs without normalization or dummy prefix, and a space
+            is put before a text that does not start with `" "` or U+2581:
+            `"first"` at the start of a text, `"always"` also after a
+            special token (`tokenize_after_special`), `"never"` nowhere.
+            `detokenize` then drops one leading space, as transformers does.
+        add_bos: the `add_bos` property; `tokenize` never adds it.
+        add_eos: the `add_eos` property; `tokenize` never adds it.
+        special_tokens: control tokens by text, each an id; default none.
+        pad_id: defaults to the model's pad piece.
+        bos_id: defaults to the model's bos piece.
+        eos_id: defaults to the model's eos piece.
 
     Example:
     >>> tokenizer = SentencePieceTokenizer.train(
@@ -76,7 +98,18 @@ class SentencePieceTokenizer(base.Tokenizer):
     files = (MODEL_FILE,)
 
     def __init__(
-        self, model: bytes | str | os.PathLike, name: str | None = None
+        self,
+        model: bytes | str | os.PathLike,
+        name: str | None = None,
+        *,
+        escape: bool = True,
+        prepend_scheme: str | None = None,
+        add_bos: bool = False,
+        add_eos: bool = False,
+        special_tokens: dict[str, int] | None = None,
+        pad_id: int | None = None,
+        bos_id: int | None = None,
+        eos_id: int | None = None,
     ):
         super().__init__(name=name)
         self.model_file = None
@@ -88,16 +121,36 @@ class SentencePieceTokenizer(base.Tokenizer):
             self.model_file = tf.saved_model.Asset(source)
         else:
             self._model = bytes(model)
-        processor = _processor(self._model, source)
+        processor = hf_import.load_processor(self._model, source, _TRAIN_AGAIN)
         self._vocabulary_size = processor.get_piece_size()
-        self._ids = {
-            "pad_id": processor.pad_id(),
-            "unk_id": processor.unk_id(),
-            "bos_id": processor.bos_id(),
-            "eos_id": processor.eos_id(),
-        }
-        self._newline_is_boundary = _newline_is_boundary(processor)
-        self._resource = _SentencepieceModel(self._model)
+        self._settings = hf_import.check_options(
+            escape=escape,
+            prepend_scheme=prepend_scheme,
+            add_bos=add_bos,
+            add_eos=add_eos,
+        )
+        size = self._vocabulary_size
+        self._special_tokens = hf_import.check_ids(
+            special_tokens or {}, size, "special_tokens"
+        )
+        given = zip(_ID_KEYS, (pad_id, bos_id, eos_id), strict=True)
+        ids = hf_import.check_ids(
+            {key: value for key, value in given if value is not None},
+            size,
+            "pad_id, bos_id and eos_id",
+        )
+        for key in ("pad_id", "unk_id", "bos_id", "eos_id"):
+            ids.setdefault(key, getattr(processor, key)())
+        self._ids = ids  # Complete before tf.Module starts tracking it.
+        run = self._model
+        if prepend_scheme is not None:
+            run = hf_import.transformers_model(run)
+        # A space put before each line would break line-by-line tokenizing.
+        self._newline_is_boundary = _newline_is_boundary(processor) and (
+            prepend_scheme in (None, "never")
+            and not hf_import.adds_dummy_prefix(run)
+        )
+        self._resource = _SentencepieceModel(run)
 
     @classmethod
     def train(
@@ -178,13 +231,72 @@ class SentencePieceTokenizer(base.Tokenizer):
     def newline_is_boundary(self) -> bool:
         return self._newline_is_boundary
 
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return dict(self._special_tokens)
+
+    @property
+    def add_bos(self) -> bool:
+        return self._settings["add_bos"]
+
+    @property
+    def add_eos(self) -> bool:
+        """Whether the checkpoint's own tokenizer ends a text with `eos_id`
+        (`add_eos_token`); `tokenize` itself never adds it."""
+        return self._settings["add_eos"]
+
+    @property
+    def escape(self) -> bool:
+        return self._settings["escape"]
+
+    @property
+    def prepend_scheme(self) -> str | None:
+        return self._settings["prepend_scheme"]
+
+    @classmethod
+    def from_huggingface(
+        cls, directory: str | os.PathLike
+    ) -> SentencePieceTokenizer:
+        """Reads the tokenizer of a transformers checkpoint folder (Llama 2,
+        Mistral, TinyLlama): `tokenizer.model`, `tokenizer_config.json`
+        when present, and `config.json`'s `model_type` when present.
+
+        `tokenize` gives transformers' ids for `add_special_tokens=False`;
+        `add_bos` is the config's `add_bos_token`. Where transformers
+        differs from `sentencepiece`, and how ids, `pad_id` and
+        `special_tokens` are chosen: see `tflm.tokenizers.sentencepiece_import`.
+
+        Raises:
+            InputError: `tokenizer.model` is missing, corrupt, or not a
+                byte-fallback BPE model without user-defined pieces; the
+                config names another class or adds tokens that are not
+                pieces of the model (tflm cannot give them ids in-graph).
+        """
+        path, arguments = hf_import.huggingface_arguments(directory)
+        return cls(path, **arguments)
+
+    def tokenize_after_special(self, inputs: Any) -> tf.RaggedTensor:
+        """`tokenize` for template text that follows a special token, as
+        transformers tokenizes it: no space is put before it for
+        `prepend_scheme` `"first"` (`legacy: false`) or `"never"`, the same
+        as at the start for `"always"` or `None`. String `[B]` to ragged
+        ids."""
+        return self._encode(tf.convert_to_tensor(inputs, tf.string), False)
+
     def _tokenize_batch(self, strings: tf.Tensor) -> tf.RaggedTensor:
-        strings = tf.strings.regex_replace(
-            strings, training.ESCAPE, training.ESCAPE * 2
-        )
-        strings = tf.strings.regex_replace(
-            strings, training.META, training.ESCAPE + training.ESCAPED_META
-        )
+        return self._encode(strings, start=True)
+
+    def _encode(self, strings: tf.Tensor, start: bool) -> tf.RaggedTensor:
+        if self.escape:
+            strings = tf.strings.regex_replace(
+                strings, training.ESCAPE, training.ESCAPE * 2
+            )
+            strings = tf.strings.regex_replace(
+                strings, training.META, training.ESCAPE + training.ESCAPED_META
+            )
+        scheme = self.prepend_scheme
+        if scheme == "always" or (scheme == "first" and start):
+            strings = hf_import.prepend_space(strings)
         values, row_splits = _OPS.sentencepiece_tokenize_op(
             self._resource.resource_handle,
             strings,
@@ -209,6 +321,10 @@ class SentencePieceTokenizer(base.Tokenizer):
             add_eos=False,
             reverse=False,
         )
+        if self.prepend_scheme in ("first", "always"):
+            text = tf.strings.regex_replace(text, "^ ", "")
+        if not self.escape:
+            return text
         # Every escape pair is matched left to right: E E -> E M, E X -> M,
         # where M is U+2581; then the E M left by E E become E.
         esc, meta = training.ESCAPE, training.META
@@ -218,8 +334,18 @@ class SentencePieceTokenizer(base.Tokenizer):
         return tf.strings.regex_replace(text, esc + meta, esc)
 
     def get_config(self) -> dict[str, Any]:
+        """The base ids, `unk_id`, `model_file`, and each other argument
+        that differs from its default (so a tflm-trained model's config is
+        unchanged)."""
         config = super().get_config()
         config.update(unk_id=self.unk_id, model_file=MODEL_FILE)
+        config.update(
+            (key, value)
+            for key, value in self._settings.items()
+            if value != hf_import.DEFAULTS[key]
+        )
+        if self._special_tokens:
+            config["special_tokens"] = dict(self._special_tokens)
         return config
 
     def _save_assets(self, directory: str) -> None:
@@ -229,24 +355,9 @@ class SentencePieceTokenizer(base.Tokenizer):
 
     @classmethod
     def _from_directory(cls, directory: str, config: dict[str, Any]):
-        return cls(
-            storage.asset_path(directory, config, "model_file", MODEL_FILE)
-        )
-
-
-def _processor(model: bytes, source: str):
-    """A `SentencePieceProcessor`; InputError if `model` is not a model."""
-    try:
-        processor = sentencepiece.SentencePieceProcessor(model_proto=model)
-    except (RuntimeError, ValueError, TypeError) as err:
-        processor, reason = None, err
-    if processor is None or processor.get_piece_size() == 0:
-        reason = reason if processor is None else "it has no pieces"
-        raise errors.InputError(
-            f"{source} is not a SentencePiece model ({reason}). Restore it, "
-            "or train the tokenizer again with `tflm tokenizer train`."
-        )
-    return processor
+        path = storage.asset_path(directory, config, "model_file", MODEL_FILE)
+        keys = (*hf_import.DEFAULTS, "special_tokens", *_ID_KEYS)
+        return cls(path, **{key: config[key] for key in keys if key in config})
 
 
 def _newline_is_boundary(processor) -> bool:

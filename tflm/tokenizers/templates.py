@@ -1,118 +1,256 @@
-"""The one template that turns task examples into token ids.
+"""Chat templates: conversations to token ids, the same in training and
+generation, in Python and in the graph.
 
-Every fine-tuned model is trained on, and must be prompted with, the same
-rendering. A conversation is a list of `{"role", "content"}` turns (roles
-`system`, `user`, `assistant`); a prompt/completion example is the
-conversation `[user: prompt, assistant: completion]`. Rendered, with the
-tokenizer's special ids in angle brackets:
+A conversation is a list of `{"role", "content"}` turns (roles `system`,
+`user`, `assistant`); a prompt/completion example is the conversation
+`[user: prompt, assistant: completion]`. A template is a `Format` (data,
+not code): what starts a conversation, what comes before and after each
+role's content, and the generation prompt that opens a reply. Formats:
 
-    <bos>### System:\\n{system}\\n
-    ### User:\\n{prompt}\\n
-    ### Assistant:\\n{reply}<eos>
-    ### User:\\n...
+- `tflm-chat-v1`, tflm's own, for models trained from scratch: plain-text
+  headers (`### User:\\n`) that any tokenizer renders, the start id once and
+  the end id after each reply.
+- `chatml` (Qwen2, SmolLM2): `<|im_start|>user\\n...<|im_end|>\\n`, with the
+  checkpoint's default system prompt when a conversation has none.
+- `llama3`: `<|begin_of_text|>`, `<|start_header_id|>user<|end_header_id|>
+  \\n\\n` + trimmed content + `<|eot_id|>`.
+- `mistral` (Mistral v0.1, the `[INST]` form): `<s>[INST] ... [/INST]`,
+  replies end with `</s>`; no system role.
+- `zephyr` (TinyLlama chat): `<|user|>\\n...</s>`, generation prompt
+  `<|assistant|>`.
 
-The headers are plain text, so any tokenizer (bytes, SentencePiece, GPT-2's
-BPE, which has no chat tokens) renders them; the only special ids are the
-start id once at the beginning and the end id after each assistant reply,
-which is what makes a model stop. Each non-assistant segment (the headers
-and the other turns) is tokenized as one piece and each reply as another,
-exactly as at serving time, where the prompt is tokenized and the reply is
-generated. The loss is taken on the reply ids and their end id only.
-
-`TEMPLATE` is what a model directory records (`config.json["template"]`),
-so that generation can render prompts the same way.
+Rendering lays a conversation out as cells, each either text or one control
+token placed by id (`tokenizer.special_tokens`): text is never parsed for
+control tokens, so user content cannot forge one. Consecutive text cells are
+tokenized as one piece, as Hugging Face tokenizes the text between control
+tokens; in training each reply is a piece of its own (what generation
+produces after the prompt), and the loss is taken on the reply and the
+control token that ends it. `render` runs in the graph (core string and
+ragged ops, so exported signatures run it under TF Serving); `encode` and
+`encode_prompt` call it eagerly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
+from typing import NamedTuple
 
-import numpy as np
-
-from tflm.tokenizers import base
+from tflm import errors
 
 NAME = "tflm-chat-v1"
 ROLES = ("system", "user", "assistant")
-HEADERS = {
-    "system": "### System:\n",
-    "user": "### User:\n",
-    "assistant": "### Assistant:\n",
+PADDING = ""  # The role of a padding turn.
+BOS, EOS = "<bos>", "<eos>"  # The tokenizer's start and end ids.
+# Unicode White_Space, what Jinja's `trim` (Python's `str.strip`) removes.
+_WS = (
+    r"\t\n\x0b\f\r \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}"
+    r"\x{202f}\x{205f}\x{3000}"
+)
+
+
+class Special(NamedTuple):
+    """A control token in a format, by its text (or `BOS` / `EOS`)."""
+
+    token: str
+
+
+class Format(NamedTuple):
+    """A chat template as data.
+
+    Fields:
+        start: parts before the first turn.
+        before: role -> parts before its content.
+        after: role -> parts after its content; for the assistant, the
+            first part is the control token that ends a reply.
+        generation: the parts that open a reply (the generation prompt);
+            `before["assistant"]` is these plus `lead`.
+        lead: text between the generation prompt and the reply.
+        trim: strip whitespace around content (Llama 3's `| trim`).
+        system: whether a system turn may occur.
+        joined: tokenize the text between control tokens as one piece in a
+            prompt, as Hugging Face does; `False` (tflm's own) keeps earlier
+            replies pieces of their own, as in training.
+    A part is a `str` or a `Special`.
+    """
+
+    start: tuple
+    before: Mapping
+    after: Mapping
+    generation: tuple
+    lead: str = ""
+    trim: bool = False
+    system: bool = True
+    joined: bool = True
+
+
+def _chatml() -> Format:
+    im_start, im_end = Special("<|im_start|>"), Special("<|im_end|>")
+    return Format(
+        start=(),
+        before={r: (im_start, f"{r}\n") for r in ROLES},
+        after={r: (im_end, "\n") for r in ROLES},
+        generation=(im_start, "assistant\n"),
+    )
+
+
+def _llama3() -> Format:
+    def header(role):
+        return (
+            Special("<|start_header_id|>"),
+            role,
+            Special("<|end_header_id|>"),
+            "\n\n",
+        )
+
+    return Format(
+        start=(Special(BOS),),
+        before={r: header(r) for r in ROLES},
+        after={r: (Special("<|eot_id|>"),) for r in ROLES},
+        generation=header("assistant"),
+        trim=True,
+    )
+
+
+def _mistral() -> Format:
+    return Format(
+        start=(Special(BOS),),
+        before={"system": (), "user": ("[INST] ",), "assistant": ()},
+        after={
+            "system": (),
+            "user": (" [/INST]",),
+            "assistant": (Special(EOS),),
+        },
+        generation=(),
+        system=False,
+    )
+
+
+def _zephyr() -> Format:
+    return Format(
+        start=(),
+        before={r: (f"<|{r}|>\n",) for r in ROLES},
+        after={r: (Special(EOS),) for r in ROLES},
+        generation=("<|assistant|>",),
+        lead="\n",
+    )
+
+
+def _tflm() -> Format:
+    headers = {r: f"### {r.capitalize()}:\n" for r in ROLES}
+    return Format(
+        start=(Special(BOS),),
+        before={r: (headers[r],) for r in ROLES},
+        after={
+            "system": ("\n",),
+            "user": ("\n",),
+            "assistant": (Special(EOS), "\n"),
+        },
+        generation=(headers["assistant"],),
+        joined=False,
+    )
+
+
+FORMATS = {
+    NAME: _tflm(),
+    "chatml": _chatml(),
+    "llama3": _llama3(),
+    "mistral": _mistral(),
+    "zephyr": _zephyr(),
 }
-TURN_END = "\n"
+# `tflm-chat-v1` as `config.json["template"]` records it (the fields other
+# than `name` are what older tflm versions read).
 TEMPLATE = {
     "name": NAME,
-    "headers": HEADERS,
-    "turn_end": TURN_END,
+    "headers": {r: FORMATS[NAME].before[r][0] for r in ROLES},
+    "turn_end": "\n",
     "bos": True,
     "eos_after_assistant": True,
 }
 
 
-def render_prompt(messages: Sequence[dict]) -> str:
-    """The text before a reply: every turn rendered, then the assistant
-    header. `messages` must not end with an assistant turn."""
-    return _render_turns(messages) + HEADERS["assistant"]
+def record(name: str, default_system: str | None = None) -> dict:
+    """What a model directory records for format `name`."""
+    if name == NAME:
+        return dict(TEMPLATE)
+    entry = {"name": name}
+    if default_system:
+        entry["default_system"] = default_system
+    return entry
 
 
-def prompt_messages(prompt: str) -> list[dict]:
-    """The conversation of a single prompt."""
-    return [{"role": "user", "content": prompt}]
+def check(template) -> dict | None:
+    """`template` (a `config.json["template"]` record) checked, or `None`.
 
-
-def _render_turns(messages: Sequence[dict]) -> str:
-    return "".join(
-        HEADERS[m["role"]] + m["content"] + TURN_END for m in messages
-    )
-
-
-def segments(messages: Sequence[dict]) -> list[tuple[str, bool]]:
-    """`(text, is_reply)` pieces of a conversation ending with a reply.
-
-    Non-reply text between two replies is one piece (it starts with the
-    newline that ends the previous reply).
+    Raises:
+        InputError: a template this tflm cannot apply.
     """
-    pieces: list[tuple[str, bool]] = []
-    pending = ""
-    for message in messages:
-        if message["role"] == "assistant":
-            pieces.append((pending + HEADERS["assistant"], False))
-            pieces.append((message["content"], True))
-            pending = TURN_END
-        else:
-            pending += HEADERS[message["role"]] + message["content"] + TURN_END
-    return pieces
+    if template is None:
+        return None
+    name = template.get("name") if isinstance(template, Mapping) else None
+    if name not in FORMATS:
+        raise errors.InputError(
+            f"Unknown chat template {name!r} in the model's config.json; "
+            f"this tflm applies {', '.join(FORMATS)}. Upgrade tflm."
+        )
+    system = template.get("default_system")
+    if system is not None and not isinstance(system, str):
+        raise errors.InputError(
+            f"The chat template's default_system must be text. Received: "
+            f"{system!r}."
+        )
+    return dict(template)
 
 
-def encode(
-    messages: Sequence[dict], tokenizer: base.Tokenizer
-) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids of a conversation and the loss mask over them.
+def end_tokens(template: Mapping) -> list[str]:
+    """The control token that ends a reply (`Special.token`)."""
+    return [FORMATS[template["name"]].after["assistant"][0].token]
 
-    Returns:
-        `(ids, mask)`, int32 and float32 `[L]`: `mask` is 1 on each reply's
-        ids and on the end id after it, 0 elsewhere.
+
+def token_id(tokenizer, token: str) -> int:
+    """The id of control token `token` (`BOS`, `EOS` or a special).
+
+    Raises:
+        InputError: the tokenizer lacks it.
     """
-    pieces = segments(messages)
-    texts = [text for text, _ in pieces]
-    tokenized = tokenizer.tokenize(texts).to_list() if texts else []
-    ids, mask = [tokenizer.bos_id], [0.0]
-    for (_, is_reply), piece in zip(pieces, tokenized, strict=True):
-        ids.extend(piece)
-        mask.extend([1.0 if is_reply else 0.0] * len(piece))
-        if is_reply:
-            ids.append(tokenizer.eos_id)
-            mask.append(1.0)
-    return np.asarray(ids, np.int32), np.asarray(mask, np.float32)
+    if token == BOS:
+        return int(tokenizer.bos_id)
+    if token == EOS:
+        return int(tokenizer.eos_id)
+    specials = tokenizer.special_tokens
+    if token not in specials:
+        raise errors.InputError(
+            f"The chat template needs the control token {token!r}, which the "
+            "tokenizer does not have. Choose the template of the "
+            "checkpoint's family (--chat-template)."
+        )
+    return int(specials[token])
 
 
-def encode_prompt(
-    messages: Sequence[dict], tokenizer: base.Tokenizer
-) -> np.ndarray:
-    """The ids a model is prompted with for the next reply: those of
-    `encode` up to the reply it should write."""
-    if messages and messages[-1]["role"] == "assistant":
-        raise ValueError("The conversation already ends with a reply.")
-    ids, _ = encode(
-        [*messages, {"role": "assistant", "content": ""}], tokenizer
-    )
-    return ids[:-1]  # The end id after the empty reply.
+def render_text(template: Mapping, messages, bos="", eos="") -> str:
+    """The prompt text of `messages` (what a Jinja chat template renders
+    with `add_generation_prompt=True`), control tokens written out; for
+    recognising a checkpoint's template."""
+    form = FORMATS[template["name"]]
+    names = {BOS: bos, EOS: eos}
+
+    def text(parts):
+        return "".join(
+            names.get(p.token, p.token) if isinstance(p, Special) else p
+            for p in parts
+        )
+
+    out = text(form.start)
+    for message in _with_default(template, messages):
+        content = message["content"]
+        role = message["role"]
+        out += text(form.before[role])
+        out += content.strip() if form.trim else content
+        out += text(form.after[role])
+    return out + text(form.generation)
+
+
+def _with_default(template, messages):
+    system = template.get("default_system")
+    if system and (not messages or messages[0]["role"] != "system"):
+        return [{"role": "system", "content": system}, *messages]
+    return list(messages)

@@ -86,6 +86,14 @@ class _Run:
     task: task_inputs.TaskData | None = None
 
     @property
+    def template(self) -> dict:
+        """The chat template task data is rendered in: the parent's (an
+        imported chat model's own), else tflm's."""
+        if self.parent is not None and self.parent.config.get("template"):
+            return self.parent.config["template"]
+        return templates.TEMPLATE
+
+    @property
     def keeps_best(self) -> bool:
         """Whether the result is the best validated weights, not the last:
         on task data and with early stopping."""
@@ -100,7 +108,9 @@ class _Run:
         if self.parent is not None:
             entries["parent"] = self.parent.record()
         if self.config.data_format == "task":
-            entries["template"] = templates.TEMPLATE
+            entries["template"] = self.template
+        if self.parent is not None and self.parent.config.get("eos_ids"):
+            entries["eos_ids"] = self.parent.config["eos_ids"]
         if keeper is not None and keeper.best_step is not None:
             entries["best_step"] = keeper.best_step
         if self.config.lora_rank is not None:
@@ -216,7 +226,10 @@ def _prepare(config: config_lib.TrainConfig, stack) -> _Run:
     )
     task = None
     if config.data_format == "task":
-        task = task_inputs.load(config, tokenizer, sequence_length)
+        template = templates.TEMPLATE
+        if parent is not None and parent.config.get("template"):
+            template = parent.config["template"]
+        task = task_inputs.load(config, tokenizer, sequence_length, template)
         total = task_inputs.total_steps(config, task)
     else:
         total = inputs.total_steps(config, tokenizer, sequence_length)

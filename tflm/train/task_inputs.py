@@ -35,6 +35,7 @@ def load(
     config: config_lib.TrainConfig,
     tokenizer: tokenizers.Tokenizer,
     sequence_length: int,
+    template: dict,
 ) -> TaskData:
     """Reads, checks and encodes the run's examples.
 
@@ -50,7 +51,9 @@ def load(
             completion_field=config.completion_field,
             exclude=[config.out],
         )
-        return tasks.encode_examples(examples, tokenizer, sequence_length)
+        return tasks.encode_examples(
+            examples, tokenizer, sequence_length, template
+        )
 
     windows = encode(config.data)
     validation = None

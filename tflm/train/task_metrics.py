@@ -21,7 +21,7 @@ from tflm import errors
 from tflm.data import tasks
 from tflm.models import causal_lm
 from tflm.models import train_step
-from tflm.tokenizers import templates
+from tflm.tokenizers import template_render
 
 
 def is_task_data(paths: Sequence[str]) -> bool:
@@ -100,7 +100,9 @@ def greedy_completions(
     context = lm.backbone.max_sequence_length
     prompts = []
     for conversation in conversations:
-        ids = templates.encode_prompt(conversation[:-1], tokenizer)
+        ids = template_render.encode_prompt(
+            conversation[:-1], tokenizer, lm.template
+        )
         keep = max(context - max_new_tokens, 1)
         if len(ids) > keep:  # Truncated from the prompt side.
             ids = np.concatenate([ids[:1], ids[len(ids) - keep + 1 :]])
@@ -144,7 +146,9 @@ def evaluate_task(
         paths, prompt_field=prompt_field, completion_field=completion_field
     )
     context = lm.backbone.max_sequence_length
-    windows = tasks.encode_examples(conversations, lm.tokenizer, context)
+    windows = tasks.encode_examples(
+        conversations, lm.tokenizer, context, lm.template
+    )
     loss = _loss(lm, windows, batch_size)
     max_new = min(max_new_tokens, context - 1)
     predictions = greedy_completions(lm, conversations, max_new, batch_size)

@@ -1,0 +1,48 @@
+"""The tokenizer of a Hugging Face checkpoint directory, as a tflm one.
+
+Byte-level BPE from `tokenizer.json` (Llama 3, Qwen2, SmolLM2) comes
+first; a SentencePiece `tokenizer.model` (Llama 2, Mistral, TinyLlama)
+next, which those checkpoints ship beside a `tokenizer.json` that holds the
+same model in another form; GPT-2's `vocab.json` + `merges.txt` last.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tflm import errors
+from tflm import tokenizers
+from tflm.importers import weights
+
+HF_TOKENIZER_FILE = "tokenizer.json"
+SENTENCEPIECE_FILE = "tokenizer.model"
+
+
+def _is_byte_level_bpe(config: dict) -> bool:
+    model = config.get("model") or {}
+    text = repr(config.get("pre_tokenizer")) + repr(config.get("decoder"))
+    return model.get("type") == "BPE" and "ByteLevel" in text
+
+
+def load(directory: str) -> tokenizers.Tokenizer:
+    """The checkpoint's tokenizer, run in-graph.
+
+    Raises:
+        InputError: no tokenizer file tflm reads, or one of a kind tflm
+            cannot run (named).
+    """
+    hf_path = os.path.join(directory, HF_TOKENIZER_FILE)
+    spm_path = os.path.join(directory, SENTENCEPIECE_FILE)
+    if os.path.isfile(hf_path):
+        config = weights.read_json(hf_path)
+        if _is_byte_level_bpe(config) or not os.path.isfile(spm_path):
+            return tokenizers.BPETokenizer.from_huggingface(directory)
+    if os.path.isfile(spm_path):
+        return tokenizers.SentencePieceTokenizer.from_huggingface(directory)
+    if os.path.isfile(os.path.join(directory, "vocab.json")):
+        return tokenizers.GPT2BPETokenizer.from_directory(directory)
+    raise errors.InputError(
+        f"{directory} holds no tokenizer tflm reads: {HF_TOKENIZER_FILE} "
+        f"(byte-level BPE), {SENTENCEPIECE_FILE} (SentencePiece) or "
+        "vocab.json + merges.txt. Download the checkpoint's tokenizer files."
+    )

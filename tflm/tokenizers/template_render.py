@@ -1,0 +1,217 @@
+"""A chat template (`templates.Format`) applied in the graph.
+
+Each turn of role and content strings `[B, M]` becomes a fixed number of
+cells (the role's parts before its content, the content, the parts after),
+each a text or one control token id; rows of cells are cut into pieces at
+every control token (and, in training or for tflm's own format, around each
+reply), each piece's text is tokenized once, and the pieces' ids are
+joined. Only core string and ragged ops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tflm import errors
+from tflm.tokenizers import templates
+
+_NONE = -1  # The id of a text cell.
+
+
+def _trim(content):
+    ws = templates._WS
+    return tf.strings.regex_replace(content, f"^[{ws}]+|[{ws}]+$", "")
+
+
+def _part(tokenizer, part):
+    """`(text, id)` of one part."""
+    if isinstance(part, templates.Special):
+        return "", templates.token_id(tokenizer, part.token)
+    return part, _NONE
+
+
+def _by_role(form, which, index, tokenizer, role):
+    """Text and id `[B, M]` of part `index` of each turn's `which` parts."""
+    text = tf.fill(tf.shape(role), "")
+    ids = tf.fill(tf.shape(role), _NONE)
+    for name in templates.ROLES:
+        parts = getattr(form, which)[name]
+        if name == "assistant" and which == "before":
+            parts = form.generation
+        if index < len(parts):
+            value, token = _part(tokenizer, parts[index])
+            here = tf.equal(role, name)
+            text = tf.where(here, value, text)
+            ids = tf.where(here, token, ids)
+    return text, ids
+
+
+def _cells(template, tokenizer, role, content, prompt: bool):
+    """`(text, ids, reply, loss)` `[B, C]`: the conversation's cells."""
+    form = templates.FORMATS[template["name"]]
+    system = template.get("default_system")
+    if system:
+        first = role[:, :1]
+        missing = tf.not_equal(first, "system")
+        role = tf.concat([tf.where(missing, "system", ""), role], 1)
+        content = tf.concat([tf.where(missing, system, ""), content], 1)
+    if form.trim:
+        content = _trim(content)
+    assistant = tf.equal(role, "assistant")
+    content = tf.where(assistant, form.lead + content, content)
+    zeros = tf.zeros_like(assistant)
+    columns = []  # (text, ids, reply, loss), each [B, M]
+    for which in ("before", "after"):
+        width = max(len(getattr(form, which)[r]) for r in templates.ROLES)
+        if which == "before":
+            width = max(width, len(form.generation))
+        else:
+            columns.append(
+                (content, tf.fill(tf.shape(role), _NONE), assistant, assistant)
+            )
+        for index in range(width):
+            text, ids = _by_role(form, which, index, tokenizer, role)
+            ends = assistant & (index == 0) if which == "after" else zeros
+            columns.append((text, ids, zeros, ends))
+    batch = tf.shape(role)[0]
+    cells = [
+        tf.reshape(tf.stack(list(field), axis=2), [batch, -1])
+        for field in zip(*columns, strict=True)
+    ]
+    edges = [form.start] + ([form.generation] if prompt else [])
+    for place, parts in zip((0, 1), edges, strict=False):
+        if not parts:
+            continue
+        made = [_part(tokenizer, p) for p in parts]
+        extra = [
+            tf.tile(tf.constant([[m[0] for m in made]]), [batch, 1]),
+            tf.tile(tf.constant([[m[1] for m in made]], tf.int32), [batch, 1]),
+            tf.zeros([batch, len(made)], tf.bool),
+            tf.zeros([batch, len(made)], tf.bool),
+        ]
+        cells = [
+            tf.concat([e, c] if place == 0 else [c, e], 1)
+            for c, e in zip(cells, extra, strict=True)
+        ]
+    return cells
+
+
+def render(template, tokenizer, role, content, prompt: bool = True):
+    """Ids (and loss weights) of conversations in `template`.
+
+    Args:
+        template: a checked `config.json["template"]` record.
+        tokenizer: the model's tokenizer.
+        role: string `[B, M]`: system, user, assistant or "" (padding).
+        content: string `[B, M]`.
+        prompt: the conversations end before a reply: add the generation
+            prompt. Else they end with a reply (training examples), and
+            each reply is a piece of its own.
+
+    Returns:
+        `(ids, loss)`: int32 and float32 ragged `[B, None]`; `loss` is 1 on
+        each reply's ids and the control token that ends it.
+    """
+    form = templates.FORMATS[template["name"]]
+    text, ids, reply, loss = _cells(template, tokenizer, role, content, prompt)
+    batch, width = tf.shape(text)[0], tf.shape(text)[1]
+    special = ids >= 0
+    before = tf.pad(special, [[0, 0], [1, 0]])[:, :-1]
+    new = special | before
+    if not prompt or not form.joined:
+        was = tf.pad(reply, [[0, 0], [1, 0]])[:, :-1]
+        new |= reply | tf.not_equal(reply, was)
+    new = tf.concat([tf.ones([batch, 1], tf.bool), new[:, 1:]], 1)
+    piece = tf.cumsum(tf.cast(new, tf.int32), axis=1) - 1
+    segment = tf.reshape(piece + tf.range(batch)[:, None] * width, [-1])
+    count = batch * width
+    texts = tf.strings.unsorted_segment_join(
+        tf.reshape(text, [-1]), segment, count
+    )
+    tokens = tf.cast(tokenizer.tokenize(texts), tf.int32)
+    keep = tf.repeat(tf.not_equal(texts, ""), tokens.row_lengths())
+    tokens = tf.ragged.boolean_mask(tokens, tokens.with_flat_values(keep))
+    piece_id = tf.math.unsorted_segment_max(
+        tf.reshape(ids, [-1]), segment, count
+    )
+    has_id = piece_id >= 0
+    token = tf.RaggedTensor.from_row_lengths(
+        tf.boolean_mask(piece_id, has_id),
+        tf.cast(has_id, tokens.row_splits.dtype),
+    )
+    pieces = tf.concat([tokens, token], axis=1)
+    weight = tf.math.unsorted_segment_max(
+        tf.cast(tf.reshape(loss, [-1]), tf.float32), segment, count
+    )
+    weights = tf.ones_like(pieces, tf.float32) * weight[:, None]
+    splits = tf.cast(width, pieces.row_splits.dtype)
+
+    def rows(ragged):
+        return tf.RaggedTensor.from_uniform_row_length(
+            ragged, splits
+        ).merge_dims(1, 2)
+
+    return rows(pieces), rows(weights)
+
+
+def role_check(template, role):
+    """Asserts that every role is known (or padding) and allowed."""
+    form = templates.FORMATS[template["name"]]
+    roles = [r for r in templates.ROLES if form.system or r != "system"]
+    known = tf.zeros_like(role, tf.bool)
+    for name in (*roles, templates.PADDING):
+        known |= tf.equal(role, name)
+    message = "role must be one of " + ", ".join(roles) + ' or "" (padding)'
+    if not form.system:
+        message += f" (the {template['name']} template has no system role)"
+    return tf.debugging.Assert(tf.reduce_all(known), [message])
+
+
+def _conversation(messages: Sequence[Mapping]):
+    role = [[m["role"] for m in messages]]
+    content = [[m["content"] for m in messages]]
+    shape = [1, len(messages)]
+    return (
+        tf.constant(role, tf.string, shape),
+        tf.constant(content, tf.string, shape),
+    )
+
+
+def check_roles(template, messages) -> None:
+    """InputError for a role the template lacks."""
+    form = templates.FORMATS[template["name"]]
+    if not form.system and any(m["role"] == "system" for m in messages):
+        raise errors.InputError(
+            f"The {template['name']} chat template has no system role; "
+            "put the instructions in the first user turn."
+        )
+
+
+def encode(messages, tokenizer, template=None):
+    """`(ids, loss)` int32 and float32 `[L]` of a conversation ending with
+    a reply (a training example), up to the control token that ends it."""
+    template = template or templates.TEMPLATE
+    check_roles(template, messages)
+    ids, loss = render(
+        template, tokenizer, *_conversation(messages), prompt=False
+    )
+    ids = np.asarray(ids[0].numpy(), np.int32)
+    loss = np.asarray(loss[0].numpy(), np.float32)
+    # What follows the last reply's end token (ChatML's newline) is not
+    # trained on: the example ends there.
+    end = int(np.flatnonzero(loss)[-1]) + 1 if loss.any() else len(ids)
+    return ids[:end], loss[:end]
+
+
+def encode_prompt(messages, tokenizer, template=None) -> np.ndarray:
+    """The ids a model is prompted with for the next reply."""
+    if messages and messages[-1]["role"] == "assistant":
+        raise ValueError("The conversation already ends with a reply.")
+    template = template or templates.TEMPLATE
+    check_roles(template, messages)
+    ids, _ = render(template, tokenizer, *_conversation(messages))
+    return np.asarray(ids[0].numpy(), np.int32)
