@@ -19,25 +19,25 @@ from tflm import errors
 
 # Unicode White_Space, what `\s` means to GPT-2's Python `regex` pattern
 # (RE2's `\s` is ASCII only).
-_WS = (
+WS = (
     r"\t\n\x0b\f\r \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}"
     r"\x{202f}\x{205f}\x{3000}"
 )
-_ATOMS = rf"[{_WS}]|[^{_WS}]+"
+_ATOMS = rf"[{WS}]|[^{WS}]+"
 _PIECES = (
     r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+"
-    rf"| ?[^{_WS}\p{{L}}\p{{N}}]+|[{_WS}]+"
+    rf"| ?[^{WS}\p{{L}}\p{{N}}]+|[{WS}]+"
 )
 _NO_MERGE = np.iinfo(np.int32).max
 # Put before each match to cut text there: 0xFF never occurs in UTF-8.
-_CUT = b"\xff"
+CUT = b"\xff"
 
 
-def _split_matches(strings, pattern: str):
+def split_matches(strings, pattern: str):
     """The matches of `pattern`, which must cover all text, in order."""
     # (Not TF Text's `regex_split`: it drops all text after a NUL.)
-    marked = tf.strings.regex_replace(strings, f"({pattern})", _CUT + b"\\1")
-    pieces = tf.strings.split(marked, sep=_CUT)
+    marked = tf.strings.regex_replace(strings, f"({pattern})", CUT + b"\\1")
+    pieces = tf.strings.split(marked, sep=CUT)
     return tf.ragged.boolean_mask(pieces, tf.strings.length(pieces) > 0)
 
 
@@ -63,7 +63,7 @@ def pretokenize(strings: tf.Tensor) -> tf.RaggedTensor:
     strings = tf.strings.unicode_transcode(
         strings, "UTF-8", "UTF-8", errors="replace"
     )
-    atoms = _split_matches(strings, _ATOMS)
+    atoms = split_matches(strings, _ATOMS)
     text, rows = atoms.flat_values, atoms.value_rowids()
     size = tf.size(text)
 
@@ -73,7 +73,7 @@ def pretokenize(strings: tf.Tensor) -> tf.RaggedTensor:
     def after(x, fill):  # x[i + 1], `fill` for the last i
         return tf.concat([x, [fill]], 0)[1:]
 
-    is_ws = tf.strings.regex_full_match(text, f"[{_WS}]")
+    is_ws = tf.strings.regex_full_match(text, f"[{WS}]")
     same_prev = tf.equal(rows, before(rows, -1))
     text_next = tf.equal(rows, after(rows, -1)) & ~after(is_ws, True)
     # Whitespace continues a whitespace group unless text follows it; text
@@ -91,7 +91,7 @@ def pretokenize(strings: tf.Tensor) -> tf.RaggedTensor:
     groups = tf.RaggedTensor.from_value_rowids(
         groups, tf.boolean_mask(rows, starts), nrows=atoms.nrows()
     )
-    return _split_matches(groups, _PIECES).merge_dims(1, 2)
+    return split_matches(groups, _PIECES).merge_dims(1, 2)
 
 
 def merge_words(ids, lengths, tables, vocabulary_size: int):

@@ -23,7 +23,7 @@ _NONE = -1  # The id of a text cell.
 
 
 def _trim(content):
-    ws = templates._WS
+    ws = templates.WS
     return tf.strings.regex_replace(content, f"^[{ws}]+|[{ws}]+$", "")
 
 
@@ -100,6 +100,20 @@ def _cells(template, tokenizer, role, content, prompt: bool):
     return cells
 
 
+def _tokenize(tokenizer, texts, width):
+    """Ids of the pieces `texts` `[B * width]`. A SentencePiece tokenizer
+    that, like Hugging Face's, puts no space before text that follows a
+    control token (`tokenize_after_special`) gets every piece but a row's
+    first that way."""
+    after = getattr(tokenizer, "tokenize_after_special", None)
+    if after is None:
+        return tf.cast(tokenizer.tokenize(texts), tf.int32)
+    first = tf.equal(tf.range(tf.size(texts)) % width, 0)
+    head = tokenizer.tokenize(tf.where(first, texts, ""))
+    rest = after(tf.where(first, "", texts))
+    return tf.cast(tf.concat([head, rest], axis=1), tf.int32)
+
+
 def render(template, tokenizer, role, content, prompt: bool = True):
     """Ids (and loss weights) of conversations in `template`.
 
@@ -132,7 +146,7 @@ def render(template, tokenizer, role, content, prompt: bool = True):
     texts = tf.strings.unsorted_segment_join(
         tf.reshape(text, [-1]), segment, count
     )
-    tokens = tf.cast(tokenizer.tokenize(texts), tf.int32)
+    tokens = _tokenize(tokenizer, texts, width)
     keep = tf.repeat(tf.not_equal(texts, ""), tokens.row_lengths())
     tokens = tf.ragged.boolean_mask(tokens, tokens.with_flat_values(keep))
     piece_id = tf.math.unsorted_segment_max(

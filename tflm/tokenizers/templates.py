@@ -36,16 +36,14 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from tflm import errors
+from tflm.tokenizers import gpt2_bpe_ops
 
 NAME = "tflm-chat-v1"
 ROLES = ("system", "user", "assistant")
 PADDING = ""  # The role of a padding turn.
 BOS, EOS = "<bos>", "<eos>"  # The tokenizer's start and end ids.
 # Unicode White_Space, what Jinja's `trim` (Python's `str.strip`) removes.
-_WS = (
-    r"\t\n\x0b\f\r \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}"
-    r"\x{202f}\x{205f}\x{3000}"
-)
+WS = gpt2_bpe_ops.WS
 
 
 class Special(NamedTuple):
