@@ -86,6 +86,25 @@ PRESETS: dict[str, dict] = {
         tie_embeddings=False,
         layer_norm_epsilon=1e-6,
     ),
+    # SmolLM2-135M's shape (a Llama block with grouped-query heads and a
+    # tied head), for the Llama-family benchmarks.
+    "llama-135m": dict(
+        vocabulary_size=49152,
+        num_layers=30,
+        num_heads=9,
+        num_key_value_heads=3,
+        hidden_dim=576,
+        intermediate_dim=1536,
+        max_sequence_length=2048,
+        norm="rmsnorm",
+        activation="swiglu",
+        position_embedding="rotary",
+        rope_max_wavelength=100000.0,
+        use_bias=False,
+        fused_qkv=False,
+        tie_embeddings=True,
+        layer_norm_epsilon=1e-5,
+    ),
 }
 
 
