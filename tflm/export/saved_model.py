@@ -24,6 +24,7 @@ from tflm.export import warmup as warmup_lib
 from tflm.models import lora as lora_lib
 from tflm.models import model_dir
 from tflm.models import weights as weights_lib
+from tflm.tokenizers import templates
 
 logger = logging.getLogger("tflm")
 
@@ -154,7 +155,14 @@ def export(
             raise
         _write_assets(tmp, model, tokenizer, module.template)
         if warmup:
-            warmup_lib.write_warmup(tmp, chat=module.template is not None)
+            warmup_lib.write_warmup(tmp, chat=_chat_warmup(module.template))
         target = _claim(tmp, base_dir, version, overwrite)
     logger.debug("Exported SavedModel to %s", target)
     return target
+
+
+def _chat_warmup(template) -> bool | str:
+    """What `write_warmup` includes for the `chat` signature."""
+    if template is None:
+        return False
+    return "system" if templates.FORMATS[template["name"]].system else True

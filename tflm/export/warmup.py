@@ -26,7 +26,7 @@ def _request(signature: str, inputs: dict):
     )
 
 
-def warmup_requests(max_new_tokens: int = 4, chat: bool = False) -> list:
+def warmup_requests(max_new_tokens: int = 4, chat: bool | str = False) -> list:
     """One small request per signature, batch 1 and a batch of 2; with
     `chat`, also one of the `chat` signature (a model with a template)."""
     logs = []
@@ -59,13 +59,15 @@ def warmup_requests(max_new_tokens: int = 4, chat: bool = False) -> list:
         )
     )
     if chat:
-        logs.append(_request("chat", chat_request(max_new_tokens)))
+        request = chat_request(max_new_tokens, chat == "system")
+        logs.append(_request("chat", request))
     return logs
 
 
-def chat_request(max_new_tokens: int = 4) -> dict:
-    """Inputs of the `chat` signature: two conversations (one padded)."""
-    role = [["system", "user"], ["user", ""]]
+def chat_request(max_new_tokens: int = 4, system: bool = True) -> dict:
+    """Inputs of the `chat` signature: two conversations (one padded; the
+    first opens with a system turn where the template has one)."""
+    role = [["system" if system else "user", "user"], ["user", ""]]
     content = [["Be brief.", "Hello"], ["Hi", ""]]
     return {
         "role": tf.constant(role),
@@ -110,10 +112,11 @@ def beam_request(prompts, max_new_tokens: int = 4) -> dict:
 
 
 def write_warmup(
-    saved_model_dir: str, max_new_tokens: int = 4, chat: bool = False
+    saved_model_dir: str, max_new_tokens: int = 4, chat: bool | str = False
 ) -> str:
     """Writes the warm-up TFRecord file into `saved_model_dir`; returns it
-    (`chat`: include a request of the `chat` signature)."""
+    (`chat`: include a request of the `chat` signature; `"system"`: one
+    with a system turn)."""
     directory = os.path.join(saved_model_dir, "assets.extra")
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, WARMUP_FILE)
