@@ -154,16 +154,28 @@ def encode_examples(
     tokenizer: base.Tokenizer,
     sequence_length: int,
     template: dict | None = None,
+    fit_longest: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Windows of `sequence_length + 1` ids, their loss mask and real-token
-    mask, `[N, sequence_length + 1]` each (see the module docstring)."""
+    mask, `[N, sequence_length + 1]` each (see the module docstring).
+
+    With `fit_longest`, the windows are only as long as the longest example
+    (rounded up to a multiple of 16), at most `sequence_length + 1`: a model
+    with a long context is not trained on padding.
+    """
+    encoded = [
+        template_render.encode(example, tokenizer, template)
+        for example in examples
+    ]
     window = sequence_length + 1
+    if fit_longest and encoded:
+        longest = max(len(tokens) for tokens, _ in encoded)
+        window = min(window, -(-longest // 16) * 16)
     ids = np.full((len(examples), window), tokenizer.pad_id, np.int32)
     loss = np.zeros((len(examples), window), np.float32)
     real = np.zeros((len(examples), window), bool)
     truncated = 0
-    for row, example in enumerate(examples):
-        tokens, mask = template_render.encode(example, tokenizer, template)
+    for row, (tokens, mask) in enumerate(encoded):
         if len(tokens) > window:
             truncated += 1
             tokens, mask = _truncate(tokens, mask, window)

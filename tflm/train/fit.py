@@ -230,6 +230,8 @@ def _prepare(config: config_lib.TrainConfig, stack) -> _Run:
         if parent is not None and parent.config.get("template"):
             template = parent.config["template"]
         task = task_inputs.load(config, tokenizer, sequence_length, template)
+        # Without --sequence-length, windows fit the longest example.
+        sequence_length = task.train[0].shape[1] - 1
         total = task_inputs.total_steps(config, task)
     else:
         total = inputs.total_steps(config, tokenizer, sequence_length)

@@ -52,7 +52,11 @@ def load(
             exclude=[config.out],
         )
         return tasks.encode_examples(
-            examples, tokenizer, sequence_length, template
+            examples,
+            tokenizer,
+            sequence_length,
+            template,
+            fit_longest=config.sequence_length is None,
         )
 
     windows = encode(config.data)
