@@ -12,6 +12,7 @@ from tensorflow_text.python.ops import sentencepiece_tokenizer
 
 from tflm.tokenizers import base
 from tflm.tokenizers import sentencepiece_import as hf_import
+from tflm.tokenizers import sentencepiece_model as model_lib
 from tflm.tokenizers import sentencepiece_training as training
 from tflm.tokenizers import storage
 
@@ -121,20 +122,20 @@ class SentencePieceTokenizer(base.Tokenizer):
             self.model_file = tf.saved_model.Asset(source)
         else:
             self._model = bytes(model)
-        processor = hf_import.load_processor(self._model, source, _TRAIN_AGAIN)
+        processor = model_lib.load_processor(self._model, source, _TRAIN_AGAIN)
         self._vocabulary_size = processor.get_piece_size()
-        self._settings = hf_import.check_options(
+        self._settings = model_lib.check_options(
             escape=escape,
             prepend_scheme=prepend_scheme,
             add_bos=add_bos,
             add_eos=add_eos,
         )
         size = self._vocabulary_size
-        self._special_tokens = hf_import.check_ids(
+        self._special_tokens = model_lib.check_ids(
             special_tokens or {}, size, "special_tokens"
         )
         given = zip(_ID_KEYS, (pad_id, bos_id, eos_id), strict=True)
-        ids = hf_import.check_ids(
+        ids = model_lib.check_ids(
             {key: value for key, value in given if value is not None},
             size,
             "pad_id, bos_id and eos_id",
@@ -144,11 +145,11 @@ class SentencePieceTokenizer(base.Tokenizer):
         self._ids = ids  # Complete before tf.Module starts tracking it.
         run = self._model
         if prepend_scheme is not None:
-            run = hf_import.transformers_model(run)
+            run = model_lib.transformers_model(run)
         # A space put before each line would break line-by-line tokenizing.
         self._newline_is_boundary = _newline_is_boundary(processor) and (
             prepend_scheme in (None, "never")
-            and not hf_import.adds_dummy_prefix(run)
+            and not model_lib.adds_dummy_prefix(run)
         )
         self._resource = _SentencepieceModel(run)
 
@@ -296,7 +297,7 @@ class SentencePieceTokenizer(base.Tokenizer):
             )
         scheme = self.prepend_scheme
         if scheme == "always" or (scheme == "first" and start):
-            strings = hf_import.prepend_space(strings)
+            strings = model_lib.prepend_space(strings)
         values, row_splits = _OPS.sentencepiece_tokenize_op(
             self._resource.resource_handle,
             strings,
@@ -342,7 +343,7 @@ class SentencePieceTokenizer(base.Tokenizer):
         config.update(
             (key, value)
             for key, value in self._settings.items()
-            if value != hf_import.DEFAULTS[key]
+            if value != model_lib.DEFAULTS[key]
         )
         if self._special_tokens:
             config["special_tokens"] = dict(self._special_tokens)
@@ -356,7 +357,7 @@ class SentencePieceTokenizer(base.Tokenizer):
     @classmethod
     def _from_directory(cls, directory: str, config: dict[str, Any]):
         path = storage.asset_path(directory, config, "model_file", MODEL_FILE)
-        keys = (*hf_import.DEFAULTS, "special_tokens", *_ID_KEYS)
+        keys = (*model_lib.DEFAULTS, "special_tokens", *_ID_KEYS)
         return cls(path, **{key: config[key] for key in keys if key in config})
 
 
