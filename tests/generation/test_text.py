@@ -72,3 +72,23 @@ def test_left_pad_of_empty_rows_and_an_empty_batch():
         tf.zeros([0], tf.int32), tf.zeros([0], tf.int64)
     )
     assert text_lib.left_pad(empty, 4, 7)[0].shape == (0, 1)
+
+
+def test_stop_search_when_no_row_made_a_token():
+    """`max_new_tokens=0` (or a prompt that fills the context): the tokens
+    are `[B, 0]` and every text is empty; nothing is found, nothing fails."""
+    from tflm.tokenizers import ByteTokenizer
+
+    detokenize = ByteTokenizer().detokenize
+    tokens = tf.zeros([2, 0], tf.int32)
+    num_tokens = tf.zeros([2], tf.int32)
+    stop = tf.constant([["x", ""], ["ab", "c"]])
+    found = text_lib.text_stop(detokenize, stop)(tokens, num_tokens)
+    assert found.numpy().tolist() == [False, False]
+    text = text_lib.cut(
+        detokenize, tf.constant(["", ""]), tokens, num_tokens, found, stop
+    )
+    assert text.numpy().tolist() == [b"", b""]
+    assert text_lib.first_match(
+        tf.constant(["", ""]), stop
+    ).numpy().tolist() == [-1, -1]

@@ -131,6 +131,8 @@ def first_match(text, stop):
     hit &= (s_len > 0)[:, :, None]
     hit &= p[None, None, :] + s_len[:, :, None] <= t_len[:, None, None]
     found = tf.reduce_any(hit, axis=1)  # [B, Tw]
+    # A column to take the maximum over when every text is empty.
+    found = tf.pad(found, [[0, 0], [0, 1]])
     first = tf.argmax(tf.cast(found, tf.int32), axis=1, output_type=tf.int32)
     return tf.where(tf.reduce_any(found, axis=1), first, -1)
 
@@ -151,7 +153,9 @@ def window_text(detokenize, tokens, num_tokens, window):
     width = tf.shape(tokens)[1]
     start = tf.maximum(num_tokens - window, 0)
     index = start[:, None] + tf.range(window)[None, :]
-    ids = tf.gather(tokens, tf.minimum(index, width - 1), batch_dims=1)
+    # A column to read when no row made a token (`width` 0).
+    tokens = tf.pad(tokens, [[0, 0], [0, 1]])
+    ids = tf.gather(tokens, tf.minimum(index, width), batch_dims=1)
     ragged = tf.RaggedTensor.from_tensor(ids, lengths=num_tokens - start)
     return detokenize(ragged)
 
