@@ -91,7 +91,7 @@ def load(
         model, tokenizer = gpt2.load_hf_gpt2(path, **overrides)
     else:
         args = llama.backbone_args(config, config_path, max_context)
-        logger.info("%s: %s", config_path, args)
+        logger.debug("%s: %s", config_path, args)
         tokenizer = hf_tokenizer.load(path)
         weights.check_vocabulary(
             tokenizer, args["vocabulary_size"], config_path

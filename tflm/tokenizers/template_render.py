@@ -40,8 +40,6 @@ def _by_role(form, which, index, tokenizer, role):
     ids = tf.fill(tf.shape(role), _NONE)
     for name in templates.ROLES:
         parts = getattr(form, which)[name]
-        if name == "assistant" and which == "before":
-            parts = form.generation
         if index < len(parts):
             value, token = _part(tokenizer, parts[index])
             here = tf.equal(role, name)
@@ -62,14 +60,11 @@ def _cells(template, tokenizer, role, content, prompt: bool):
     if form.trim:
         content = _trim(content)
     assistant = tf.equal(role, "assistant")
-    content = tf.where(assistant, form.lead + content, content)
     zeros = tf.zeros_like(assistant)
     columns = []  # (text, ids, reply, loss), each [B, M]
     for which in ("before", "after"):
         width = max(len(getattr(form, which)[r]) for r in templates.ROLES)
-        if which == "before":
-            width = max(width, len(form.generation))
-        else:
+        if which == "after":
             columns.append(
                 (content, tf.fill(tf.shape(role), _NONE), assistant, assistant)
             )

@@ -16,8 +16,8 @@ role's content, and the generation prompt that opens a reply. Formats:
   \\n\\n` + trimmed content + `<|eot_id|>`.
 - `mistral` (Mistral v0.1, the `[INST]` form): `<s>[INST] ... [/INST]`,
   replies end with `</s>`; no system role.
-- `zephyr` (TinyLlama chat): `<|user|>\\n...</s>`, generation prompt
-  `<|assistant|>`.
+- `zephyr` (TinyLlama chat): `<|user|>\\n...</s>\\n`, generation prompt
+  `<|assistant|>\\n`.
 
 Rendering lays a conversation out as cells, each either text or one control
 token placed by id (`tokenizer.special_tokens`): text is never parsed for
@@ -60,25 +60,26 @@ class Format(NamedTuple):
         before: role -> parts before its content.
         after: role -> parts after its content; for the assistant, the
             first part is the control token that ends a reply.
-        generation: the parts that open a reply (the generation prompt);
-            `before["assistant"]` is these plus `lead`.
-        lead: text between the generation prompt and the reply.
         trim: strip whitespace around content (Llama 3's `| trim`).
         system: whether a system turn may occur.
         joined: tokenize the text between control tokens as one piece in a
             prompt, as Hugging Face does; `False` (tflm's own) keeps earlier
             replies pieces of their own, as in training.
-    A part is a `str` or a `Special`.
+    A part is a `str` or a `Special`. The generation prompt is
+    `before["assistant"]`.
     """
 
     start: tuple
     before: Mapping
     after: Mapping
-    generation: tuple
-    lead: str = ""
     trim: bool = False
     system: bool = True
     joined: bool = True
+
+    @property
+    def generation(self) -> tuple:
+        """The parts that open a reply (the generation prompt)."""
+        return self.before["assistant"]
 
 
 def _chatml() -> Format:
@@ -87,7 +88,6 @@ def _chatml() -> Format:
         start=(),
         before={r: (im_start, f"{r}\n") for r in ROLES},
         after={r: (im_end, "\n") for r in ROLES},
-        generation=(im_start, "assistant\n"),
     )
 
 
@@ -104,7 +104,6 @@ def _llama3() -> Format:
         start=(Special(BOS),),
         before={r: header(r) for r in ROLES},
         after={r: (Special("<|eot_id|>"),) for r in ROLES},
-        generation=header("assistant"),
         trim=True,
     )
 
@@ -118,7 +117,6 @@ def _mistral() -> Format:
             "user": (" [/INST]",),
             "assistant": (Special(EOS),),
         },
-        generation=(),
         system=False,
     )
 
@@ -127,9 +125,7 @@ def _zephyr() -> Format:
     return Format(
         start=(),
         before={r: (f"<|{r}|>\n",) for r in ROLES},
-        after={r: (Special(EOS),) for r in ROLES},
-        generation=("<|assistant|>",),
-        lead="\n",
+        after={r: (Special(EOS), "\n") for r in ROLES},
     )
 
 
@@ -143,7 +139,6 @@ def _tflm() -> Format:
             "user": ("\n",),
             "assistant": (Special(EOS), "\n"),
         },
-        generation=(headers["assistant"],),
         joined=False,
     )
 
