@@ -1,9 +1,13 @@
 """Generation speed: tflm (XLA and plain graph) vs keras-hub and HF.
 
 Greedy decoding of random-weight models, prompt 64 tokens, 192 new tokens,
-batch 1 and 8. Prints one JSON line per measurement: new tokens/s, time to
-first token, and, at batch 1, the weight-read bandwidth limit measured in
-the same run (`bandwidth_GBps / weight bytes`).
+batch 1 and 8. tflm's rows use `CausalLM.from_preset`; the anchors are
+keras-hub's `GPT2CausalLM` and HF transformers' `GPT2LMHeadModel` for
+presets of GPT-2's shape (`bench-small`, `gpt2-124m`), `LlamaCausalLM` and
+`LlamaForCausalLM` for Llama-shaped ones (`llama-135m`), all of the
+preset's shape (`families.py`). Prints one JSON line per measurement: new
+tokens/s, time to first token, and, at batch 1, the weight-read bandwidth
+limit measured in the same run (`bandwidth_GBps / weight bytes`).
 
 `--beam` measures beam search instead: batch 1 x 4 beams, prompt 64, 128
 new tokens (impls `tflm_beam_xla`, `tflm_beam_graph`, `hf_beam`,
@@ -11,6 +15,7 @@ new tokens (impls `tflm_beam_xla`, `tflm_beam_graph`, `hf_beam`,
 returned sequence's new tokens, not the beams'.
 
     python benchmarks/generate.py --presets bench-small,gpt2-124m
+    python benchmarks/generate.py --presets llama-135m
     python benchmarks/generate.py --presets bench-small --beam
 """
 
@@ -79,33 +84,14 @@ def bench_tflm(preset, batch, prompt_len, new, repeats, jit, beams=1):
     return total, first, weights
 
 
-def keras_hub_gpt2(preset: str):
-    """keras-hub's `GPT2CausalLM` of `preset`'s shape (random weights, no
-    dropout, no preprocessor), uncompiled."""
-    import keras_hub
-
-    from tflm.models import get_preset
-
-    c = get_preset(preset)
-    backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=c["vocabulary_size"],
-        num_layers=c["num_layers"],
-        num_heads=c["num_heads"],
-        hidden_dim=c["hidden_dim"],
-        intermediate_dim=c["intermediate_dim"],
-        max_sequence_length=c["max_sequence_length"],
-        dropout=0.0,
-    )
-    return keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)
-
-
 def bench_keras_hub(preset, batch, prompt_len, new, repeats, jit, beams=1):
-    """keras-hub's `GPT2CausalLM`, greedy (or `BeamSampler`). `jit=True` is
-    its fastest setting on a CPU; its default `jit_compile="auto"` turns XLA
-    off without a GPU."""
+    """keras-hub's `GPT2CausalLM` or `LlamaCausalLM` of `preset`'s shape,
+    greedy (or `BeamSampler`). `jit=True` is its fastest setting on a CPU;
+    its default `jit_compile="auto"` turns XLA off without a GPU."""
+    import families
     import keras_hub
 
-    model = keras_hub_gpt2(preset)
+    model = families.keras_hub_model(preset)
     sampler = "greedy"
     if beams > 1:
         sampler = keras_hub.samplers.BeamSampler(num_beams=beams)
@@ -123,31 +109,11 @@ def bench_keras_hub(preset, batch, prompt_len, new, repeats, jit, beams=1):
     return _best(lambda: run(new), repeats), _best(lambda: run(1), repeats)
 
 
-def hf_gpt2(preset: str):
-    """HF transformers' GPT2LMHeadModel of `preset`'s shape (random
-    weights), for eager PyTorch on every core."""
-    import torch
-    import transformers
-
-    from tflm.models import get_preset
-
-    torch.set_num_threads(os.cpu_count())
-    c = get_preset(preset)
-    config = transformers.GPT2Config(
-        vocab_size=c["vocabulary_size"],
-        n_positions=c["max_sequence_length"],
-        n_embd=c["hidden_dim"],
-        n_layer=c["num_layers"],
-        n_head=c["num_heads"],
-        n_inner=c["intermediate_dim"],
-    )
-    return transformers.GPT2LMHeadModel(config).eval()
-
-
 def bench_hf(preset, batch, prompt_len, new, repeats, beams=1):
+    import families
     import torch
 
-    model = hf_gpt2(preset)
+    model = families.hf_model(preset)
     vocab = model.config.vocab_size
     ids = torch.tensor(_prompts(batch, prompt_len, vocab))
 

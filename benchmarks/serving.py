@@ -2,24 +2,30 @@
 conditions vs in-process generation.
 
 `--preset bench-small` (random weights) with a vocab-8192 SentencePiece
-tokenizer trained on Tiny Shakespeare, or `--preset gpt2-124m`: a random
+tokenizer trained on Tiny Shakespeare; `--preset gpt2-124m`: a random
 GPT-2 124M checkpoint in the Hugging Face layout with its 50,257-token BPE
-(written as `benchmarks/import_gpt2.py` does) and brought in by tflm's
-importer; prompts of exactly 64 tokens; greedy, 192 new
-tokens; batch 1 and 8. The export runs through `serving_check.Server` (TF1
-session, `saved_model.loader.load`, XLA disabled for the process, warm-up
-replayed): what stock TF Serving does, minus the network; one export per
-`--weights` type (float32 and bfloat16 by default). It is timed in
-alternation with in-process `CausalLM.generate(jit_compile=False)`, so that
-load from other processes hits both alike. XLA rows (tflm, and keras-hub's
-`GPT2CausalLM.generate` built as in `benchmarks/generate.py`) run first,
-alternating with the same in-process graph run, before XLA is disabled.
-HF transformers' `GPT2LMHeadModel.generate` (eager PyTorch, greedy, the
-same shape and random weights) runs in phase 2, alternating with the
-served exports (XLA has no part in it). With `--xla-export`, a float32
-`tflm export --xla` is served in phase 1 too (XLA left on, as TF Serving
-with `--xla_cpu_compilation_enabled=true`), and phase 2 reports the error
-the same export gives where XLA is disabled.
+(written as `benchmarks/import_checkpoints.py` does); or `--preset
+llama-135m`: a random Llama checkpoint of that shape (SmolLM2-135M's) with
+a 49,152-token byte-level BPE `tokenizer.json`, written by
+`families.write_llama_checkpoint`. Both checkpoints are brought in by
+tflm's importer. Prompts of exactly `--prompt` (64) tokens; greedy, 192
+new tokens; batch 1 and 8; the end-of-text logits are pinned below the
+others so that every run makes all its tokens. The export runs through
+`serving_check.Server` (TF1 session, `saved_model.loader.load`, XLA
+disabled for the process, warm-up replayed): what stock TF Serving does,
+minus the network; one export per `--weights` type (float32 and bfloat16
+by default). It is timed in alternation with in-process
+`CausalLM.generate(jit_compile=False)`, so that load from other processes
+hits both alike. XLA rows (tflm, and keras-hub's `GPT2CausalLM` or
+`LlamaCausalLM` `.generate` of the preset's shape, from
+`families.keras_hub_model`) run first, alternating with the same
+in-process graph run, before XLA is disabled. HF transformers'
+`GPT2LMHeadModel` or `LlamaForCausalLM` `.generate` (eager PyTorch,
+greedy, the same shape, random weights; `families.hf_model`) runs in
+phase 2, alternating with the served exports (XLA has no part in it).
+With `--xla-export`, a float32 `tflm export --xla` is served in phase 1
+too (XLA left on, as TF Serving with `--xla_cpu_compilation_enabled=true`),
+and phase 2 reports the error the same export gives where XLA is disabled.
 Prints export time and size, the op count of one decode step of the
 exported loop, the read bandwidth (median of several passes over
 512 MB) and the weight-read limit (steps/s at which every weight is read
@@ -29,6 +35,7 @@ then speed ratios (served / other; > 1 means
 served is faster).
 
     python benchmarks/serving.py --batches 1,8 --repeats 3
+    python benchmarks/serving.py --preset llama-135m --repeats 3
 """
 
 from __future__ import annotations
@@ -79,37 +86,44 @@ def exact_prompts(tokenizer, data: str, count: int, length: int) -> list:
     return prompts
 
 
-def imported_gpt2(workdir: str):
-    """`(CausalLM, tokenizer)`: a random GPT-2 124M in the Hugging Face
-    layout, written once under `workdir` and loaded by tflm's importer."""
-    import import_gpt2
+def imported(preset: str, workdir: str):
+    """`(CausalLM, tokenizer)`: a random checkpoint of `preset`'s shape in
+    the Hugging Face layout (GPT-2 for `gpt2-124m`, Llama otherwise),
+    written once under `workdir` and loaded by tflm's importer."""
+    import families
+    import import_checkpoints
 
     from tflm import importers
 
-    source = os.path.join(workdir, "hf-gpt2-124m")
-    if not os.path.isfile(os.path.join(source, "model.safetensors")):
+    source = os.path.join(workdir, f"hf-{preset}")
+    # Both writers write config.json last: with it, the files are complete.
+    if not os.path.isfile(os.path.join(source, "config.json")):
         os.makedirs(source, exist_ok=True)
-        import_gpt2.write_tokenizer(source)
-        import_gpt2.write_checkpoint(source)
+        if preset == "gpt2-124m":
+            import_checkpoints.write_tokenizer(source)
+            import_checkpoints.write_checkpoint(source)
+        else:
+            families.write_llama_checkpoint(source, preset)
     return importers.load_checkpoint(source)
 
 
 def build_model(tokenizer, preset: str = "bench-small", model=None):
-    """`preset` with random weights (or `model`); the end-of-text logit is
-    pinned to 0 so that greedy decoding never stops early (other logits
-    exceed it)."""
+    """`preset` with random weights (or `model`); the logits of the ids
+    that end a reply (the tokenizer's end id and an imported checkpoint's
+    `eos_ids`) are pinned to 0 so that greedy decoding never stops early
+    (other logits exceed them)."""
     from tflm.models import CausalLM
 
     model = model or CausalLM.from_preset(preset)
     assert model.backbone.vocabulary_size == tokenizer.vocabulary_size
     embedding = model.backbone.token_embedding
-    eos = tokenizer.eos_id
+    ends = [tokenizer.eos_id, *getattr(model, "eos_ids", ())]
     table = embedding.embeddings.numpy()
-    table[eos] = 0.0
+    table[ends] = 0.0
     embedding.embeddings.assign(table)
     if getattr(embedding, "reverse_embeddings", None) is not None:
         reverse = embedding.reverse_embeddings.numpy()
-        reverse[:, eos] = 0.0
+        reverse[:, ends] = 0.0
         embedding.reverse_embeddings.assign(reverse)
     model.tokenizer = tokenizer
     return model
@@ -262,14 +276,15 @@ def served_runner(server, prompts, new):
 
 
 def keras_hub_model(preset: str):
-    """keras-hub's GPT2CausalLM of `preset`'s shape, greedy, with XLA.
+    """keras-hub's causal LM of `preset`'s shape (`GPT2CausalLM` or
+    `LlamaCausalLM`), greedy, with XLA.
 
     `jit_compile=True` is keras-hub's fastest setting here: its default
     `"auto"` turns XLA off on a machine without a GPU.
     """
-    from generate import keras_hub_gpt2
+    import families
 
-    model = keras_hub_gpt2(preset)
+    model = families.keras_hub_model(preset)
     model.compile(sampler="greedy", jit_compile=True)
     return model
 
@@ -317,7 +332,9 @@ def _line(**fields):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--preset", default="bench-small", choices=["bench-small", "gpt2-124m"]
+        "--preset",
+        default="bench-small",
+        choices=["bench-small", "gpt2-124m", "llama-135m"],
     )
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--prompt", type=int, default=64)
@@ -344,12 +361,12 @@ def main():
         return
     workdir = args.workdir or tempfile.mkdtemp(prefix="tflm-serving-bench-")
     batches = [int(b) for b in args.batches.split(",")]
-    if args.preset == "gpt2-124m":
-        imported, tokenizer = imported_gpt2(workdir)
+    if args.preset == "bench-small":
+        loaded, tokenizer = None, train_tokenizer(args.data, workdir)
     else:
-        imported, tokenizer = None, train_tokenizer(args.data, workdir)
+        loaded, tokenizer = imported(args.preset, workdir)
     prompts = exact_prompts(tokenizer, args.data, max(batches), args.prompt)
-    model = build_model(tokenizer, args.preset, imported)
+    model = build_model(tokenizer, args.preset, loaded)
     _line(preset=args.preset, parameters=model.count_params())
     kinds = args.weights.split(",")
     paths = {}
@@ -379,7 +396,7 @@ def main():
         decode_step_ops=sum(step_ops.values()),
         top_ops=dict(sorted(step_ops.items(), key=lambda kv: -kv[1])[:12]),
     )
-    from generate import hf_gpt2
+    from families import hf_model
     from generate import read_bandwidth_gbps
 
     bandwidth = read_bandwidth_gbps()
@@ -446,7 +463,7 @@ def main():
                 xla_export_without_xla=type(e).__name__,
                 message=str(e).splitlines()[0][:200],
             )
-    hf = None if args.no_hf else hf_gpt2(args.preset)
+    hf = None if args.no_hf else hf_model(args.preset)
     servers = {}
     for weights, export_path in paths.items():
         servers[weights] = serving_check.Server(export_path)

@@ -48,7 +48,7 @@ def _build(impl, preset, policy):
     if impl == "tflm":
         model = CausalLM.from_preset(preset)
     else:
-        from generate import keras_hub_gpt2
+        from families import keras_hub_gpt2
 
         model = keras_hub_gpt2(preset)
     return model, config, causal_lm.default_optimizer()

@@ -1,14 +1,26 @@
-"""GPT-2 import: time and peak memory for `gpt2-124m`-sized files.
+"""Checkpoint import: time and peak memory, by family.
 
-Writes a random GPT-2 124M checkpoint in the Hugging Face layout (numpy +
-`safetensors`; a 50,257-token vocabulary whose 50,000 merges are learned
-from the shared corpora with the `tokenizers` library when it is installed,
-topped up with synthetic ones), then imports it in a fresh process and
-prints one JSON line: seconds, peak RSS (whole process, and above the RSS
-before the import began, which TensorFlow and tflm alone account for), the
-weights' size, their ratios, and the tokenizer's speed on the corpora.
+For each of `--families` (default `gpt2,llama,qwen2,mistral`) writes a
+random checkpoint in the Hugging Face layout with numpy + `safetensors`,
+imports it with `tflm.importers.import_checkpoint` in a fresh process,
+and prints one JSON line: seconds, seconds per GB of weights, peak RSS
+(whole process, and above the RSS before the import began, which
+TensorFlow and tflm alone account for), the weights' size (the safetensors
+files' bytes), peak RSS over it, and the imported tokenizer's speed on the
+corpora. MB and GB are 2**20 and 2**30 bytes.
 
-    python benchmarks/import_gpt2.py [--keep DIR]
+- `gpt2`: GPT-2 124M as transformers stores it (float32, one file, with
+  the causal-mask buffers), a 50,257-token vocabulary whose 50,000 merges
+  are learned from the shared corpora with the `tokenizers` library when
+  it is installed, topped up with synthetic ones. `--dtype` and
+  `--shard-mb` do not apply to it.
+- `llama`, `qwen2`, `mistral`: `llama-135m`'s shape (SmolLM2-135M) written
+  by `families.write_llama_checkpoint` in `--dtype` (float32 or bfloat16),
+  in shards of at most `--shard-mb` MB with an index when given; a 49,152
+  token byte-level BPE `tokenizer.json` (`bpe_files`).
+
+    python benchmarks/import_checkpoints.py [--families gpt2,llama]
+        [--dtype bfloat16] [--shard-mb 100] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -16,11 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
 
+import bpe_files
+import families
 import numpy as np
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
@@ -42,6 +55,8 @@ CONFIG = dict(
     resid_pdrop=0.1,
 )
 NUM_MERGES = 50000
+FAMILIES = ("gpt2", *families.LLAMA_FAMILIES)
+LLAMA_PRESET = "llama-135m"
 
 
 def byte_chars() -> list[str]:
@@ -75,15 +90,8 @@ def write_tokenizer(directory: str) -> int:
     tokens = byte_chars()
     merges = learned_merges(CORPORA)[:NUM_MERGES]
     learned = len(merges)
-    known = set(tokens) | {a + b for a, b in merges}
     tokens += [a + b for a, b in merges]
-    rng = random.Random(0)
-    while len(merges) < NUM_MERGES:  # synthetic merges of existing tokens
-        a, b = rng.choice(tokens), rng.choice(tokens)
-        if a + b not in known and len(a + b) < 16:
-            known.add(a + b)
-            tokens.append(a + b)
-            merges.append((a, b))
+    bpe_files.synthetic_merges(tokens, merges, NUM_MERGES)
     vocab = {t: i for i, t in enumerate(tokens + ["<|endoftext|>"])}
     assert len(vocab) == CONFIG["vocab_size"], len(vocab)
     with open(os.path.join(directory, "vocab.json"), "w") as f:
@@ -130,14 +138,22 @@ def write_checkpoint(directory: str) -> int:
     return parameters
 
 
-# Runs in a fresh process, so that peak RSS is the import's alone.
+# Runs in a fresh process, so that peak RSS is the import's alone. The
+# peak is the process's VmHWM: Linux carries the parent's peak into a
+# child's `ru_maxrss` across exec (the writer's gigabyte would count).
 CHILD = """
 import json, os, resource, sys, time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import tensorflow as tf
 from tflm import importers
 source, out = sys.argv[1:3]
-rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def rss():
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(l.split()[1]) / 1024 for l in f
+                        if l.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 before = rss()
 start = time.perf_counter()
 importers.import_checkpoint(source, out)
@@ -183,38 +199,87 @@ def run(code: str, *args: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def write(family: str, source: str, dtype: str, shard_mb) -> dict:
+    """Writes `family`'s random checkpoint in `source`; returns the JSON
+    fields that describe it."""
+    os.makedirs(source, exist_ok=True)
+    if family == "gpt2":
+        learned = write_tokenizer(source)
+        write_checkpoint(source)
+        return dict(
+            preset="gpt2-124m",
+            dtype="float32",
+            shards=1,
+            learned_merges=learned,
+        )
+    shard_bytes = int(shard_mb * 2**20) if shard_mb else None
+    written = families.write_llama_checkpoint(
+        source, LLAMA_PRESET, family, dtype, shard_bytes
+    )
+    return dict(
+        preset=LLAMA_PRESET,
+        dtype=dtype,
+        shards=written.shards,
+        learned_merges=written.learned_merges,
+    )
+
+
+def weights_bytes(source: str) -> int:
+    return sum(
+        os.path.getsize(os.path.join(source, name))
+        for name in os.listdir(source)
+        if name.endswith(".safetensors")
+    )
+
+
+def measure(family: str, directory: str, args) -> dict:
+    source = os.path.join(directory, family, "hf")
+    fields = write(family, source, args.dtype, args.shard_mb)
+    out = os.path.join(directory, family, "model")
+    result = run(CHILD, source, out)
+    corpora = CORPORA if family == "gpt2" else bpe_files.CORPORA
+    speed = run(TOKENIZER_CHILD, out, *filter(os.path.isfile, corpora))
+    mb = weights_bytes(source) / 2**20
+    seconds, peak = result["seconds"], result["peak_rss_mb"]
+    above = peak - result["rss_before_mb"]
+    return dict(
+        benchmark="import_checkpoints",
+        family=family,
+        **fields,
+        seconds=round(seconds, 2),
+        seconds_per_gb=round(seconds / (mb / 1024), 2),
+        peak_rss_mb=round(peak),
+        rss_before_import_mb=round(result["rss_before_mb"]),
+        import_peak_rss_mb=round(above),
+        weights_mb=round(mb),
+        peak_over_weights=round(peak / mb, 2),
+        import_peak_over_weights=round(above / mb, 2),
+        tokenizer=speed,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument(
+        "--dtype", default="float32", choices=sorted(families.DTYPES)
+    )
+    parser.add_argument(
+        "--shard-mb",
+        type=float,
+        default=None,
+        help="Llama family: shards of at most this many MB, with an index",
+    )
     parser.add_argument("--keep", help="write the files here and keep them")
     args = parser.parse_args()
+    names = args.families.split(",")
+    unknown = sorted(set(names) - set(FAMILIES))
+    if unknown:
+        parser.error(f"unknown families {unknown}; choose from {FAMILIES}")
     with tempfile.TemporaryDirectory() as temp:
         directory = args.keep or temp
-        source = os.path.join(directory, "hf")
-        os.makedirs(source, exist_ok=True)
-        learned = write_tokenizer(source)
-        weights_bytes = write_checkpoint(source)
-        out = os.path.join(directory, "model")
-        result = run(CHILD, source, out)
-        speed = run(TOKENIZER_CHILD, out, *filter(os.path.isfile, CORPORA))
-    mb = weights_bytes / 2**20
-    print(
-        json.dumps(
-            {
-                "benchmark": "import_gpt2",
-                "preset": "gpt2-124m",
-                "seconds": round(result["seconds"], 2),
-                "peak_rss_mb": round(result["peak_rss_mb"]),
-                "rss_before_import_mb": round(result["rss_before_mb"]),
-                "weights_mb": round(mb),
-                "peak_over_weights": round(result["peak_rss_mb"] / mb, 2),
-                "import_peak_over_weights": round(
-                    (result["peak_rss_mb"] - result["rss_before_mb"]) / mb, 2
-                ),
-                "learned_merges": learned,
-                "tokenizer": speed,
-            }
-        )
-    )
+        for family in names:
+            print(json.dumps(measure(family, directory, args)), flush=True)
 
 
 if __name__ == "__main__":
