@@ -9,6 +9,7 @@ constants, so a SavedModel holds no table resource.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -79,6 +80,7 @@ def token_bytes(token: str) -> bytes:
     return token.encode()
 
 
+@functools.cache
 def _to_byte() -> dict[str, int]:
     return {c: b for b, c in ops.bytes_to_unicode().items()}
 

@@ -12,6 +12,8 @@ constants, so a SavedModel holds no resource.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 
@@ -41,8 +43,8 @@ def split_matches(strings, pattern: str):
     return tf.ragged.boolean_mask(pieces, tf.strings.length(pieces) > 0)
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's map from each byte to a printable character."""
+@functools.cache
+def _bytes_to_unicode() -> tuple:
     printable = [
         *range(ord("!"), ord("~") + 1),
         *range(ord("¡"), ord("¬") + 1),
@@ -51,7 +53,12 @@ def bytes_to_unicode() -> dict[int, str]:
     others = [b for b in range(256) if b not in printable]
     mapping = {b: chr(b) for b in printable}
     mapping.update({b: chr(256 + i) for i, b in enumerate(others)})
-    return dict(sorted(mapping.items()))
+    return tuple(sorted(mapping.items()))
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's map from each byte to a printable character (a new dict)."""
+    return dict(_bytes_to_unicode())
 
 
 def pretokenize(strings: tf.Tensor) -> tf.RaggedTensor:
