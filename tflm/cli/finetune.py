@@ -14,19 +14,24 @@ def add(subparsers) -> None:
     parser = common.add_command(
         subparsers,
         "finetune",
-        help="fine-tune a model directory or a GPT-2 checkpoint on task "
+        help="fine-tune a model directory or a checkpoint on task "
         "examples; rerunning resumes it",
-        description="Fine-tune PARENT (a model directory or a GPT-2 "
-        "checkpoint directory, never modified) on .jsonl examples of "
-        '{"prompt", "completion"} or {"messages": [...]} chat turns, with '
-        "the loss on the completions only, and write a new model directory "
-        "that records its parent and template. A share of the examples is "
-        "held out for validation, and the best weights seen are the result.",
+        description=(
+            "Fine-tune PARENT (a model directory or a checkpoint directory "
+            "that `tflm import` reads, never modified) on .jsonl examples of "
+            '{"prompt", "completion"} or {"messages": [...]} chat turns, '
+            "with the loss on the completions only, and write a new model "
+            "directory that records its parent and template. A share of the "
+            "examples is held out for validation, and the best weights seen "
+            "are the result."
+        ),
         example="tflm finetune models/base --data pairs.jsonl --epochs 3 "
         "--out models/tuned [--lora-rank 8]",
     )
     parser.add_argument(
-        "parent", metavar="PARENT", help="model or GPT-2 checkpoint directory"
+        "parent",
+        metavar="PARENT",
+        help="a model directory, or a checkpoint directory `tflm import` reads",
     )
     config.add_arguments(parser, command=config.FINETUNE_ONLY)
     parser.set_defaults(func=run)

@@ -163,10 +163,7 @@ def encode_examples(
     (rounded up to a multiple of 16), at most `sequence_length + 1`: a model
     with a long context is not trained on padding.
     """
-    encoded = [
-        template_render.encode(example, tokenizer, template)
-        for example in examples
-    ]
+    encoded = template_render.encode_many(examples, tokenizer, template)
     window = sequence_length + 1
     if fit_longest and encoded:
         longest = max(len(tokens) for tokens, _ in encoded)

@@ -180,10 +180,15 @@ def role_check(template, role):
     return tf.debugging.Assert(tf.reduce_all(known), [message])
 
 
-def _conversation(messages: Sequence[Mapping]):
-    role = [[m["role"] for m in messages]]
-    content = [[m["content"] for m in messages]]
-    shape = [1, len(messages)]
+def _conversations(conversations: Sequence[Sequence[Mapping]]):
+    """Role and content strings `[N, M]` of conversations (padded)."""
+    width = max([len(c) for c in conversations] + [0])
+    role, content = [], []
+    for conversation in conversations:
+        pad = [templates.PADDING] * (width - len(conversation))
+        role.append([m["role"] for m in conversation] + pad)
+        content.append([m["content"] for m in conversation] + pad)
+    shape = [len(conversations), width]
     return (
         tf.constant(role, tf.string, shape),
         tf.constant(content, tf.string, shape),
@@ -200,27 +205,56 @@ def check_roles(template, messages) -> None:
         )
 
 
+# Conversations rendered per graph call by `encode_many`.
+BATCH = 256
+
+
+def encode_many(conversations, tokenizer, template=None):
+    """`encode` of each conversation, rendered `BATCH` at a time."""
+    template = template or templates.TEMPLATE
+    out = []
+    for start in range(0, len(conversations), BATCH):
+        chunk = conversations[start : start + BATCH]
+        for messages in chunk:
+            check_roles(template, messages)
+        ids, loss = render(
+            template, tokenizer, *_conversations(chunk), prompt=False
+        )
+        for row_ids, row_loss in zip(
+            ids.to_list(), loss.to_list(), strict=True
+        ):
+            row_ids = np.asarray(row_ids, np.int32)
+            row_loss = np.asarray(row_loss, np.float32)
+            # What follows the last reply's end token (ChatML's newline) is
+            # not trained on: the example ends there.
+            end = len(row_ids)
+            if row_loss.any():
+                end = int(np.flatnonzero(row_loss)[-1]) + 1
+            out.append((row_ids[:end], row_loss[:end]))
+    return out
+
+
 def encode(messages, tokenizer, template=None):
     """`(ids, loss)` int32 and float32 `[L]` of a conversation ending with
     a reply (a training example), up to the control token that ends it."""
+    return encode_many([messages], tokenizer, template)[0]
+
+
+def encode_prompts(conversations, tokenizer, template=None) -> list:
+    """`encode_prompt` of each conversation, rendered `BATCH` at a time."""
     template = template or templates.TEMPLATE
-    check_roles(template, messages)
-    ids, loss = render(
-        template, tokenizer, *_conversation(messages), prompt=False
-    )
-    ids = np.asarray(ids[0].numpy(), np.int32)
-    loss = np.asarray(loss[0].numpy(), np.float32)
-    # What follows the last reply's end token (ChatML's newline) is not
-    # trained on: the example ends there.
-    end = int(np.flatnonzero(loss)[-1]) + 1 if loss.any() else len(ids)
-    return ids[:end], loss[:end]
+    out = []
+    for start in range(0, len(conversations), BATCH):
+        chunk = conversations[start : start + BATCH]
+        for messages in chunk:
+            if messages and messages[-1]["role"] == "assistant":
+                raise ValueError("The conversation already ends with a reply.")
+            check_roles(template, messages)
+        ids, _ = render(template, tokenizer, *_conversations(chunk))
+        out += [np.asarray(row, np.int32) for row in ids.to_list()]
+    return out
 
 
 def encode_prompt(messages, tokenizer, template=None) -> np.ndarray:
     """The ids a model is prompted with for the next reply."""
-    if messages and messages[-1]["role"] == "assistant":
-        raise ValueError("The conversation already ends with a reply.")
-    template = template or templates.TEMPLATE
-    check_roles(template, messages)
-    ids, _ = render(template, tokenizer, *_conversation(messages))
-    return np.asarray(ids[0].numpy(), np.int32)
+    return encode_prompts([messages], tokenizer, template)[0]

@@ -66,8 +66,9 @@ class TrainConfig:
     )
     init_from: str | None = _option(
         None,
-        "start from this model directory or GPT-2 checkpoint directory: "
-        "its architecture, weights and tokenizer (never modified)",
+        "start from this model directory or checkpoint directory (Hugging "
+        "Face GPT-2, Llama, Qwen2, Mistral; keras-hub GPT-2): its "
+        "architecture, weights and tokenizer (never modified)",
         metavar="DIR",
         scope=TRAIN_ONLY,
     )

@@ -1,10 +1,11 @@
-"""The model a run starts from (`init_from`): a model directory or a GPT-2
-checkpoint directory, read and never modified.
+"""The model a run starts from (`init_from`): a model directory or a
+checkpoint directory `tflm.importers` reads, read and never modified.
 
-A GPT-2 checkpoint (Hugging Face or keras-hub layout) is imported into a
-temporary model directory for the run. The new model directory records its
-parent in `config.json["parent"]`: the path, its kind and a SHA-256 of its
-files, so that anyone can tell which model it was tuned from.
+A checkpoint (Hugging Face GPT-2, Llama, Qwen2 or Mistral, or a keras-hub
+GPT-2 preset) is imported into a temporary model directory for the run. The
+new model directory records its parent in `config.json["parent"]`: the
+path, its kind and a SHA-256 of its files, so that anyone can tell which
+model it was tuned from.
 """
 
 from __future__ import annotations
@@ -75,14 +76,14 @@ def resolve(path: str) -> Iterator[Parent]:
 
     Raises:
         InputError: `path` does not exist, or is neither a complete model
-            directory (weights and tokenizer) nor a GPT-2 checkpoint.
+            directory (weights and tokenizer) nor an importable checkpoint.
     """
     path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path):
         raise errors.InputError(
             f"The parent model {path} does not exist (or is not a "
-            "directory). Name a model directory or a GPT-2 checkpoint "
-            "directory."
+            "directory). Name a model directory or a checkpoint directory "
+            "(Hugging Face GPT-2, Llama, Qwen2, Mistral; keras-hub GPT-2)."
         )
     if model_dir.is_model_dir(path):
         # Missing weights or tokenizer: one line naming the file.
@@ -106,6 +107,7 @@ def _checkpoint_kind(path: str) -> str:
     except ValueError as err:
         raise errors.InputError(
             f"{path} is neither a tflm model directory ({err}) nor an "
-            "importable GPT-2 checkpoint. Name a directory written by tflm "
-            "train/finetune/import, or a GPT-2 checkpoint directory."
+            "importable checkpoint. Name a directory written by tflm "
+            "train/finetune/import, or a Hugging Face (GPT-2, Llama, Qwen2, "
+            "Mistral) or keras-hub GPT-2 checkpoint directory."
         ) from None

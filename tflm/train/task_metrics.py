@@ -99,10 +99,10 @@ def greedy_completions(
     tokenizer = lm.tokenizer
     context = lm.backbone.max_sequence_length
     prompts = []
-    for conversation in conversations:
-        ids = template_render.encode_prompt(
-            conversation[:-1], tokenizer, lm.template
-        )
+    encoded = template_render.encode_prompts(
+        [c[:-1] for c in conversations], tokenizer, lm.template
+    )
+    for ids in encoded:
         keep = max(context - max_new_tokens, 1)
         if len(ids) > keep:  # Truncated from the prompt side.
             ids = np.concatenate([ids[:1], ids[len(ids) - keep + 1 :]])
