@@ -138,3 +138,29 @@ def test_split_holds_out_a_fixed_share():
     train, held = tasks.split_indices(100, 0.1)
     assert len(held) == 10 and not set(train) & set(held)
     np.testing.assert_array_equal(held, tasks.split_indices(100, 0.1)[1])
+
+
+def test_windows_fit_the_longest_example_when_asked(tmp_path):
+    """Without --sequence-length, a long-context model is not trained on
+    padding: the windows are the longest example rounded up to 16."""
+    records = [
+        {"prompt": "p" * 5, "completion": "c" * 3},
+        {"prompt": "q", "completion": "d" * 20},
+    ]
+    examples = tasks.read_examples([_write(tmp_path / "a.jsonl", records)])
+    longest = max(
+        len(template_render.encode(e, TOKENIZER)[0]) for e in examples
+    )
+    ids, loss, real = tasks.encode_examples(
+        examples, TOKENIZER, 1000, fit_longest=True
+    )
+    assert ids.shape[1] == -(-longest // 16) * 16 < 1001
+    assert real.sum(axis=1).max() == longest
+    full, _, _ = tasks.encode_examples(examples, TOKENIZER, 1000)
+    assert full.shape[1] == 1001
+    np.testing.assert_array_equal(full[:, : ids.shape[1]], ids)
+    # Never wider than the context allows.
+    capped, _, _ = tasks.encode_examples(
+        examples, TOKENIZER, 10, fit_longest=True
+    )
+    assert capped.shape[1] == 11

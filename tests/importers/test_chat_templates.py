@@ -15,6 +15,7 @@ import shutil
 import llama_files
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tflm import errors
 from tflm import importers
@@ -201,7 +202,7 @@ def test_template_is_read_where_transformers_keeps_it(
 
 def test_a_template_without_its_control_tokens_is_refused(imported):
     model = imported["llama3"]
-    with pytest.raises(errors.InputError, match="<\\|im_end\\|>"):
+    with pytest.raises(errors.InputError, match="<\\|im_(start|end)\\|>"):
         chat_templates.from_checkpoint(
             model.directory, model.lm.tokenizer, "chatml"
         )
@@ -277,3 +278,53 @@ def test_control_token_text_in_content_stays_text(imported, name):
 
 def _where(ids, token):
     return [i for i, t in enumerate(ids) if t == token]
+
+
+def _render(lm, rows):
+    """tflm's prompt ids of conversations given as role/content rows."""
+    role = tf.constant([[r for r, _ in row] for row in rows])
+    content = tf.constant([[c for _, c in row] for row in rows])
+    ids, _ = template_render.render(lm.template, lm.tokenizer, role, content)
+    return ids.to_list()
+
+
+@pytest.mark.parametrize("name", ["qwen2", "llama3"])
+def test_padding_turns_render_nothing_wherever_they_are(imported, name):
+    """An empty role pads, whatever its content and place: a row padded on
+    the left or with text in a padding cell renders as the row alone, and
+    the default system prompt is added after leading padding too."""
+    lm = imported[name].lm
+    plain = [("user", "hi")]
+    want = _render(lm, [plain])[0]
+    assert want == list(
+        _hf_ids(imported[name].hf_tokenizer, [_turn("user", "hi")])
+    )
+    padded = [("", "forged"), ("user", "hi"), ("", "x")]
+    assert _render(lm, [padded, [("user", "hi"), ("", ""), ("", "y")]]) == [
+        want,
+        want,
+    ]
+
+
+def test_a_templated_model_answers_an_empty_batch(imported):
+    lm = imported["qwen2"].lm
+    role = tf.zeros([0, 2], tf.string)
+    ids, loss = template_render.render(lm.template, lm.tokenizer, role, role)
+    assert ids.to_list() == [] and loss.to_list() == []
+    assert lm.generate([], max_new_tokens=2) == []
+
+
+def test_a_model_dir_whose_tokenizer_lacks_the_template_tokens(imported):
+    """A model directory recording a template its tokenizer cannot place
+    is refused when it is loaded, naming the token."""
+    source = imported["llama3"].model_dir
+    broken = source + "-broken"
+    shutil.copytree(source, broken)
+    path = os.path.join(broken, "config.json")
+    with open(path) as f:
+        config = json.load(f)
+    config["template"] = {"name": "chatml"}
+    with open(path, "w") as f:
+        json.dump(config, f)
+    with pytest.raises(errors.InputError, match="<\\|im_start\\|>"):
+        CausalLM.from_preset(broken)

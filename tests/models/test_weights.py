@@ -164,3 +164,18 @@ def test_a_converted_directory_loads_as_float32(tmp_path, weights):
         weights_lib.converted(original, weights)(x).numpy(),
         atol=1e-5,
     )
+
+
+def test_converted_copies_keep_the_template_and_end_ids():
+    """An export converts a copy: it must stop where the model stops (an
+    imported Llama 3's `<|eot_id|>`) and render the same template."""
+    from tflm.models import CausalLM
+    from tflm.models import weights as weights_lib
+    from tflm.tokenizers import templates
+
+    lm = CausalLM.from_preset("tiny", vocabulary_size=259)
+    lm.eos_ids, lm.template = (7, 9), dict(templates.TEMPLATE)
+    for weights in ("bfloat16", "int8"):
+        copy = weights_lib.converted(lm, weights)
+        assert copy is not lm
+        assert copy.eos_ids == (7, 9) and copy.template == lm.template

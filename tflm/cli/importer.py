@@ -36,10 +36,12 @@ def add(subparsers) -> None:
     )
     parser.add_argument(
         "--chat-template",
-        choices=("chatml", "llama3", "mistral", "zephyr", "tflm"),
+        choices=("chatml", "llama3", "mistral", "zephyr", "tflm", "none"),
         default=None,
         help="the chat format to render conversations in, instead of "
-        "recognising the checkpoint's chat template",
+        "recognising the checkpoint's chat template; `none` keeps no "
+        "template (text prompts are continued as they are, as for a base "
+        "model)",
     )
     parser.add_argument(
         "--dropout",

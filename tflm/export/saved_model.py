@@ -155,14 +155,13 @@ def export(
             raise
         _write_assets(tmp, model, tokenizer, module.template)
         if warmup:
-            warmup_lib.write_warmup(tmp, chat=_chat_warmup(module.template))
+            template = module.template
+            warmup_lib.write_warmup(
+                tmp,
+                chat=template is not None,
+                system=template is None
+                or templates.FORMATS[template["name"]].system,
+            )
         target = _claim(tmp, base_dir, version, overwrite)
     logger.debug("Exported SavedModel to %s", target)
     return target
-
-
-def _chat_warmup(template) -> bool | str:
-    """What `write_warmup` includes for the `chat` signature."""
-    if template is None:
-        return False
-    return "system" if templates.FORMATS[template["name"]].system else True

@@ -23,6 +23,7 @@ from tflm.generation import pipeline as pipeline_lib
 from tflm.generation import spec
 from tflm.generation import templating
 from tflm.models import decode_plan
+from tflm.tokenizers import template_render
 
 # The signatures that generate text.
 GENERATING = ("serving_default", "generate", "beam_search", "chat")
@@ -191,7 +192,7 @@ def _chat_checks(template, role, content) -> list:
             tf.reduce_all(tf.equal(tf.shape(role), tf.shape(content))),
             "role and content must have the same shape [B, M]",
         ),
-        templating.role_check(template, role),
+        template_render.role_check(template, role),
     ]
     with tf.control_dependencies(checks):
         checks.append(templating.last_check(role))

@@ -26,7 +26,9 @@ def _request(signature: str, inputs: dict):
     )
 
 
-def warmup_requests(max_new_tokens: int = 4, chat: bool | str = False) -> list:
+def warmup_requests(
+    max_new_tokens: int = 4, chat: bool = False, system: bool = True
+) -> list:
     """One small request per signature, batch 1 and a batch of 2; with
     `chat`, also one of the `chat` signature (a model with a template)."""
     logs = []
@@ -59,7 +61,7 @@ def warmup_requests(max_new_tokens: int = 4, chat: bool | str = False) -> list:
         )
     )
     if chat:
-        request = chat_request(max_new_tokens, chat == "system")
+        request = chat_request(max_new_tokens, system)
         logs.append(_request("chat", request))
     return logs
 
@@ -112,16 +114,19 @@ def beam_request(prompts, max_new_tokens: int = 4) -> dict:
 
 
 def write_warmup(
-    saved_model_dir: str, max_new_tokens: int = 4, chat: bool | str = False
+    saved_model_dir: str,
+    max_new_tokens: int = 4,
+    chat: bool = False,
+    system: bool = True,
 ) -> str:
     """Writes the warm-up TFRecord file into `saved_model_dir`; returns it
-    (`chat`: include a request of the `chat` signature; `"system"`: one
-    with a system turn)."""
+    (`chat`: include a request of the `chat` signature, with a system turn
+    where `system`)."""
     directory = os.path.join(saved_model_dir, "assets.extra")
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, WARMUP_FILE)
     with tf.io.TFRecordWriter(path) as writer:
-        for log in warmup_requests(max_new_tokens, chat):
+        for log in warmup_requests(max_new_tokens, chat, system):
             writer.write(log.SerializeToString())
     return path
 

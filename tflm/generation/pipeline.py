@@ -32,6 +32,8 @@ from tflm.generation import loop
 from tflm.generation import spec
 from tflm.generation import templating
 from tflm.generation import text as text_lib
+from tflm.tokenizers import template_render
+from tflm.tokenizers import templates
 
 MIN_BUCKET = 8
 
@@ -163,7 +165,9 @@ class Pipeline:
     ):
         self.decoding = decoding
         self.tokenizer = tokenizer
-        self.template = templating.check(template)
+        self.template = templates.check(template)
+        if self.template is not None:
+            templates.check_tokenizer(self.template, tokenizer)
         self.context = int(context)
         self.vocabulary_size = int(vocabulary_size)
         has = tokenizer is not None
@@ -200,7 +204,7 @@ class Pipeline:
                 role, content = prompt.role, prompt.content
                 if prompt.text is not None:
                     role, content = templating.prompt_turns(prompt.text)
-                ragged = templating.render(
+                ragged, _ = template_render.render(
                     self.template, self.tokenizer, role, content
                 )
             lengths = ragged.row_lengths()

@@ -14,8 +14,8 @@ import os
 from tflm import errors
 from tflm.importers import huggingface
 from tflm.importers import keras_hub_gpt2
-from tflm.importers import weights
 from tflm.models import model_dir
+from tflm.tokenizers import hf_files
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def detect_format(path: str | os.PathLike) -> str:
     if not os.path.isdir(path):
         raise errors.InputError(f"{path} is not a directory.")
     config_path = os.path.join(path, huggingface.CONFIG_FILE)
-    config = weights.read_json(config_path)
+    config = hf_files.read_json(config_path)
     if keras_hub_gpt2.is_keras_hub_preset(config):
         return KERAS_HUB
     if "model_type" in config:
@@ -62,6 +62,11 @@ def load_checkpoint(
         **overrides: `Backbone` arguments to change, such as `dropout`.
     """
     if detect_format(path) == KERAS_HUB:
+        if max_context is not None or chat_template is not None:
+            raise errors.InputError(
+                "--max-context and --chat-template apply to Hugging Face "
+                "checkpoints; a keras-hub GPT-2 preset has neither."
+            )
         return keras_hub_gpt2.load_keras_hub_gpt2(path, **overrides)
     return huggingface.load(
         path, max_context=max_context, chat_template=chat_template, **overrides

@@ -11,16 +11,17 @@ error naming the formats, never a silent fallback.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 
 from tflm import errors
-from tflm.importers import weights
+from tflm.tokenizers import hf_files
 from tflm.tokenizers import templates
 
-CONFIG_FILE = "tokenizer_config.json"
+CONFIG_FILE = hf_files.TOKENIZER_CONFIG_FILE
 JINJA_FILE = "chat_template.jinja"
-NAMES = ("chatml", "llama3", "mistral", "zephyr", "tflm")
+NAMES = ("chatml", "llama3", "mistral", "zephyr", "tflm", "none")
 _PROBES = (
     [{"role": "user", "content": "Hello there"}],
     [
@@ -41,18 +42,11 @@ def read(path: str) -> str | None:
     config_path = os.path.join(path, CONFIG_FILE)
     if not os.path.isfile(config_path):
         return None
-    template = weights.read_json(config_path).get("chat_template")
+    template = hf_files.read_json(config_path).get("chat_template")
     if isinstance(template, list):  # [{"name": "default", "template": ...}]
         named = {t.get("name"): t.get("template") for t in template}
         template = named.get("default")
     return template if isinstance(template, str) else None
-
-
-def _special(config: dict, key: str) -> str:
-    value = config.get(key)
-    if isinstance(value, dict):
-        value = value.get("content")
-    return value if isinstance(value, str) else ""
 
 
 def _render(source: str, messages, bos: str, eos: str) -> str:
@@ -61,10 +55,17 @@ def _render(source: str, messages, bos: str, eos: str) -> str:
     def fail(message):
         raise jinja2.exceptions.TemplateError(message)
 
+    def strftime_now(form):
+        return datetime.datetime.now().strftime(form)
+
+    # As transformers renders chat templates.
     environment = jinja2.sandbox.ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=["jinja2.ext.loopcontrols"],
     )
     environment.globals["raise_exception"] = fail
+    environment.globals["strftime_now"] = strftime_now
     return environment.from_string(source).render(
         messages=messages,
         bos_token=bos,
@@ -79,14 +80,20 @@ def recognise(source: str, bos: str, eos: str, where: str) -> dict:
     Raises:
         InputError: it matches no format (the message names how to choose).
     """
+    try:
+        _render(source, _PROBES[0], bos, eos)
+        failure = ""
+    except Exception as err:  # noqa: BLE001 - reported, not raised
+        failure = f" (rendering it failed: {type(err).__name__}: {err})"
     for name in ("chatml", "llama3", "zephyr", "mistral"):
         record = _match(source, name, bos, eos)
         if record is not None:
             return record
     raise errors.InputError(
         f"{where}: the chat template matches none of the formats tflm "
-        "renders (ChatML, Llama 3, Mistral [INST], Zephyr). Choose one with "
-        "--chat-template chatml|llama3|mistral|zephyr|tflm."
+        f"renders (ChatML, Llama 3, Mistral [INST], Zephyr){failure}. Choose "
+        "one with --chat-template chatml|llama3|mistral|zephyr|tflm, or "
+        "--chat-template none for plain-text prompts."
     )
 
 
@@ -137,13 +144,15 @@ def from_checkpoint(path: str, tokenizer, choice: str | None) -> dict | None:
     config_path = os.path.join(path, CONFIG_FILE)
     config = {}
     if os.path.isfile(config_path):
-        config = weights.read_json(config_path)
+        config = hf_files.read_json(config_path)
     if choice is not None:
         if choice not in NAMES:
             raise errors.InputError(
                 f"--chat-template must be one of {', '.join(NAMES)}. "
                 f"Received: {choice!r}."
             )
+        if choice == "none":
+            return None
         record = templates.record(
             templates.NAME if choice == "tflm" else choice
         )
@@ -151,22 +160,13 @@ def from_checkpoint(path: str, tokenizer, choice: str | None) -> dict | None:
         source = read(path)
         if source is None:
             return None
-        bos, eos = _special(config, "bos_token"), _special(config, "eos_token")
+        bos, eos = (
+            hf_files.token_text(config.get(key), key, config_path) or ""
+            for key in ("bos_token", "eos_token")
+        )
         where = os.path.join(path, JINJA_FILE)
         if not os.path.isfile(where):
             where = config_path
         record = recognise(source, bos, eos, where)
-    for token in templates.end_tokens(record):
-        templates.token_id(tokenizer, token)  # InputError if it lacks one
-    _check_specials(record, tokenizer)
+    templates.check_tokenizer(record, tokenizer)
     return json.loads(json.dumps(record))
-
-
-def _check_specials(record: dict, tokenizer) -> None:
-    form = templates.FORMATS[record["name"]]
-    parts = [*form.start, *form.generation]
-    for role in templates.ROLES:
-        parts += [*form.before[role], *form.after[role]]
-    for part in parts:
-        if isinstance(part, templates.Special):
-            templates.token_id(tokenizer, part.token)

@@ -21,6 +21,7 @@ import tensorflow as tf
 from tflm import errors
 from tflm.importers import safetensors
 from tflm.importers import weights
+from tflm.tokenizers import hf_files
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class Checkpoint:
     def __init__(self, directory: str):
         index = os.path.join(directory, INDEX_FILE)
         if os.path.isfile(index):
-            weight_map = weights.read_json(index).get("weight_map")
+            weight_map = hf_files.read_json(index).get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
                 raise errors.InputError(f"{index} has no weight_map.")
             files = sorted(set(weight_map.values()))

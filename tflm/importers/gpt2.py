@@ -22,10 +22,11 @@ from tflm.models import backbone as backbone_lib
 from tflm.models import causal_lm
 from tflm.models import presets
 from tflm.tokenizers import gpt2_bpe
+from tflm.tokenizers import hf_files
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = hf_files.MODEL_CONFIG_FILE
 # Hugging Face names of GELU with the tanh approximation.
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 # Buffers and duplicates that are not weights of the model.
@@ -154,7 +155,7 @@ def load_hf_gpt2(
     """
     path = os.fspath(path)
     config_path = os.path.join(path, CONFIG_FILE)
-    args = backbone_args(weights.read_json(config_path), config_path)
+    args = backbone_args(hf_files.read_json(config_path), config_path)
     weights.log_architecture(args, config_path)
     tokenizer = gpt2_bpe.GPT2BPETokenizer.from_directory(path)
     weights.check_vocabulary(tokenizer, args["vocabulary_size"], config_path)

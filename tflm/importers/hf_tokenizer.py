@@ -12,10 +12,10 @@ import os
 
 from tflm import errors
 from tflm import tokenizers
-from tflm.importers import weights
+from tflm.tokenizers import hf_files
 
-HF_TOKENIZER_FILE = "tokenizer.json"
-SENTENCEPIECE_FILE = "tokenizer.model"
+HF_TOKENIZER_FILE = hf_files.TOKENIZER_FILE
+SENTENCEPIECE_FILE = hf_files.SENTENCEPIECE_FILE
 
 
 def _is_byte_level_bpe(config: dict) -> bool:
@@ -34,7 +34,7 @@ def load(directory: str) -> tokenizers.Tokenizer:
     hf_path = os.path.join(directory, HF_TOKENIZER_FILE)
     spm_path = os.path.join(directory, SENTENCEPIECE_FILE)
     if os.path.isfile(hf_path):
-        config = weights.read_json(hf_path)
+        config = hf_files.read_json(hf_path)
         if _is_byte_level_bpe(config) or not os.path.isfile(spm_path):
             return tokenizers.BPETokenizer.from_huggingface(directory)
     if os.path.isfile(spm_path):

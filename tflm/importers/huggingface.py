@@ -22,10 +22,11 @@ from tflm.importers import llama
 from tflm.importers import weights
 from tflm.models import backbone as backbone_lib
 from tflm.models import causal_lm
+from tflm.tokenizers import hf_files
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = hf_files.MODEL_CONFIG_FILE
 GENERATION_CONFIG_FILE = "generation_config.json"
 FAMILIES = ("gpt2", *llama.MODEL_TYPES)
 
@@ -33,7 +34,7 @@ FAMILIES = ("gpt2", *llama.MODEL_TYPES)
 def read_config(path: str) -> tuple[dict[str, Any], str]:
     """`(config, its path)`; InputError for a model type tflm cannot run."""
     config_path = os.path.join(path, CONFIG_FILE)
-    config = weights.read_json(config_path)
+    config = hf_files.read_json(config_path)
     model_type = config.get("model_type")
     if model_type not in FAMILIES:
         architectures = config.get("architectures") or [model_type]
@@ -51,8 +52,10 @@ def eos_ids(path: str, config: dict[str, Any]) -> tuple[int, ...]:
     generation_path = os.path.join(path, GENERATION_CONFIG_FILE)
     source = config
     if os.path.isfile(generation_path):
-        source = weights.read_json(generation_path)
-    value = source.get("eos_token_id", config.get("eos_token_id"))
+        source = hf_files.read_json(generation_path)
+    value = source.get("eos_token_id")
+    if value is None:
+        value = config.get("eos_token_id")
     values = value if isinstance(value, list) else [value]
     return tuple(
         int(v) for v in values if isinstance(v, int) and not isinstance(v, bool)
@@ -89,12 +92,19 @@ def load(
                 "Mistral); GPT-2's learned positions fix its context."
             )
         model, tokenizer = gpt2.load_hf_gpt2(path, **overrides)
+        template = chat_templates.from_checkpoint(
+            path, tokenizer, chat_template
+        )
     else:
         args = llama.backbone_args(config, config_path, max_context)
         logger.debug("%s: %s", config_path, args)
         tokenizer = hf_tokenizer.load(path)
         weights.check_vocabulary(
             tokenizer, args["vocabulary_size"], config_path
+        )
+        # Everything but the weights is checked before they are read.
+        template = chat_templates.from_checkpoint(
+            path, tokenizer, chat_template
         )
         checkpoint = checkpoint_lib.Checkpoint(path)
         try:
@@ -109,7 +119,5 @@ def load(
         model.tokenizer = tokenizer
     extra = [i for i in eos_ids(path, config) if i != tokenizer.eos_id]
     model.eos_ids = tuple(extra)
-    model.template = chat_templates.from_checkpoint(
-        path, tokenizer, chat_template
-    )
+    model.template = template
     return model, tokenizer

@@ -22,8 +22,9 @@ from tflm.models import backbone as backbone_lib
 from tflm.models import causal_lm
 from tflm.models import presets
 from tflm.tokenizers import gpt2_bpe
+from tflm.tokenizers import hf_files
 
-CONFIG_FILE = "config.json"
+CONFIG_FILE = hf_files.MODEL_CONFIG_FILE
 WEIGHTS_FILE = "model.weights.h5"
 TOKENIZER_ASSETS = os.path.join("assets", "tokenizer")
 BACKBONE_CLASS = "GPT2Backbone"
@@ -197,7 +198,7 @@ def load_keras_hub_gpt2(
     """
     path = os.fspath(path)
     config_path = os.path.join(path, CONFIG_FILE)
-    args = backbone_args(weights.read_json(config_path), config_path)
+    args = backbone_args(hf_files.read_json(config_path), config_path)
     weights.log_architecture(args, config_path)
     assets = os.path.join(path, TOKENIZER_ASSETS)
     tokenizer = gpt2_bpe.GPT2BPETokenizer(

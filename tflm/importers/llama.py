@@ -100,21 +100,33 @@ def backbone_args(
             "tflm runs is SwiGLU (silu)."
         )
     theta, scaling = _rope(config, path)
-    try:
-        heads = int(config["num_attention_heads"])
-        hidden = int(config["hidden_size"])
-        args = dict(
-            vocabulary_size=int(config["vocab_size"]),
-            num_layers=int(config["num_hidden_layers"]),
-            num_heads=heads,
-            num_key_value_heads=int(config.get("num_key_value_heads") or heads),
-            hidden_dim=hidden,
-            intermediate_dim=int(config["intermediate_size"]),
+    sizes = {
+        key: config.get(key)
+        for key in (
+            "vocab_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "hidden_size",
+            "intermediate_size",
         )
-    except (KeyError, TypeError, ValueError) as err:
-        raise errors.InputError(
-            f"{path} lacks a valid {err.args[0]!r}."
-        ) from None
+    }
+    sizes["num_key_value_heads"] = (
+        config.get("num_key_value_heads") or sizes["num_attention_heads"]
+    )
+    for key, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise errors.InputError(
+                f"{path}: {key} must be a positive integer. Received: "
+                f"{value!r}."
+            )
+    args = dict(
+        vocabulary_size=sizes["vocab_size"],
+        num_layers=sizes["num_hidden_layers"],
+        num_heads=sizes["num_attention_heads"],
+        num_key_value_heads=sizes["num_key_value_heads"],
+        hidden_dim=sizes["hidden_size"],
+        intermediate_dim=sizes["intermediate_size"],
+    )
     head_dim = config.get("head_dim")
     bias = bool(config.get("attention_bias", False))
     qwen = model_type == "qwen2"

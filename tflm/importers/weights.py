@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from collections.abc import Iterable
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -90,19 +87,6 @@ def log_architecture(args: dict, source: str) -> None:
         logger.info("%s: the architecture of preset %s.", source, preset)
     else:
         logger.info("%s: a GPT-2 architecture of no preset: %s", source, args)
-
-
-def read_json(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        raise errors.InputError(f"{path} is missing.")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise errors.InputError(f"{path} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise errors.InputError(f"{path} is not a JSON object.")
-    return data
 
 
 def check_vocabulary(tokenizer, vocabulary_size: int, source: str) -> None:

@@ -24,12 +24,12 @@ import tflm
 from tflm import atomic
 from tflm import errors
 from tflm import tokenizers
-from tflm.generation import templating
 from tflm.models import backbone as backbone_lib
 from tflm.models import lora as lora_lib
 from tflm.models import lora_storage
 from tflm.models import model_dir_checks as checks
 from tflm.models import weights as weights_lib
+from tflm.tokenizers import templates
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -330,7 +330,9 @@ def load_model(
     model.tokenizer = tokenizers.load_tokenizer(
         os.path.join(directory, TOKENIZER_DIR)
     )
-    model.template = templating.check(config.get("template"))
+    model.template = templates.check(config.get("template"))
+    if model.template is not None:
+        templates.check_tokenizer(model.template, model.tokenizer)
     model.eos_ids = _eos_ids(config.get("eos_ids", []), path)
     return model
 

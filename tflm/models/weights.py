@@ -234,11 +234,12 @@ def converted(model, weights: str):
 
 def clone(model):
     """A copy of `model`: its config (adapters included), weights,
-    tokenizer and template."""
+    tokenizer, template and end ids."""
     copy = type(model).from_config(model.get_config())
     copy.set_weights(model.get_weights())
     copy.tokenizer = getattr(model, "tokenizer", None)
     copy.template = getattr(model, "template", None)
+    copy.eos_ids = getattr(model, "eos_ids", ())
     return copy
 
 

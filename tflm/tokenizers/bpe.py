@@ -20,6 +20,7 @@ from tflm.tokenizers import bpe_huggingface
 from tflm.tokenizers import bpe_merges
 from tflm.tokenizers import bpe_pretokenize as pre
 from tflm.tokenizers import gpt2_bpe_ops as ops
+from tflm.tokenizers import hf_files
 from tflm.tokenizers import storage
 
 VOCABULARY_FILE = "vocab.json"
@@ -101,11 +102,11 @@ class BPETokenizer(base.Tokenizer):
         sources = ["<vocabulary>", "<merges>"]
         if isinstance(vocabulary, str | os.PathLike):
             sources[0] = os.fspath(vocabulary)
-            vocabulary = bpe_huggingface.read_file(sources[0], json.loads)
+            vocabulary = hf_files.read_text(sources[0], json.loads)
             self.vocabulary_file = tf.saved_model.Asset(sources[0])
         if isinstance(merges, str | os.PathLike):
             sources[1] = os.fspath(merges)
-            merges = bpe_huggingface.read_file(sources[1], _merge_lines)
+            merges = hf_files.read_text(sources[1], _merge_lines)
             self.merges_file = tf.saved_model.Asset(sources[1])
         self._vocabulary = bpe_huggingface.check_vocabulary(
             vocabulary, sources[0]

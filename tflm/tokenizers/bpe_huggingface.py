@@ -15,9 +15,10 @@ from typing import Any
 from tflm import errors
 from tflm.tokenizers import bpe_merges
 from tflm.tokenizers import bpe_pretokenize as pre
+from tflm.tokenizers import hf_files
 
 HF_FILE = "tokenizer.json"
-HF_CONFIG_FILE = "tokenizer_config.json"
+HF_CONFIG_FILE = hf_files.TOKENIZER_CONFIG_FILE
 _READS = (
     "tflm reads byte-level BPE tokenizer.json files, or a SentencePiece "
     "tokenizer.model beside it"
@@ -59,23 +60,9 @@ def read(directory: str) -> dict[str, Any]:
 
 def _load(path: str) -> Any:
     """The JSON in `path`, or `None` when there is no such file."""
-    return read_file(path, json.loads) if os.path.isfile(path) else None
-
-
-def read_file(path: str, parse: Any) -> Any:
-    """`parse(text)` of a UTF-8 file.
-
-    Raises:
-        InputError: naming the file, if it cannot be read or parsed.
-    """
-    try:
-        with open(path, encoding="utf-8") as f:
-            return parse(f.read())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise errors.InputError(
-            f"{path} is corrupt or unreadable ({err}). Restore it, or "
-            "import the tokenizer again."
-        ) from None
+    return (
+        hf_files.read_text(path, json.loads) if os.path.isfile(path) else None
+    )
 
 
 def _model(spec: Any, path: str) -> dict[str, Any]:
@@ -183,9 +170,9 @@ def _special_ids(settings, post_processor, added, vocabulary, path):
     known = {**vocabulary, **{t["content"]: t["id"] for t in added}}
     names = {}
     for key in ("bos", "eos", "pad"):
-        value = settings.get(f"{key}_token")
-        if isinstance(value, dict):
-            value = value.get("content")
+        value = hf_files.token_text(
+            settings.get(f"{key}_token"), f"{key}_token", HF_CONFIG_FILE
+        )
         if value is not None and value not in known:
             raise errors.InputError(
                 f"{HF_CONFIG_FILE} beside {path}: {key}_token {value!r} is "

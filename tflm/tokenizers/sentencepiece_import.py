@@ -62,17 +62,17 @@ SentencePiece's ` ⁇ `); transformers writes their text.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 from sentencepiece import sentencepiece_model_pb2
 
 from tflm import errors
+from tflm.tokenizers import hf_files
 from tflm.tokenizers import sentencepiece_model as model_lib
 
-MODEL_FILE = "tokenizer.model"
-CONFIG_FILE = "tokenizer_config.json"
+MODEL_FILE = hf_files.SENTENCEPIECE_FILE
+CONFIG_FILE = hf_files.TOKENIZER_CONFIG_FILE
 CLASSES = ("LlamaTokenizer", "LlamaTokenizerFast")
 # Model types for which transformers 5.x ignores `tokenizer_class` and
 # builds its generic SentencePiece tokenizer (absent `tekken.json`).
@@ -111,7 +111,7 @@ def huggingface_arguments(
     path_config = os.path.join(directory, "config.json")
     model_type = None
     if os.path.isfile(path_config):
-        model_type = _read_json(path_config).get("model_type")
+        model_type = hf_files.read_json(path_config).get("model_type")
     return path, _Resolver(proto, config, directory, model_type).arguments()
 
 
@@ -138,47 +138,27 @@ def _check_model(proto, path: str) -> None:
         )
 
 
-def _read_json(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise errors.InputError(f"{path} is not valid JSON ({err}).") from None
-    if not isinstance(value, dict):
-        raise errors.InputError(f"{path} must hold a JSON object.")
-    return value
-
-
 def _read_config(directory: str) -> dict[str, Any]:
     """`tokenizer_config.json`, completed from the legacy files as
     transformers does when it has no `added_tokens_decoder`."""
     path = os.path.join(directory, CONFIG_FILE)
-    config = _read_json(path) if os.path.isfile(path) else {}
+    config = hf_files.read_json(path) if os.path.isfile(path) else {}
     if "added_tokens_decoder" in config:
         return config
     path = os.path.join(directory, "special_tokens_map.json")
     if os.path.isfile(path):
-        config.update(_read_json(path))
+        config.update(hf_files.read_json(path))
     path = os.path.join(directory, "added_tokens.json")
     if os.path.isfile(path):
-        named = {str(_content(config.get(k), k)) for k in _NAMED}
+        named = {
+            str(hf_files.token_text(config.get(k), k, CONFIG_FILE))
+            for k in _NAMED
+        }
         config["added_tokens_decoder"] = {
             str(index): {"content": text, "special": text in named}
-            for text, index in _read_json(path).items()
+            for text, index in hf_files.read_json(path).items()
         }
     return config
-
-
-def _content(value: Any, key: str) -> str | None:
-    """A token given as a string or as an `AddedToken` dict."""
-    if isinstance(value, dict):
-        value = value.get("content")
-    if value is None or isinstance(value, str):
-        return value
-    raise errors.InputError(
-        f"{CONFIG_FILE}: {key} must be a token string or an object with a "
-        f'"content" string. Received: {key}={value!r}'
-    )
 
 
 class _Resolver:
@@ -208,7 +188,7 @@ class _Resolver:
         for key in _EXTRA:
             extra = config.get(key) or []
             for token in extra.values() if isinstance(extra, dict) else extra:
-                self._special(_content(token, key))
+                self._special(hf_files.token_text(token, key, CONFIG_FILE))
         if self.missing:
             raise errors.InputError(
                 f"{self.directory} adds tokens that are not pieces of "
@@ -240,7 +220,10 @@ class _Resolver:
         does not) unless it is the model's own special piece."""
         decoder = self.config.get("added_tokens_decoder") or {}
         for index, token in sorted(decoder.items(), key=lambda x: int(x[0])):
-            index, text = int(index), _content(token, "added_tokens_decoder")
+            index, text = (
+                int(index),
+                hf_files.token_text(token, "added_tokens_decoder", CONFIG_FILE),
+            )
             special = isinstance(token, dict) and token.get("special", False)
             if text is None:
                 raise errors.InputError(
@@ -267,7 +250,7 @@ class _Resolver:
         """(id, whether transformers has the token) for bos, eos, unk or
         pad, or None. A key left out means the model's own piece; `null`
         means no token, though the id stays the model's own."""
-        text = _content(self.config.get(key), key)
+        text = hf_files.token_text(self.config.get(key), key, CONFIG_FILE)
         if text is not None:
             index = self._special(text)
             return None if index is None else (index, True)

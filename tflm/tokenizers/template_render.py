@@ -23,7 +23,7 @@ _NONE = -1  # The id of a text cell.
 
 
 def _trim(content):
-    ws = templates.WS
+    ws = templates.TRIM
     return tf.strings.regex_replace(content, f"^[{ws}]+|[{ws}]+$", "")
 
 
@@ -51,10 +51,18 @@ def _by_role(form, which, index, tokenizer, role):
 def _cells(template, tokenizer, role, content, prompt: bool):
     """`(text, ids, reply, loss)` `[B, C]`: the conversation's cells."""
     form = templates.FORMATS[template["name"]]
+    real = tf.not_equal(role, templates.PADDING)
+    content = tf.where(real, content, "")  # a padding turn renders nothing
     system = template.get("default_system")
     if system:
-        first = role[:, :1]
-        missing = tf.not_equal(first, "system")
+        # The first real turn of each row (none: an empty conversation).
+        first = tf.argmax(tf.cast(tf.pad(real, [[0, 0], [0, 1]]), tf.int32), 1)
+        first_role = tf.gather(
+            tf.pad(role, [[0, 0], [0, 1]], constant_values=""),
+            first,
+            batch_dims=1,
+        )
+        missing = tf.not_equal(first_role, "system")[:, None]
         role = tf.concat([tf.where(missing, "system", ""), role], 1)
         content = tf.concat([tf.where(missing, system, ""), content], 1)
     if form.trim:
@@ -72,9 +80,9 @@ def _cells(template, tokenizer, role, content, prompt: bool):
             text, ids = _by_role(form, which, index, tokenizer, role)
             ends = assistant & (index == 0) if which == "after" else zeros
             columns.append((text, ids, zeros, ends))
-    batch = tf.shape(role)[0]
+    batch, turns = tf.shape(role)[0], tf.shape(role)[1]
     cells = [
-        tf.reshape(tf.stack(list(field), axis=2), [batch, -1])
+        tf.reshape(tf.stack(list(field), axis=2), [batch, turns * len(field)])
         for field in zip(*columns, strict=True)
     ]
     edges = [form.start] + ([form.generation] if prompt else [])
@@ -180,9 +188,10 @@ def role_check(template, role):
     return tf.debugging.Assert(tf.reduce_all(known), [message])
 
 
-def _conversations(conversations: Sequence[Sequence[Mapping]]):
-    """Role and content strings `[N, M]` of conversations (padded)."""
-    width = max([len(c) for c in conversations] + [0])
+def as_tensors(conversations: Sequence[Sequence[Mapping]]):
+    """Role and content strings `[N, M]` of conversations, padded with
+    empty roles (`M` at least 1)."""
+    width = max([len(c) for c in conversations] + [1])
     role, content = [], []
     for conversation in conversations:
         pad = [templates.PADDING] * (width - len(conversation))
@@ -195,13 +204,38 @@ def _conversations(conversations: Sequence[Sequence[Mapping]]):
     )
 
 
-def check_roles(template, messages) -> None:
-    """InputError for a role the template lacks."""
+def check_conversation(template, messages, reply: bool) -> None:
+    """InputError unless `messages` is a list of `{"role", "content"}`
+    turns with roles the template has, ending with a reply (`reply`) or
+    not."""
     form = templates.FORMATS[template["name"]]
-    if not form.system and any(m["role"] == "system" for m in messages):
+    roles = [r for r in templates.ROLES if form.system or r != "system"]
+    for turn in messages:
+        if (
+            not isinstance(turn, Mapping)
+            or turn.get("role") not in templates.ROLES
+            or not isinstance(turn.get("content"), str)
+        ):
+            raise errors.InputError(
+                'A conversation is a list of {"role", "content"} turns, '
+                f"role one of {', '.join(roles)} and content a string. "
+                f"Received: {turn!r}."
+            )
+        if turn["role"] not in roles:
+            raise errors.InputError(
+                f"The {template['name']} chat template has no "
+                f"{turn['role']} role; put the instructions in the first "
+                "user turn."
+            )
+    ends = bool(messages) and messages[-1]["role"] == "assistant"
+    if reply and not ends:
         raise errors.InputError(
-            f"The {template['name']} chat template has no system role; "
-            "put the instructions in the first user turn."
+            "A training conversation must end with the assistant's reply."
+        )
+    if not reply and ends:
+        raise errors.InputError(
+            "A conversation to reply to must end with a user or system "
+            "turn. Received: a last turn with role='assistant'."
         )
 
 
@@ -216,9 +250,9 @@ def encode_many(conversations, tokenizer, template=None):
     for start in range(0, len(conversations), BATCH):
         chunk = conversations[start : start + BATCH]
         for messages in chunk:
-            check_roles(template, messages)
+            check_conversation(template, messages, reply=True)
         ids, loss = render(
-            template, tokenizer, *_conversations(chunk), prompt=False
+            template, tokenizer, *as_tensors(chunk), prompt=False
         )
         for row_ids, row_loss in zip(
             ids.to_list(), loss.to_list(), strict=True
@@ -247,10 +281,8 @@ def encode_prompts(conversations, tokenizer, template=None) -> list:
     for start in range(0, len(conversations), BATCH):
         chunk = conversations[start : start + BATCH]
         for messages in chunk:
-            if messages and messages[-1]["role"] == "assistant":
-                raise ValueError("The conversation already ends with a reply.")
-            check_roles(template, messages)
-        ids, _ = render(template, tokenizer, *_conversations(chunk))
+            check_conversation(template, messages, reply=False)
+        ids, _ = render(template, tokenizer, *as_tensors(chunk))
         out += [np.asarray(row, np.int32) for row in ids.to_list()]
     return out
 

@@ -25,9 +25,9 @@ control tokens, so user content cannot forge one. Consecutive text cells are
 tokenized as one piece, as Hugging Face tokenizes the text between control
 tokens; in training each reply is a piece of its own (what generation
 produces after the prompt), and the loss is taken on the reply and the
-control token that ends it. `render` runs in the graph (core string and
-ragged ops, so exported signatures run it under TF Serving); `encode` and
-`encode_prompt` call it eagerly.
+control token that ends it. `tflm.tokenizers.template_render` does this in
+the graph (core string and ragged ops, so exported signatures run it under
+TF Serving); its `encode` and `encode_prompt` call it eagerly.
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ NAME = "tflm-chat-v1"
 ROLES = ("system", "user", "assistant")
 PADDING = ""  # The role of a padding turn.
 BOS, EOS = "<bos>", "<eos>"  # The tokenizer's start and end ids.
-# Unicode White_Space, what Jinja's `trim` (Python's `str.strip`) removes.
-WS = gpt2_bpe_ops.WS
+# What Jinja's `trim` (Python's `str.strip`) removes: Unicode White_Space
+# and the separators U+001C-U+001F.
+TRIM = gpt2_bpe_ops.WS + r"\x1c-\x1f"
 
 
 class Special(NamedTuple):
@@ -185,6 +186,14 @@ def check(template) -> dict | None:
             f"Unknown chat template {name!r} in the model's config.json; "
             f"this tflm applies {', '.join(FORMATS)}. Upgrade tflm."
         )
+    if name == NAME and any(
+        template.get(key, value) != value for key, value in TEMPLATE.items()
+    ):
+        raise errors.InputError(
+            f"The model's config.json records a {NAME} template with other "
+            f"headers or ids than this tflm renders ({TEMPLATE}); restore "
+            "config.json from the model's training run."
+        )
     system = template.get("default_system")
     if system is not None and not isinstance(system, str):
         raise errors.InputError(
@@ -192,6 +201,18 @@ def check(template) -> dict | None:
             f"{system!r}."
         )
     return dict(template)
+
+
+def check_tokenizer(template: Mapping, tokenizer) -> None:
+    """InputError unless `tokenizer` has every control token `template`
+    places."""
+    form = FORMATS[template["name"]]
+    parts = list(form.start)
+    for role in ROLES:
+        parts += [*form.before[role], *form.after[role]]
+    for part in parts:
+        if isinstance(part, Special):
+            token_id(tokenizer, part.token)
 
 
 def end_tokens(template: Mapping) -> list[str]:
@@ -213,8 +234,8 @@ def token_id(tokenizer, token: str) -> int:
     if token not in specials:
         raise errors.InputError(
             f"The chat template needs the control token {token!r}, which the "
-            "tokenizer does not have. Choose the template of the "
-            "checkpoint's family (--chat-template)."
+            "tokenizer does not have: import the checkpoint again with the "
+            "template of its family (tflm import --chat-template)."
         )
     return int(specials[token])
 

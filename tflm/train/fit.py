@@ -87,11 +87,7 @@ class _Run:
 
     @property
     def template(self) -> dict:
-        """The chat template task data is rendered in: the parent's (an
-        imported chat model's own), else tflm's."""
-        if self.parent is not None and self.parent.config.get("template"):
-            return self.parent.config["template"]
-        return templates.TEMPLATE
+        return task_template(self.parent)
 
     @property
     def keeps_best(self) -> bool:
@@ -196,6 +192,14 @@ def _datasets(run: _Run) -> _Data:
     )
 
 
+def task_template(parent: parent_lib.Parent | None) -> dict:
+    """The chat template task data is rendered in: the parent's (an
+    imported chat model's own), else tflm's."""
+    if parent is not None and parent.config.get("template"):
+        return parent.config["template"]
+    return templates.TEMPLATE
+
+
 def _prepare(config: config_lib.TrainConfig, stack) -> _Run:
     strategy = strategy_lib.resolve_strategy(config.strategy)
     chief = strategy_lib.is_chief(strategy)
@@ -226,10 +230,9 @@ def _prepare(config: config_lib.TrainConfig, stack) -> _Run:
     )
     task = None
     if config.data_format == "task":
-        template = templates.TEMPLATE
-        if parent is not None and parent.config.get("template"):
-            template = parent.config["template"]
-        task = task_inputs.load(config, tokenizer, sequence_length, template)
+        task = task_inputs.load(
+            config, tokenizer, sequence_length, task_template(parent)
+        )
         # Without --sequence-length, windows fit the longest example.
         sequence_length = task.train[0].shape[1] - 1
         total = task_inputs.total_steps(config, task)
