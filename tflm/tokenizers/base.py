@@ -28,7 +28,8 @@ class Tokenizer(tf.Module):
 
     Subclasses implement `_tokenize_batch` (string `[B]` to ragged int32
     `[B, None]`), `_detokenize_batch` (ragged ids, special ids already
-    removed, to string `[B]`), the id properties, `get_config`, and
+    removed, to string `[B]`), the id properties (or an `_ids` dict with
+    `pad_id`, `bos_id` and `eos_id`), `get_config`, and
     `_save_assets` / `_from_directory` for their files.
 
     Args:
@@ -52,17 +53,17 @@ class Tokenizer(tf.Module):
     @property
     def pad_id(self) -> int:
         """Id used for padding; never produced by `tokenize`."""
-        raise NotImplementedError
+        return self._ids["pad_id"]
 
     @property
     def bos_id(self) -> int:
         """Start-of-text id; `tokenize` does not add it."""
-        raise NotImplementedError
+        return self._ids["bos_id"]
 
     @property
     def eos_id(self) -> int:
         """End-of-text id, appended between documents by the pipeline."""
-        raise NotImplementedError
+        return self._ids["eos_id"]
 
     @property
     def special_tokens(self) -> dict[str, int]:

@@ -174,18 +174,6 @@ class BPETokenizer(base.Tokenizer):
         return self._size
 
     @property
-    def pad_id(self) -> int:
-        return self._ids["pad_id"]
-
-    @property
-    def bos_id(self) -> int:
-        return self._ids["bos_id"]
-
-    @property
-    def eos_id(self) -> int:
-        return self._ids["eos_id"]
-
-    @property
     def add_bos(self) -> bool:
         return self._add_bos
 

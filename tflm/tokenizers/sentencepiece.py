@@ -212,21 +212,9 @@ class SentencePieceTokenizer(base.Tokenizer):
         return self._vocabulary_size
 
     @property
-    def pad_id(self) -> int:
-        return self._ids["pad_id"]
-
-    @property
     def unk_id(self) -> int:
         """Id of unknown pieces; byte fallback means text never needs it."""
         return self._ids["unk_id"]
-
-    @property
-    def bos_id(self) -> int:
-        return self._ids["bos_id"]
-
-    @property
-    def eos_id(self) -> int:
-        return self._ids["eos_id"]
 
     @property
     def newline_is_boundary(self) -> bool:
