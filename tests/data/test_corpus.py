@@ -1,4 +1,3 @@
-import logging
 import os
 
 import pytest
@@ -123,16 +122,17 @@ def test_iter_documents_checks_jsonl_before_it_returns(tmp_path):
     assert list(docs) == ["ok", "fine", "line"]
 
 
-def test_invalid_utf8_is_replaced_and_located(tmp_path, caplog):
+def test_invalid_utf8_text_is_refused_naming_line_and_offset(tmp_path):
     path = tmp_path / "latin1.txt"
-    path.write_bytes("café\nok\nnaïve\n".encode("latin-1"))
-    with caplog.at_level(logging.WARNING):
-        docs = _docs(data.read_documents([str(path)]))
-    assert docs == ["caf\ufffd\nok\nna\ufffdve\n"]
-    assert (
-        f"{path}: 2 line(s) are not valid UTF-8 (the first at line 1, byte "
-        "offset 3)" in caplog.text
+    path.write_bytes("ok\ncafé\nnaïve\n".encode("latin-1"))
+    with pytest.raises(errors.InputError) as info:
+        data.read_documents([str(path)])
+    assert str(info.value).startswith(
+        f"{path}:2: not UTF-8 text (the first bad byte is at byte offset 6)"
     )
+    assert "iconv -f LATIN1 -t UTF-8" in str(info.value)
+    with pytest.raises(errors.InputError, match="latin1.txt:2: not UTF-8"):
+        list(data.iter_documents([str(path)]))
 
 
 def test_invalid_utf8_offset_counts_bytes_of_earlier_lines(tmp_path):
@@ -145,15 +145,17 @@ def test_invalid_utf8_offset_counts_bytes_of_earlier_lines(tmp_path):
     assert data.find_invalid_utf8(str(path)) == (0, 0, 0)
 
 
-def test_invalid_utf8_in_jsonl_names_line_and_offset(tmp_path, caplog):
+def test_invalid_utf8_in_jsonl_is_refused_the_same_way(tmp_path):
     good = b'{"text": "one"}\n'
     path = tmp_path / "bad.jsonl"
     path.write_bytes(good + b'{"text": "caf\xe9"}\n')
-    with caplog.at_level(logging.WARNING):
-        docs = _docs(data.read_documents([str(path)], cache_dir=str(tmp_path)))
-    assert docs == ["one", "caf\ufffd"]
     offset = len(good) + len('{"text": "caf')
-    assert f"(the first at line 2, byte offset {offset})" in caplog.text
+    with pytest.raises(errors.InputError) as info:
+        data.read_documents([str(path)], cache_dir=str(tmp_path))
+    assert str(info.value).startswith(
+        f"{path}:2: not UTF-8 text (the first bad byte is at byte offset "
+        f"{offset})"
+    )
 
 
 def test_empty_corpus_is_an_error(tmp_path):

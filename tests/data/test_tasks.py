@@ -123,6 +123,8 @@ def test_shifted_batches_weight_the_completion_labels(tmp_path):
             "ends with a 'user' turn",
         ),
         ('{"messages": []}', "non-empty list"),
+        ('{"prompt": ' + "[" * 100_000, "nested too deeply"),
+        ('{"prompt": "a\\ud800", "completion": "b"}', "surrogate \\\\ud800"),
     ],
 )
 def test_bad_examples_name_file_and_line(tmp_path, line, message):
@@ -132,6 +134,21 @@ def test_bad_examples_name_file_and_line(tmp_path, line, message):
     with pytest.raises(errors.InputError, match=message) as info:
         tasks.read_examples([path])
     assert f"{path}:2" in str(info.value)
+
+
+def test_an_example_file_that_is_not_utf8_is_refused(tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    good = b'{"prompt": "a", "completion": "b"}\n'
+    path.write_bytes(
+        good + '{"prompt": "café", "completion": "b"}\n'.encode("latin-1")
+    )
+    offset = len(good) + len('{"prompt": "caf')
+    with pytest.raises(errors.InputError) as info:
+        tasks.read_examples([str(path)])
+    assert str(info.value).startswith(
+        f"{path}:2: not UTF-8 text (the first bad byte is at byte offset "
+        f"{offset})"
+    )
 
 
 def test_split_holds_out_a_fixed_share():

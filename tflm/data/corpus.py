@@ -9,10 +9,10 @@ blank lines (`"paragraph"`), or a line (`"line"`); a `.jsonl` record is
 split the same way. Documents that are empty or only ASCII whitespace are
 dropped.
 
-Bad bytes: text that is not UTF-8 is decoded with U+FFFD replacement
-characters, and a warning names the file, how many lines were affected and
-where the first bad byte is. Nothing is written next to the user's files
-(see `tflm.data.jsonl` for the `.jsonl` cache).
+Bad bytes: a file that is not UTF-8 is refused (`tflm.data.files.not_utf8`
+names the line and byte offset of the first bad byte), `.txt` and `.jsonl`
+alike. Nothing is written next to the user's files (see `tflm.data.jsonl`
+for the `.jsonl` cache).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import tensorflow as tf
 import tensorflow_text
 
 from tflm import errors
+from tflm.data import files as files_lib
 from tflm.data import jsonl
 
 logger = logging.getLogger(__name__)
@@ -85,26 +86,16 @@ def _bad_lines(chunk: bytes, line: int, offset: int):
     return count, first
 
 
-def check_utf8(path: str) -> bool:
-    """Logs a warning naming `path`, how many of its lines are not UTF-8,
-    and the line and byte offset of the first bad byte.
+def check_utf8(path: str) -> None:
+    """Raises unless the text file `path` is UTF-8.
 
-    Returns:
-        Whether any line was not UTF-8.
+    Raises:
+        InputError: naming the file, the line and the byte offset of the
+            first bad byte, and how to re-encode it.
     """
     bad, line, offset = find_invalid_utf8(path)
     if bad:
-        logger.warning(
-            "%s: %d line(s) are not valid UTF-8 (the first at line %d, byte "
-            "offset %d); their bad bytes were replaced with U+FFFD. Convert "
-            "the file to UTF-8 (for example `iconv -f GB18030 -t UTF-8`) to "
-            "keep them.",
-            path,
-            bad,
-            line,
-            offset,
-        )
-    return bool(bad)
+        raise files_lib.not_utf8(path, line, offset)
 
 
 def check_format(text_format: str) -> None:
@@ -147,9 +138,7 @@ def _iter_documents(files, text_format, records) -> Iterator[str]:
             texts: Iterator[str] = jsonl.read_cached(records[path])
         else:
             check_utf8(path)
-            with open(
-                path, encoding="utf-8", errors="replace", newline=""
-            ) as f:
+            with open(path, encoding="utf-8", newline="") as f:
                 texts = iter([f.read()])
         for text in texts:
             yield from _split_python(text, text_format)
@@ -230,7 +219,8 @@ def read_document_batches(
     """
     check_format(text_format)
     texts = [f for f in files if not f.endswith(".jsonl")]
-    bad_utf8 = [check_utf8(f) for f in texts]
+    for path in texts:
+        check_utf8(path)
     cached = [
         jsonl.cache_jsonl(f, jsonl_field, cache_dir)
         for f in files
@@ -244,7 +234,7 @@ def read_document_batches(
         )
     parts = []
     if texts:
-        parts.append(_read_texts(texts, bad_utf8))
+        parts.append(_read_texts(texts))
     if cached:
         records = tf.data.TFRecordDataset([path for path, _ in cached])
         parts.append(records.batch(_RECORDS_PER_BATCH))
@@ -255,20 +245,10 @@ def read_document_batches(
     )
 
 
-def _read_texts(files: list[str], bad_utf8: list[bool]) -> tf.data.Dataset:
-    def read(path, bad):
-        text = tf.io.read_file(path)
-        text = tf.cond(
-            bad,
-            lambda: tf.strings.unicode_transcode(
-                text, "UTF-8", "UTF-8", errors="replace"
-            ),
-            lambda: text,
-        )
-        return tf.reshape(text, [1])
-
-    return tf.data.Dataset.from_tensor_slices((files, bad_utf8)).map(
-        read, num_parallel_calls=tf.data.AUTOTUNE
+def _read_texts(files: list[str]) -> tf.data.Dataset:
+    return tf.data.Dataset.from_tensor_slices(files).map(
+        lambda path: tf.reshape(tf.io.read_file(path), [1]),
+        num_parallel_calls=tf.data.AUTOTUNE,
     )
 
 

@@ -8,6 +8,10 @@ format, or beside `model.weights.h5`, `tokenizer/tokenizer.json` or
 `train/state.json`: their `logs/metrics.jsonl` is no corpus), tokenizer
 directories (`tokenizer.json`) and SavedModel exports
 (`saved_model.pb`). A file named directly is always read.
+
+Every file must be UTF-8: one that is not is refused (`not_utf8`), naming
+the line and byte offset of the first bad byte, never read with
+replacement characters.
 """
 
 from __future__ import annotations
@@ -71,6 +75,28 @@ def find_files(
         for name in _expand(path, excluded):
             found[os.path.abspath(name)] = None
     return list(found)
+
+
+def not_utf8(path: str, line: int, offset: int) -> errors.InputError:
+    """The error for a text or `.jsonl` file that is not UTF-8: one rule
+    for every input file (replacing the bytes would train on text the
+    user never wrote).
+
+    Args:
+        path: the file.
+        line: the 1-based line of the first bad byte.
+        offset: that byte's 0-based offset in the file.
+
+    Example:
+    >>> str(not_utf8("a.txt", 3, 17)).startswith("a.txt:3: not UTF-8")
+    True
+    """
+    return errors.InputError(
+        f"{path}:{line}: not UTF-8 text (the first bad byte is at byte "
+        f"offset {offset}). Re-encode the file to UTF-8 from the encoding it "
+        f"was written in, e.g. `iconv -f LATIN1 -t UTF-8 {path} > "
+        "fixed`, and pass the new file."
+    )
 
 
 def skip_reason(directory: str) -> str | None:

@@ -19,56 +19,50 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 import tensorflow as tf
 
 from tflm import errors
 from tflm.data import cache
+from tflm.data import files as files_lib
 
 logger = logging.getLogger(__name__)
 
 # Bumped when the cached records change meaning.
-_CACHE_FORMAT = 2
+_CACHE_FORMAT = 3
 
 
-def iter_jsonl(path: str, field: str) -> Iterator[str]:
-    """Yields the `field` text of each line of a `.jsonl` file.
-
-    Blank lines are skipped; bytes that are not UTF-8 are replaced with
-    U+FFFD and a warning names the first line and byte offset affected.
+def read_records(path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yields `("FILE:LINE", object)` for each non-blank line of a `.jsonl`
+    file: the one reader of `.jsonl` lines, for corpora and task examples.
 
     Raises:
-        InputError: naming the file and line, for a line that is not a JSON
-            object with a string `field` (the message lists the fields the
-            object has).
+        InputError: naming the file and line (and, for bytes that are not
+            UTF-8, the byte offset) of a line that is not UTF-8, not JSON,
+            nested too deeply, not a JSON object, or holds a string with a
+            lone surrogate (`"\\ud800"`), which is no text.
     """
-    bad = []
     offset = 0
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                line = raw.decode("utf-8", errors="replace")
-                bad.append((number, offset + err.start))
+                where = offset + err.start
+                raise files_lib.not_utf8(path, number, where) from None
             offset += len(raw)
-            if not line.strip():
-                continue
-            yield _json_text(line, field, f"{path}:{number}")
-    if bad:
-        logger.warning(
-            "%s: %d line(s) are not valid UTF-8 (the first at line %d, "
-            "byte offset %d); their bad bytes were replaced with U+FFFD. "
-            "Convert the file to UTF-8 to keep them.",
-            path,
-            len(bad),
-            *bad[0],
-        )
+            if line.strip():
+                where = f"{path}:{number}"
+                yield where, _parse(line, where)
 
 
-def _json_text(line: str, field: str, where: str) -> str:
+def _parse(line: str, where: str) -> dict[str, Any]:
     try:
         record = json.loads(line)
+        # A lone surrogate (`"\\ud800"`) parses but is no UTF-8 text.
+        if "\\u" in line:
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
     except json.JSONDecodeError as err:
         problem = err.msg.removesuffix(" at")
         raise errors.InputError(
@@ -76,11 +70,40 @@ def _json_text(line: str, field: str, where: str) -> str:
             "Each line of a .jsonl file must be one JSON object; fix or "
             "remove the line."
         ) from None
+    except RecursionError:
+        raise errors.InputError(
+            f"{where}: the JSON is nested too deeply to read. Each line "
+            "must be one JSON object of text fields; fix or remove the line."
+        ) from None
+    except UnicodeEncodeError as err:
+        code = ord(err.object[err.start])
+        raise errors.InputError(
+            f"{where}: a string holds the lone surrogate \\u{code:04x}, "
+            "which is not text (a character cut in half when the file was "
+            "made). Fix or remove the line."
+        ) from None
     if not isinstance(record, dict):
         raise errors.InputError(
-            f"{where}: a JSON {type(record).__name__}, not an object with "
-            f"a {field!r} field. Each line must be one JSON object."
+            f"{where}: a JSON {type(record).__name__}, not an object. Each "
+            "line of a .jsonl file must be one JSON object."
         )
+    return record
+
+
+def iter_jsonl(path: str, field: str) -> Iterator[str]:
+    """Yields the `field` text of each line of a `.jsonl` file.
+
+    Blank lines are skipped.
+
+    Raises:
+        InputError: a bad line (see `read_records`), or one without a
+            string `field` (the message lists the fields the object has).
+    """
+    for where, record in read_records(path):
+        yield _field_text(record, field, where)
+
+
+def _field_text(record: dict[str, Any], field: str, where: str) -> str:
     if field not in record:
         fields = ", ".join(map(repr, record)) or "none"
         raise errors.InputError(

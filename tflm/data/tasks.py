@@ -19,7 +19,6 @@ end is cut. One warning counts the examples truncated.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 
@@ -28,6 +27,7 @@ import tensorflow as tf
 
 from tflm import errors
 from tflm.data import files as files_lib
+from tflm.data import jsonl
 from tflm.tokenizers import base
 from tflm.tokenizers import template_render
 from tflm.tokenizers import templates
@@ -57,36 +57,15 @@ def read_examples(
                 f"{path}: task data must be .jsonl files of prompt/"
                 "completion or chat examples."
             )
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for number, line in enumerate(f, start=1):
-                if line.strip():
-                    where = f"{path}:{number}"
-                    record = _parse(line, where)
-                    examples.append(
-                        _conversation(
-                            record, where, prompt_field, completion_field
-                        )
-                    )
+        for where, record in jsonl.read_records(path):
+            examples.append(
+                _conversation(record, where, prompt_field, completion_field)
+            )
     if not examples:
         raise errors.InputError(
             f"No examples in {', '.join(map(str, paths))}: the files are empty."
         )
     return examples
-
-
-def _parse(line: str, where: str) -> dict:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise errors.InputError(
-            f"{where}: not valid JSON ({err.msg}, column {err.colno}). Each "
-            "line must be one JSON object; fix or remove the line."
-        ) from None
-    if not isinstance(record, dict):
-        raise errors.InputError(
-            f"{where}: a JSON {type(record).__name__}, not an object."
-        )
-    return record
 
 
 def _conversation(record, where, prompt_field, completion_field):
