@@ -31,6 +31,15 @@ def test_train_prints_a_summary(model_dir, corpus, capsys):
     assert "already trained to step 4" in capsys.readouterr().out
 
 
+def test_an_identical_rerun_says_one_line(model_dir, corpus, capsys, caplog):
+    capsys.readouterr()
+    assert cli.main(_train_argv(corpus, model_dir)) == 0
+    out, err = capsys.readouterr()
+    assert out == f"already trained to step 4: {model_dir}\n"
+    said = err + caplog.text
+    assert "nothing to do" not in said and "Resuming with" not in said
+
+
 def test_eval_prints_loss_perplexity_and_bits_per_character(
     model_dir, corpus, capsys
 ):

@@ -117,8 +117,9 @@ def _main(argv: list[str]) -> int:
         return 2
     try:
         return _run(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        # A command may say what it kept and how to go on.
+        print(str(err) or "interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - every error gets a code
         return _report(args, err)

@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from tflm.train import divergence
+from tflm.train import progress as progress_lib
 
 
 def epoch_length(
@@ -83,10 +84,10 @@ class NonFiniteLossGuard(_StepCallback):
 class ProgressLogger(_StepCallback):
     """Adds perplexity and tokens/s to the logs, and writes them down.
 
-    After each step the progress bar gets `perplexity` (`exp(loss)`, no
-    extra pass over the logits) and `tokens/s` (over the last `window`
-    steps, wall time); `step_loss` is taken out of the logs and written,
-    with the learning rate, to a JSON-lines file and to TensorBoard.
+    After each step the logs get `perplexity` (`exp(loss)`, no extra pass
+    over the logits) and `tokens/s` (over the last `window` steps, wall
+    time); `step_loss` is taken out of the logs and written, with the
+    learning rate, to a JSON-lines file, to TensorBoard and to `bar`.
 
     Args:
         tokens_per_step: tokens in one global batch.
@@ -95,6 +96,7 @@ class ProgressLogger(_StepCallback):
         tensorboard_dir: TensorBoard log folder, or `None`.
         log_every: steps between TensorBoard points.
         window: steps the tokens/s average spans.
+        bar: the progress line to update, or `None`.
     """
 
     def __init__(
@@ -106,8 +108,10 @@ class ProgressLogger(_StepCallback):
         tensorboard_dir: str | None = None,
         log_every: int = 10,
         window: int = 20,
+        bar: progress_lib.ProgressBar | None = None,
     ):
         super().__init__(steps_per_epoch)
+        self.bar = bar
         self.tokens_per_step = tokens_per_step
         self.log_path = log_path
         self.tensorboard_dir = tensorboard_dir
@@ -154,6 +158,8 @@ class ProgressLogger(_StepCallback):
             "tokens_per_second": rate,
         }
         self.write(record, tensorboard=step % self.log_every == 0)
+        if self.bar is not None:
+            self.bar.update(step, step_loss, rate)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
@@ -165,6 +171,10 @@ class ProgressLogger(_StepCallback):
         if "val_loss" in logs:
             logs["val_perplexity"] = _perplexity(logs["val_loss"])
             self.log_validation(self.last_step, float(logs["val_loss"]))
+        if self.bar is not None:
+            loss = logs.get("val_loss")
+            loss = None if loss is None else float(loss)
+            self.bar.end_chunk(loss)
 
     def log_validation(self, step: int, loss: float) -> None:
         """Records a validation loss measured at `step`."""
@@ -191,6 +201,8 @@ class ProgressLogger(_StepCallback):
                         write_scalar(name, value)
 
     def on_train_end(self, logs=None):
+        if self.bar is not None:
+            self.bar.close()
         if self.writer is not None:
             self.writer.flush()
 

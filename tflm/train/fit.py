@@ -36,6 +36,7 @@ from tflm.train import divergence
 from tflm.train import inputs
 from tflm.train import optimizer as optimizer_lib
 from tflm.train import parent as parent_lib
+from tflm.train import progress as progress_lib
 from tflm.train import start as start_lib
 from tflm.train import state as state_lib
 from tflm.train import strategy as strategy_lib
@@ -63,6 +64,11 @@ class TrainResult:
     start_step: int
     validation_loss: float | None
     directory: str
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped `train`; the message says what the model directory
+    kept and how to resume."""
 
 
 class _Data(typing.NamedTuple):
@@ -132,7 +138,8 @@ def train(
 
     Args:
         config: the run's settings.
-        verbose: Keras `fit` verbosity (`0` silences the progress bar).
+        verbose: `0` hides the progress line that `train` writes to
+            standard output (see `tflm.train.progress`).
         callbacks: more Keras callbacks for `fit`.
 
     Returns:
@@ -142,6 +149,7 @@ def train(
         InputError: bad settings or data, an output folder that is not a
             model directory, one from an incompatible run, or a run that
             diverged (a NaN loss; the last good checkpoint is kept).
+        TrainingInterrupted: Ctrl-C while training.
     """
     with contextlib.ExitStack() as stack:
         run = _prepare(config, stack)
@@ -159,7 +167,7 @@ def _train(run: _Run, config, verbose, callbacks) -> TrainResult:
     if run.saved and (
         run.start_step >= run.total_steps or run.saved.progress.get("stopped")
     ):
-        logger.info(
+        logger.debug(
             "%s is trained to step %d of %d; nothing to do.",
             run.out,
             run.start_step,
@@ -168,6 +176,9 @@ def _train(run: _Run, config, verbose, callbacks) -> TrainResult:
         model = model_dir.load_model(causal_lm.CausalLM, run.out)
         return TrainResult(model, run.start_step, run.start_step, None, run.out)
     if run.saved:
+        current = run.config.to_dict()
+        current.pop("out")
+        state_lib.report_changes(run.saved.config, current)
         logger.info("Resuming %s from step %d.", run.out, run.start_step)
     # Datasets first: bad data fails before anything is written.
     data = _datasets(run)
@@ -220,7 +231,7 @@ def _prepare(config: config_lib.TrainConfig, stack) -> _Run:
         )
         backbone = _backbone_kwargs(config, tokenizer)
     if saved:
-        _check_resume(out, saved, config, backbone, parent)
+        _check_resume(out, backbone, parent)
     # `TrainConfig` checked that it fits the preset's context.
     sequence_length = config.sequence_length or backbone["max_sequence_length"]
     strategy_lib.check_batch_size(
@@ -262,7 +273,7 @@ def _backbone_kwargs(config, tokenizer) -> dict:
     return presets.get_preset(config.preset, **overrides)
 
 
-def _check_resume(out, saved, config, backbone, parent) -> None:
+def _check_resume(out, backbone, parent) -> None:
     config_path = os.path.join(out, model_dir.CONFIG_FILE)
     saved_config = model_dir.validate(out)
     recorded = saved_config.get("parent", {}).get("sha256")
@@ -274,9 +285,6 @@ def _check_resume(out, saved, config, backbone, parent) -> None:
         )
     wanted = {k: v for k, v in backbone.items() if v is not None}
     state_lib.check_compatible(config_path, saved_config["backbone"], wanted)
-    current = config.to_dict()
-    current.pop("out")
-    state_lib.report_changes(saved.config, current)
 
 
 def _build(run: _Run):
@@ -355,7 +363,7 @@ def _fit(run: _Run, lm, trainer, data, verbose, extra_callbacks) -> TrainResult:
         config.checkpoint_every, config.validate_every, start, run.total_steps
     )
     train_data, val_data, val_steps = data
-    progress = _progress_logger(run, length)
+    progress = _progress_logger(run, length, verbose)
     keeper = _keeper(run, lm)
     checkpointer = _checkpointer(run, lm, trainer, length, keeper)
     validate = val_data is not None and config.validate_every > 0
@@ -377,9 +385,12 @@ def _fit(run: _Run, lm, trainer, data, verbose, extra_callbacks) -> TrainResult:
                 callbacks_lib.StopAtStep(run.total_steps, length),
                 *extra_callbacks,
             ],
-            verbose=verbose,
+            verbose=0,  # `progress` shows tflm's own line.
             shuffle=False,  # The dataset is shuffled, seeded.
         )
+    except KeyboardInterrupt:
+        progress.on_train_end()  # Ends the progress line.
+        raise _interrupted(run, checkpointer) from None
     except divergence.TrainingDiverged as err:
         progress.on_train_end()  # Flushes TensorBoard.
         kept = checkpointer.saved_step
@@ -447,7 +458,18 @@ def _checkpointer(
     return checkpointer
 
 
-def _progress_logger(run: _Run, length: int) -> callbacks_lib.ProgressLogger:
+def _interrupted(run: _Run, checkpointer) -> TrainingInterrupted:
+    kept = checkpointer.saved_step
+    return TrainingInterrupted(
+        f"interrupted at step {checkpointer.last_step} of {run.total_steps}. "
+        f"{run.out} keeps step {kept}, its last checkpoint: run the same "
+        f"command again to resume from step {kept}."
+    )
+
+
+def _progress_logger(
+    run: _Run, length: int, verbose
+) -> callbacks_lib.ProgressLogger:
     config = run.config
     log_dir = os.path.join(run.out, state_lib.LOG_DIR)
     if run.chief and run.saved:
@@ -460,4 +482,12 @@ def _progress_logger(run: _Run, length: int) -> callbacks_lib.ProgressLogger:
         else None,
         tensorboard_dir=log_dir if run.chief else None,
         log_every=config.log_every,
+        bar=progress_lib.ProgressBar(
+            total_steps=run.total_steps,
+            chunk_steps=length,
+            tokens_per_step=config.batch_size * run.sequence_length,
+            every=config.log_every,
+        )
+        if verbose and run.chief
+        else None,
     )
