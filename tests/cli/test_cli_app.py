@@ -92,7 +92,7 @@ def test_quickstart_runs_on_the_builtin_corpus_quietly(quickstart):
             "train",
             "--data",
             "{data}",
-            "--vocab-size",
+            "--vocabulary-size",
             "400",
             "--out",
             "{tmp}/tok",

@@ -21,7 +21,14 @@ def text_file(tmp_path):
 
 
 def _train(text_file, out, *extra):
-    argv = ["tokenizer", "train", "--data", text_file, "--vocab-size", "300"]
+    argv = [
+        "tokenizer",
+        "train",
+        "--data",
+        text_file,
+        "--vocabulary-size",
+        "300",
+    ]
     return cli.main(argv + ["--out", str(out), *extra])
 
 
@@ -72,14 +79,16 @@ def test_tokenizer_train_refuses_a_folder_with_other_files(
     "data, size, message",
     [
         ("missing*.txt", "300", "matches no file"),
-        (None, "100000", "at most"),
+        (None, "100000", "smaller --vocabulary-size"),
+        (None, "280", "needs at least"),
+        (None, "280", "larger --vocabulary-size"),
     ],
 )
 def test_tokenizer_train_errors(
     text_file, tmp_path, capsys, data, size, message
 ):
     data = str(tmp_path / data) if data else text_file
-    argv = ["tokenizer", "train", "--data", data, "--vocab-size", size]
+    argv = ["tokenizer", "train", "--data", data, "--vocabulary-size", size]
     assert cli.main(argv + ["--out", str(tmp_path / "tok")]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "tok").exists()
@@ -89,7 +98,14 @@ def test_tokenizer_train_reads_jsonl(text_file, tmp_path, capsys):
     lines = open(text_file, encoding="utf-8").read().split("\n")
     path = tmp_path / "data" / "corpus.jsonl"
     path.write_text("\n".join(json.dumps({"body": t}) for t in lines))
-    argv = ["tokenizer", "train", "--data", str(path), "--vocab-size", "300"]
+    argv = [
+        "tokenizer",
+        "train",
+        "--data",
+        str(path),
+        "--vocabulary-size",
+        "300",
+    ]
     argv += ["--jsonl-field", "body", "--out", str(tmp_path / "tok")]
     assert cli.main(argv) == 0
     assert "vocabulary size: 300" in capsys.readouterr().out

@@ -23,7 +23,11 @@ def add(subparsers) -> None:
         example='tflm chat models/assistant --system "Answer briefly." '
         "--temperature 0.7 --top-p 0.9",
     )
-    parser.add_argument("model_dir", metavar="MODEL_DIR")
+    parser.add_argument(
+        "model_dir",
+        metavar="MODEL_DIR",
+        help="a model directory with a chat template (fine-tuned or imported)",
+    )
     parser.add_argument(
         "--system",
         metavar="TEXT",

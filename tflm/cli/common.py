@@ -60,7 +60,13 @@ def sampling_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--top-k", type=int, default=0, help="0 is off")
     parser.add_argument("--top-p", type=float, default=1.0, help="1 is off")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="sampling seed: the same seed and prompt give the same text "
+        "(default: 0)",
+    )
 
 
 def size_mb(path: str) -> float:

@@ -17,11 +17,19 @@ def add(subparsers) -> None:
         "on prompt/completion data also exact match, chrF, BLEU and ROUGE-L",
         example="tflm eval models/book --data heldout.txt",
     )
-    parser.add_argument("model_dir", metavar="MODEL_DIR")
+    parser.add_argument(
+        "model_dir", metavar="MODEL_DIR", help="the model directory to score"
+    )
     parser.add_argument(
         "--data", nargs="+", required=True, metavar="PATH", help="text files"
     )
-    parser.add_argument("--batch-size", type=int, default=8, metavar="N")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        metavar="N",
+        help="sequences (or prompts) per batch (default: 8)",
+    )
     parser.add_argument(
         "--sequence-length",
         type=int,
@@ -37,11 +45,27 @@ def add(subparsers) -> None:
         "train validates on, the rest, or all (default: all; use the "
         "run's --validation-fraction and --text-format)",
     )
-    parser.add_argument("--validation-fraction", type=float, default=0.1)
     parser.add_argument(
-        "--text-format", choices=config.TEXT_FORMATS, default="document"
+        "--validation-fraction",
+        type=float,
+        default=0.1,
+        metavar="X",
+        help="the share of --data held out, as the run was trained with "
+        "(default: 0.1, tflm train's)",
     )
-    parser.add_argument("--jsonl-field", default="text")
+    parser.add_argument(
+        "--text-format",
+        choices=config.TEXT_FORMATS,
+        default="document",
+        help="what a document is in .txt files, as the run was trained with "
+        "(default: document)",
+    )
+    parser.add_argument(
+        "--jsonl-field",
+        default="text",
+        metavar="NAME",
+        help="text field of .jsonl lines (default: text)",
+    )
     parser.add_argument(
         "--max-new-tokens",
         type=int,
@@ -49,10 +73,31 @@ def add(subparsers) -> None:
         metavar="N",
         help="on prompt/completion data: the longest greedy completion",
     )
-    parser.add_argument("--prompt-field", default="prompt")
-    parser.add_argument("--completion-field", default="completion")
-    parser.add_argument("--precision", choices=config.PRECISIONS, default=None)
-    parser.add_argument("--strategy", choices=config.STRATEGIES, default="auto")
+    parser.add_argument(
+        "--prompt-field",
+        default="prompt",
+        metavar="NAME",
+        help="prompt field of prompt/completion .jsonl (default: prompt)",
+    )
+    parser.add_argument(
+        "--completion-field",
+        default="completion",
+        metavar="NAME",
+        help="completion field of prompt/completion .jsonl (default: "
+        "completion)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=config.PRECISIONS,
+        default=None,
+        help="dtype policy to score in (default: the model's)",
+    )
+    parser.add_argument(
+        "--strategy",
+        choices=config.STRATEGIES,
+        default="auto",
+        help="distribution strategy (default: auto, as tflm train picks)",
+    )
     parser.set_defaults(func=run)
 
 

@@ -18,7 +18,9 @@ def add(subparsers) -> None:
         "tokenizer, and TF Serving warm-up requests. Written atomically.",
         example="tflm export models/book --out serving/book",
     )
-    parser.add_argument("model_dir", metavar="MODEL_DIR")
+    parser.add_argument(
+        "model_dir", metavar="MODEL_DIR", help="the model directory to export"
+    )
     parser.add_argument(
         "--out",
         required=True,

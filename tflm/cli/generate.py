@@ -18,7 +18,9 @@ def add(subparsers) -> None:
         example='tflm generate models/book --prompt "ROMEO:" --temperature '
         "0.8 --top-p 0.95 --stream",
     )
-    parser.add_argument("model_dir", metavar="MODEL_DIR")
+    parser.add_argument(
+        "model_dir", metavar="MODEL_DIR", help="the model directory to run"
+    )
     parser.add_argument(
         "--prompt",
         action="append",
@@ -40,7 +42,14 @@ def add(subparsers) -> None:
         metavar="N",
         help="prompt + new tokens (instead of --max-new-tokens)",
     )
-    parser.add_argument("--min-new-tokens", type=int, default=0, metavar="N")
+    parser.add_argument(
+        "--min-new-tokens",
+        type=int,
+        default=0,
+        metavar="N",
+        help="ban the end-of-text and stop ids before N new tokens "
+        "(default: 0)",
+    )
     parser.add_argument(
         "--repetition-penalty", type=float, default=1.0, help="1 is off"
     )

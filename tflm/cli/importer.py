@@ -19,8 +19,15 @@ def add(subparsers) -> None:
         "is recognised and kept. Nothing is downloaded.",
         example="tflm import SmolLM2-135M-Instruct/ --out models/smollm2",
     )
-    parser.add_argument("path", metavar="PATH")
-    parser.add_argument("--out", required=True, metavar="MODEL_DIR")
+    parser.add_argument(
+        "path", metavar="PATH", help="the checkpoint directory (read only)"
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="MODEL_DIR",
+        help="the tflm model directory to write",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",

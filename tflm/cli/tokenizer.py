@@ -19,7 +19,7 @@ def add(subparsers) -> None:
         commands,
         "train",
         help="train a SentencePiece tokenizer on text files",
-        example="tflm tokenizer train --data corpus/ --vocab-size 8192 "
+        example="tflm tokenizer train --data corpus/ --vocabulary-size 8192 "
         "--out tok/",
     )
     train.add_argument(
@@ -30,11 +30,13 @@ def add(subparsers) -> None:
         help="text files, folders or quoted globs (.txt, .jsonl)",
     )
     train.add_argument(
-        "--vocab-size",
+        "--vocabulary-size",
         type=int,
         required=True,
         metavar="N",
-        help="number of ids, for example 8192 (at least about 300)",
+        help="number of ids, for example 8192: at least 261 (256 byte "
+        "pieces and 5 special ones) plus the characters that cover the text "
+        "(--character-coverage), a few thousand for Chinese",
     )
     train.add_argument(
         "--out", required=True, metavar="DIR", help="tokenizer directory"
@@ -45,7 +47,10 @@ def add(subparsers) -> None:
         help="replace the tokenizer already in --out",
     )
     train.add_argument(
-        "--model-type", choices=("bpe", "unigram"), default="bpe"
+        "--model-type",
+        choices=("bpe", "unigram"),
+        default="bpe",
+        help="SentencePiece's algorithm (default: bpe)",
     )
     train.add_argument(
         "--text-format",
@@ -56,7 +61,15 @@ def add(subparsers) -> None:
     train.add_argument(
         "--jsonl-field", default="text", help="text field of .jsonl lines"
     )
-    train.add_argument("--character-coverage", type=float, default=0.9995)
+    train.add_argument(
+        "--character-coverage",
+        type=float,
+        default=0.9995,
+        metavar="X",
+        help="share of the text's characters that get pieces of their own, "
+        "most frequent first; the rarest fall back to bytes (default: "
+        "0.9995, which suits Chinese and Japanese; 1.0 for small alphabets)",
+    )
     train.set_defaults(func=run_train)
 
 
@@ -71,7 +84,7 @@ def run_train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     tokenizer = tokenizer_corpus.train_sentencepiece(
         args.data,
-        vocabulary_size=args.vocab_size,
+        vocabulary_size=args.vocabulary_size,
         model_type=args.model_type,
         character_coverage=args.character_coverage,
         text_format=args.text_format,

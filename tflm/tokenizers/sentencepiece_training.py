@@ -167,8 +167,8 @@ def _explain(
     if too_high:
         return errors.InputError(
             f"vocabulary_size={vocabulary_size} is more than the text in "
-            f"{_names(stream)} supports (at most {too_high.group(1)}). Use a "
-            "smaller vocabulary size or train on more text."
+            f"{_names(stream)} supports (at most {too_high.group(1)}). Pass a "
+            "smaller --vocabulary-size or train on more text."
         )
     too_low = re.search(r"required_chars\. (\d+) vs (\d+)", text)
     if too_low:
@@ -176,6 +176,7 @@ def _explain(
             f"vocabulary_size={vocabulary_size} is too small for "
             f"{_names(stream)}: it needs at least {too_low.group(2)} ids "
             "(256 byte pieces, 5 special pieces and the characters that "
-            "cover the text). Use a larger vocabulary size."
+            "cover the text). Pass a larger --vocabulary-size (in tflm "
+            "train: a larger N in --tokenizer sentencepiece:N)."
         )
     return errors.InputError(f"SentencePiece training failed: {text}")
