@@ -7,9 +7,11 @@ import pytest
 import train_helpers
 
 from tflm import cli
+from tflm import data
 from tflm import errors
 from tflm import tokenizers
 from tflm.models import causal_lm
+from tflm.models import losses as losses_lib
 from tflm.models import model_dir as model_dir_lib
 from tflm.train import evaluate
 
@@ -70,3 +72,43 @@ def test_nan_weights_give_null_metrics_and_valid_json(tmp_path, corpus, capsys):
 
 def _refuse(constant):
     raise AssertionError(f"not JSON: {constant}")
+
+
+def test_keras_evaluate_fit_and_tflm_eval_agree(model_dir, corpus):
+    """Before, Keras' `evaluate` on `make_dataset(split="validation")`
+    reported n/(n + 1) of the loss (14/15 in the issue): each batch was
+    weighted by its static row count, added once more by the call that found
+    the data used up (a plain Keras model does the same), and the split's
+    last, smaller batch was left out.
+    """
+    lm = causal_lm.CausalLM.from_preset(model_dir)
+    lm.compile(learning_rate=0.0)  # fit leaves the weights as they are
+    common = dict(sequence_length=16, batch_size=8, split="validation")
+    # One full batch of a finite dataset: its static shape is what Keras
+    # counted once too often (here 2 batches for 1, half the loss), in
+    # evaluate and in training's running loss.
+    train = data.make_dataset(
+        corpus, lm.tokenizer, **common, drop_remainder=True, shuffle=False
+    )
+    full = _mean_loss(lm, train)
+    assert lm.evaluate(train, verbose=0)[0] == pytest.approx(full, abs=1e-4)
+
+    validation = data.make_dataset(corpus, lm.tokenizer, **common)
+    rows = [int(y.shape[0]) for _, y, _ in validation]
+    assert len(rows) > 1 and rows[-1] % 8  # not a round count of batches
+    expected = evaluate.evaluate(model_dir, corpus, **common)["loss"]
+    loss = lm.evaluate(validation, verbose=0, return_dict=True)["loss"]
+    history = lm.fit(train, validation_data=validation, verbose=0).history
+    assert loss == pytest.approx(expected, abs=1e-4)
+    assert history["val_loss"][0] == pytest.approx(expected, abs=1e-4)
+    assert history["loss"][0] == pytest.approx(full, abs=1e-4)
+
+
+def _mean_loss(lm, dataset):
+    """The token-weighted mean loss of `lm` over `dataset`, batch by batch."""
+    total = tokens = 0.0
+    for x, y, weight in dataset:
+        losses = losses_lib.sparse_cross_entropy(y, lm(x))
+        total += float(np.sum(losses * weight))
+        tokens += float(np.sum(weight))
+    return total / tokens

@@ -121,7 +121,7 @@ def make_dataset(
     split_mode: str = "auto",
     shuffle: bool = True,
     seed: int = 0,
-    drop_remainder: bool = True,
+    drop_remainder: bool | None = None,
     repeat: bool = False,
     text_format: str = "document",
     jsonl_field: str = "text",
@@ -147,7 +147,9 @@ def make_dataset(
         seed: shuffle seed. The same seed gives the same batches as long as
             the global TensorFlow seed (`keras.utils.set_random_seed`) is the
             same or unset, because tf.data combines the two.
-        drop_remainder: drop the last, smaller batch (use for training).
+        drop_remainder: drop the last, smaller batch (for training).
+            Defaults to `True`, except for `split="validation"`: that is
+            scored, so every window counts, as in `tflm eval`.
         repeat: repeat forever (reshuffled each epoch).
         text_format: what a document is: `"document"` (a whole file or
             `.jsonl` record), `"paragraph"` (blank-line separated) or
@@ -170,6 +172,8 @@ def make_dataset(
         InputError: bad arguments, no text, or too little for one batch.
     """
     _check_arguments(sequence_length, batch_size, split, validation_fraction)
+    if drop_remainder is None:
+        drop_remainder = split != "validation"
     files = files_lib.find_files(paths, exclude)
     docs = split_lib.split_documents(
         files,

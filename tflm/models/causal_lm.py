@@ -275,17 +275,41 @@ class CausalLM(keras.Model):
     def train_step(self, data):
         if not getattr(self, "_tflm_step", False):
             return super().train_step(data)
-        compiled = self._compile_metrics
-
-        def on_logits(y, logits, weight):
-            if compiled is not None:
-                compiled.update_state(y, logits, weight)
-
         loss, _ = train_step.apply(
-            self, self.optimizer, data, self.accumulation_steps, on_logits
+            self,
+            self.optimizer,
+            data,
+            self.accumulation_steps,
+            self._update_compiled_metrics,
         )
-        self._loss_tracker.update_state(loss)
+        # Weighted by this batch's tokens (see `test_step`).
+        _, _, weight = train_step.unpack(data)
+        self._loss_tracker.update_state(
+            loss, sample_weight=keras.ops.sum(weight)
+        )
         return train_step.for_keras_reduction(self.get_metrics_result())
+
+    def test_step(self, data):
+        if not getattr(self, "_tflm_step", False):
+            return super().test_step(data)
+        x, y, weight = train_step.unpack(data)
+        loss_sum = train_step.token_loss_sum(
+            self, x, y, weight, False, self._update_compiled_metrics
+        )
+        # The token-weighted mean over everything evaluated, as `tflm eval`
+        # gives. Keras' own step averages per batch weighted by its rows, a
+        # constant where the batch shape is static, and the call that finds
+        # the data used up still adds it: one batch too many is counted.
+        # The token count comes from the batch, so it is never added alone.
+        tokens = keras.ops.sum(weight)
+        self._loss_tracker.update_state(
+            keras.ops.divide_no_nan(loss_sum, tokens), sample_weight=tokens
+        )
+        return train_step.for_keras_reduction(self.get_metrics_result())
+
+    def _update_compiled_metrics(self, y, logits, weight):
+        if self._compile_metrics is not None:
+            self._compile_metrics.update_state(y, logits, weight)
 
     def compile_from_config(self, config):
         """Recompiles from a saved `.keras` file (our `compile` is custom)."""
