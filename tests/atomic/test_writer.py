@@ -1,6 +1,7 @@
 """The crash-safe directory writer: replace rules, symlinks, kills, ENOSPC."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,12 +79,26 @@ def test_full_disk_is_a_clear_error_and_keeps_the_old_directory(tmp_path):
             f.write(b"x" * 65536)
             f.flush()
 
-    with pytest.raises(errors.InputError, match="No space left on") as info:
+    with pytest.raises(atomic.NoSpaceError, match="No space left on") as info:
         atomic.write_directory(target, fill, overwrite=True)
-    assert "free at least" in str(info.value)
-    assert str(tmp_path) in str(info.value)
+    assert "the write ran out after 0.0 MB" in str(info.value)
+    assert info.value.directory == str(tmp_path)
     assert (target / "data").read_text() == "1"
     assert _hidden(tmp_path) == []
+
+
+def test_a_write_that_cannot_fit_is_refused_before_it_starts(tmp_path):
+    free = atomic.free_bytes(str(tmp_path))
+    atomic.check_space(str(tmp_path), free // 2)
+    with pytest.raises(atomic.NoSpaceError) as info:
+        atomic.check_space(str(tmp_path), free + 5_000_000_000)
+    assert str(info.value).startswith(f"No space left on {tmp_path}: ")
+    # About 5,000 MB short (what else runs here may write meanwhile).
+    assert re.search(
+        r"Free at least (4,9|5,0)\d\d MB and rerun\. Nothing was "
+        r"written\.$",
+        str(info.value),
+    )
 
 
 def test_symlinked_target_is_written_through(tmp_path):

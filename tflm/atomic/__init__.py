@@ -15,10 +15,17 @@ carry their owner (host and pid) in their name; the next write of the same
 target restores, carries over or deletes those whose process is gone.
 
 `lock(target)` keeps two processes from writing one target at once.
+`check_space` refuses a write that cannot fit before it starts, and a disk
+that fills up anyway is a `NoSpaceError` naming the folder.
 """
 
+from tflm.atomic.fs import NoSpaceError
+from tflm.atomic.fs import check_space
+from tflm.atomic.fs import free_bytes
 from tflm.atomic.fs import is_no_space
+from tflm.atomic.fs import megabytes
 from tflm.atomic.fs import no_space
+from tflm.atomic.fs import tree_size
 from tflm.atomic.locking import lock
 from tflm.atomic.writer import existing_entries
 from tflm.atomic.writer import publish
@@ -28,13 +35,18 @@ from tflm.atomic.writer import sweep
 from tflm.atomic.writer import write_directory
 
 __all__ = [
+    "NoSpaceError",
+    "check_space",
     "existing_entries",
+    "free_bytes",
     "is_no_space",
     "lock",
+    "megabytes",
     "no_space",
     "publish",
     "resolve",
     "staged",
     "sweep",
+    "tree_size",
     "write_directory",
 ]

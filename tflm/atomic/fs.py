@@ -21,23 +21,73 @@ def is_no_space(err: BaseException) -> bool:
     return "No space left on device" in str(err)
 
 
-def no_space(directory: str, written: int) -> errors.InputError:
-    """The error for a disk that filled up while writing in `directory`.
+class NoSpaceError(errors.InputError):
+    """The disk (or a quota) under `directory` is too full for a write.
+
+    Args:
+        directory: where the write goes.
+        message: the one-line explanation.
+    """
+
+    def __init__(self, directory: str, message: str):
+        super().__init__(message)
+        self.directory = directory
+
+
+def free_bytes(directory: str) -> int:
+    """Bytes an unprivileged user may still write under `directory` (0 if
+    it cannot be read)."""
+    try:
+        return shutil.disk_usage(directory).free
+    except OSError:
+        return 0
+
+
+def megabytes(size: float) -> str:
+    """`size` bytes in MB, with one decimal below 10 MB.
 
     Example:
-    >>> "free at least" in str(no_space("/", 5_000_000))
+    >>> megabytes(1_234_567), megabytes(123_456_789)
+    ('1.2', '123')
+    """
+    return f"{size / 1e6:.1f}" if size < 1e7 else f"{size / 1e6:,.0f}"
+
+
+def check_space(directory: str, needed: int) -> None:
+    """Raises before a write of about `needed` bytes that cannot fit.
+
+    Checking first matters where a writer cannot fail cleanly: HDF5 (Keras
+    `save_weights`) crashes the process when the disk fills under it.
+
+    Raises:
+        NoSpaceError: fewer than `needed` bytes are free under `directory`.
+    """
+    free = free_bytes(directory)
+    if free < needed:
+        raise NoSpaceError(
+            directory,
+            f"No space left on {directory}: the write needs about "
+            f"{megabytes(needed)} MB and {megabytes(free)} MB are free. Free "
+            f"at least {megabytes(needed - free)} MB and rerun. Nothing was "
+            "written.",
+        )
+
+
+def no_space(directory: str, written: int) -> NoSpaceError:
+    """The error for a disk that filled up while writing in `directory`,
+    after `written` bytes (since removed).
+
+    Example:
+    >>> "ran out after 5.0 MB" in str(no_space("/", 5_000_000))
     True
     """
-    try:
-        free = shutil.disk_usage(directory).free
-    except OSError:
-        free = 0
-    need = max(written - free, 1 << 20)
-    return errors.InputError(
-        f"No space left on {directory} ({free / 1e6:.0f} MB free; "
-        f"{written / 1e6:.0f} MB were written before it ran out): free at "
-        f"least {need / 1e6:.0f} MB and rerun. Nothing was replaced; the "
-        "partial files were removed."
+    free = free_bytes(directory)
+    return NoSpaceError(
+        directory,
+        f"No space left on {directory}: the write ran out after "
+        f"{megabytes(written)} MB, so it needs more than the "
+        f"{megabytes(free)} MB free there. Free more space and rerun. "
+        "Nothing was replaced; the partial files were removed.",
     )
 
 

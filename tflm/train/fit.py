@@ -37,6 +37,7 @@ from tflm.train import inputs
 from tflm.train import optimizer as optimizer_lib
 from tflm.train import parent as parent_lib
 from tflm.train import progress as progress_lib
+from tflm.train import space
 from tflm.train import start as start_lib
 from tflm.train import state as state_lib
 from tflm.train import strategy as strategy_lib
@@ -151,11 +152,48 @@ def train(
             diverged (a NaN loss; the last good checkpoint is kept).
         TrainingInterrupted: Ctrl-C while training.
     """
+    out = atomic.resolve(config.out)
+    if config.init_from is not None:
+        _check_apart(out, config.init_from)
+    strategy = strategy_lib.resolve_strategy(config.strategy)
+    chief = strategy_lib.is_chief(strategy)
     with contextlib.ExitStack() as stack:
-        run = _prepare(config, stack)
-        # One run at a time writes a model directory (`tflm.atomic.lock`).
-        with atomic.lock(run.out) if run.chief else contextlib.nullcontext():
+        # One run at a time writes a model directory (`tflm.atomic.lock`),
+        # and reads it only while holding the lock: a run started before
+        # another finished cannot then replace what that one wrote.
+        if chief:
+            stack.enter_context(atomic.lock(out))
+        run = _prepare(config, stack, strategy, out)
+        try:
             return _train(run, config, verbose, callbacks)
+        except OSError as err:
+            if not atomic.is_no_space(err):
+                raise
+            raise space.full_disk(run.out, None, None) from None
+
+
+def _check_apart(out: str, parent: str) -> None:
+    """Refuses an `out` that is, holds or lies inside the parent model."""
+    parent = os.path.realpath(parent)
+    if out == parent or _inside(out, parent):
+        raise errors.InputError(
+            f"--out {out} is inside the parent model {parent}: the run's "
+            "checkpoints would change the parent's files, so the parent "
+            "would no longer be the model it was and a stopped run could "
+            "never resume (its parent's fingerprint would differ). Name an "
+            "--out outside the parent."
+        )
+    if _inside(parent, out):
+        raise errors.InputError(
+            f"The parent model {parent} is inside --out {out}: every "
+            "checkpoint moves the folder's other entries, the parent "
+            "included, into the new copy of --out. Move the parent out, or "
+            "name another --out."
+        )
+
+
+def _inside(path: str, directory: str) -> bool:
+    return os.path.commonpath([path, directory]) == directory
 
 
 def _train(run: _Run, config, verbose, callbacks) -> TrainResult:
@@ -211,10 +249,8 @@ def task_template(parent: parent_lib.Parent | None) -> dict:
     return templates.TEMPLATE
 
 
-def _prepare(config: config_lib.TrainConfig, stack) -> _Run:
-    strategy = strategy_lib.resolve_strategy(config.strategy)
+def _prepare(config: config_lib.TrainConfig, stack, strategy, out) -> _Run:
     chief = strategy_lib.is_chief(strategy)
-    out = os.path.abspath(config.out)
     if chief:
         model_dir.recover(out)
     model_dir.check_target(out)
@@ -345,16 +381,35 @@ def _save(run: _Run, lm, optimizer, step: int, keeper=None) -> None:
         extra[start_lib.TRAIN_ADAPTERS_FILE] = lambda path: (
             start_lib.save_adapters(lm, path)
         )
-    # A run's own directory: `_prepare` checked it is new or this run's.
-    model_dir.save(
+    needed = space.checkpoint_bytes(
         lm,
-        run.tokenizer,
-        run.out,
-        extra=extra,
-        metadata=run.metadata(keeper),
-        overwrite=True,
+        optimizer,
+        best=keeper is not None,
+        lora=run.config.lora_rank is not None,
+        tokenizer_dir=_tokenizer_dir(run),
     )
+    try:
+        atomic.check_space(os.path.dirname(run.out), needed)
+        # A run's own directory: `_prepare` checked it is new or this run's.
+        model_dir.save(
+            lm,
+            run.tokenizer,
+            run.out,
+            extra=extra,
+            metadata=run.metadata(keeper),
+            overwrite=True,
+        )
+    except atomic.NoSpaceError:
+        raise space.full_disk(run.out, step, needed) from None
     logger.debug("Checkpoint at step %d written to %s.", step, run.out)
+
+
+def _tokenizer_dir(run: _Run) -> str | None:
+    """A written copy of the run's tokenizer (for its size)."""
+    for directory in (run.out, run.parent.directory if run.parent else None):
+        if directory and model_dir.is_model_dir(directory):
+            return os.path.join(directory, model_dir.TOKENIZER_DIR)
+    return None
 
 
 def _fit(run: _Run, lm, trainer, data, verbose, extra_callbacks) -> TrainResult:
@@ -391,6 +446,9 @@ def _fit(run: _Run, lm, trainer, data, verbose, extra_callbacks) -> TrainResult:
     except KeyboardInterrupt:
         progress.on_train_end()  # Ends the progress line.
         raise _interrupted(run, checkpointer) from None
+    except atomic.NoSpaceError:
+        progress.on_train_end()  # Ends the progress line.
+        raise
     except divergence.TrainingDiverged as err:
         progress.on_train_end()  # Flushes TensorBoard.
         kept = checkpointer.saved_step
