@@ -384,7 +384,7 @@ def _save(run: _Run, lm, optimizer, step: int, keeper=None) -> None:
     needed = space.checkpoint_bytes(
         lm,
         optimizer,
-        best=keeper is not None,
+        best=keeper is not None and keeper.weights is not None,
         lora=run.config.lora_rank is not None,
         tokenizer_dir=_tokenizer_dir(run),
     )

@@ -52,8 +52,8 @@ def checkpoint_bytes(
     Args:
         model: the `CausalLM` being trained.
         optimizer: its built optimizer.
-        best: whether the run keeps the best weights (`train/best.npz`;
-            all of them, a bound for a LoRA run).
+        best: whether the checkpoint holds the best weights seen
+            (`train/best.npz`; all of them, a bound for a LoRA run).
         lora: whether the run trains LoRA adapters (stored twice: beside
             the weights and in `train/`).
         tokenizer_dir: a written copy of the run's tokenizer, to measure;
