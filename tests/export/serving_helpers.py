@@ -20,9 +20,11 @@ import keras
 import numpy as np
 
 from tflm import export as export_lib
+from tflm.models import model_dir
 from tflm.models.causal_lm import CausalLM
 from tflm.tokenizers import ByteTokenizer
 from tflm.tokenizers import SentencePieceTokenizer
+from tflm.tokenizers import templates
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SERVING_CHECK = os.path.join(ROOT, "tflm", "export", "serving_check.py")
@@ -167,6 +169,22 @@ def byte_model() -> CausalLM:
 @functools.cache
 def byte_export() -> str:
     return export_lib.export(byte_model(), os.path.join(workdir(), "byte"))
+
+
+@functools.cache
+def chat_model() -> CausalLM:
+    """The byte model, saved with tflm's template and loaded back."""
+    path = os.path.join(workdir(), "chat_model")
+    lm = byte_model()
+    model_dir.save(
+        lm, lm.tokenizer, path, metadata={"template": templates.TEMPLATE}
+    )
+    return CausalLM.from_preset(path)
+
+
+@functools.cache
+def chat_export() -> str:
+    return export_lib.export(chat_model(), os.path.join(workdir(), "chat"))
 
 
 @functools.cache

@@ -3,17 +3,11 @@
 export's `serving_default` and `chat` answer the same under TF Serving's
 conditions; a model without a template is unchanged."""
 
-import functools
-import os
-
 import pytest
 import serving_helpers as helpers
 import tensorflow as tf
 
 from tflm import errors
-from tflm import export as export_lib
-from tflm.models import model_dir
-from tflm.models.causal_lm import CausalLM
 from tflm.tokenizers import template_render
 from tflm.tokenizers import templates
 
@@ -29,42 +23,26 @@ CHATS = [
 CONTROLS = {"max_new_tokens": 8, "temperature": 0.0}
 
 
-@functools.cache
-def chat_model() -> CausalLM:
-    """The byte model, saved with the template and loaded back."""
-    path = os.path.join(helpers.workdir(), "chat_model")
-    lm = helpers.byte_model()
-    model_dir.save(
-        lm, lm.tokenizer, path, metadata={"template": templates.TEMPLATE}
-    )
-    return CausalLM.from_preset(path)
-
-
-@functools.cache
-def chat_export() -> str:
-    return export_lib.export(
-        chat_model(), os.path.join(helpers.workdir(), "chat")
-    )
-
-
 def _templated_ids(messages):
-    ids = template_render.encode_prompt(messages, chat_model().tokenizer)
+    ids = template_render.encode_prompt(
+        messages, helpers.chat_model().tokenizer
+    )
     return ids.tolist()
 
 
 def _by_ids(messages, **controls):
-    return chat_model().generate(
+    return helpers.chat_model().generate(
         _templated_ids(messages), jit_compile=False, **controls
     )
 
 
 def _text(ids) -> str:
-    raw = chat_model().tokenizer.detokenize(tf.constant(ids, tf.int32))
+    raw = helpers.chat_model().tokenizer.detokenize(tf.constant(ids, tf.int32))
     return raw.numpy().decode("utf-8", "replace")
 
 
 def test_generate_and_stream_apply_the_template():
-    lm = chat_model()
+    lm = helpers.chat_model()
     assert lm.template == templates.TEMPLATE
     for messages in CHATS:
         want = _text(_by_ids(messages, **CONTROLS))
@@ -90,7 +68,7 @@ def test_a_model_without_template_is_unchanged():
 
 
 def test_bad_conversations_are_input_errors():
-    lm = chat_model()
+    lm = helpers.chat_model()
     with pytest.raises(errors.InputError, match="role"):
         lm.generate([{"role": "robot", "content": "x"}])
     with pytest.raises(errors.InputError, match="assistant"):
@@ -125,7 +103,7 @@ def served():
         _chat_body([[{"role": "robot", "content": "x"}]]),
         _chat_body([[{"role": "assistant", "content": "x"}]]),
     ]
-    report = helpers.serving_check(chat_export(), requests, warmup=True)
+    report = helpers.serving_check(helpers.chat_export(), requests, warmup=True)
     return report, rows, sampled
 
 
@@ -135,7 +113,7 @@ def test_served_as_in_process(served):
     assert [w for w in report["warmup"] if "error" in w] == []
     assert "chat" in report["signatures"]
     results = report["results"]
-    local = helpers.generate(chat_model(), rows)
+    local = helpers.generate(helpers.chat_model(), rows)
     texts = [
         helpers.as_bytes(t).decode("utf-8", "replace")
         for t in results[0]["outputs"]["text"]
@@ -145,7 +123,7 @@ def test_served_as_in_process(served):
         outputs = result["outputs"]
         assert set(outputs) == {"text", "num_tokens", "stop_reason"}
         for i, messages in enumerate(CHATS):
-            alone = chat_model().generate(
+            alone = helpers.chat_model().generate(
                 messages, jit_compile=False, return_details=True, **controls
             )
             assert (
@@ -165,7 +143,7 @@ def test_chat_bad_role_is_invalid_argument(served):
 
 
 def test_old_serving_default_contract_kept():
-    report = helpers.serving_check(chat_export(), [])
+    report = helpers.serving_check(helpers.chat_export(), [])
     want_in, want_out = helpers.CONTRACT["serving_default"]
     for name, signature in (("chat", "chat"), ("plain", "serving_default")):
         del name

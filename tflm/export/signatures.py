@@ -94,7 +94,12 @@ class ServingModule(tf.Module):
         batch = tf.shape(inputs[first])[0]
         settings = {k: inputs[k] for k in spec.ALL_SETTINGS if k in inputs}
         checks = spec.graph_checks(
-            settings, inputs.get("stop"), inputs.get("stop_ids"), batch
+            settings,
+            inputs.get("stop"),
+            inputs.get("stop_ids"),
+            batch,
+            self.pipeline.context,
+            first,
         )
         if name == "chat":
             checks += _chat_checks(
@@ -196,6 +201,7 @@ def _chat_checks(template, role, content) -> list:
     ]
     with tf.control_dependencies(checks):
         checks.append(templating.last_check(role))
+        checks.append(templating.turns_check(role))
     return checks
 
 

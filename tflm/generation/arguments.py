@@ -104,7 +104,7 @@ def _per_row(value, batch, name, dtype):
     return tf.constant(array, dtype)
 
 
-def _values(given: dict, batch: int) -> dict:
+def _values(given: dict, batch: int, context: int, num_beams: int) -> dict:
     unknown = sorted(set(given) - set(spec.BY_NAME))
     if unknown:
         raise TypeError(
@@ -118,7 +118,7 @@ def _values(given: dict, batch: int) -> dict:
         if value is None:
             value = s.default
         values[s.name] = _per_row(value, batch, s.name, s.dtype)
-    spec.check(values)
+    spec.check(values, context, num_beams)
     return values
 
 
@@ -168,15 +168,17 @@ def pop_beams(kw: dict):
     return {**values, "num_return_sequences": 1 if nrs is None else int(nrs)}
 
 
-def setup(generator, prompts, settings):
-    """`(Prepared, single, is_text, stop strings)` of a call's arguments."""
+def setup(generator, prompts, settings, num_beams: int = 1):
+    """`(Prepared, single, is_text, stop strings)` of a call's arguments
+    (`num_beams`: beam search's, checked against the size caps too)."""
     stop = settings.pop("stop", None)
     inputs, single, is_text = _prompts(prompts, generator)
     if isinstance(inputs, tuple):
         batch = int(inputs[0].shape[0])
     else:
         batch = int(inputs.shape[0] if is_text else inputs.nrows())
-    values = _values(settings, batch)
+    context = generator.pipeline.context
+    values = _values(settings, batch, context, num_beams)
     stop, stop_ids, strings = _stops(stop, batch, generator)
     prepared = generator.prepare(inputs, values, stop, stop_ids)
     if bool(tf.reduce_any(prepared.truncated)):

@@ -200,7 +200,10 @@ def generate(
     if beams is not None:
         kw["num_return_sequences"] = 1  # beam search returns several
     prepared, single, is_text, strings = arguments.setup(
-        generator, prompts, {"max_new_tokens": max_new_tokens, **kw}
+        generator,
+        prompts,
+        {"max_new_tokens": max_new_tokens, **kw},
+        num_beams=1 if beams is None else beams["num_beams"],
     )
     if not single and int(tf.shape(prepared.ids)[0]) == 0:
         return [] if not return_details else {"outputs": []}

@@ -20,6 +20,14 @@ True/False). With `num_beams > 1`, `num_return_sequences` must be in
 `[1, num_beams]`, and sampling, the logits processors and stops are
 refused rather than silently ignored.
 
+Size caps (`limit_checks`): a request decodes `prompts * num_return_sequences`
+rows (`prompts * num_beams` in beam search), each with a KV cache of up to the
+context, so at most `MAX_DECODE_ROWS` rows and `MAX_DECODE_CELLS` rows times
+the context ("decode cells"), and `no_repeat_ngram_size` at most the context.
+They are checked before anything is tokenized or allocated, on int64 values
+that saturate (no int32 overflow); `export/README.md`'s "Limits" gives the
+memory they allow.
+
 `SIGNATURES` names each exported signature's inputs; `input_specs(name)`
 derives their `tf.TensorSpec`s from this spec, so no signature writes a
 dtype by hand.
@@ -42,6 +50,8 @@ MAX_STOP_STRINGS = 8  # per row
 MAX_STOP_BYTES = 64  # per stop string
 MAX_STOP_IDS = 16  # per row
 UNSET = -1  # `max_new_tokens` / `max_length` not given
+MAX_DECODE_ROWS = 4096  # prompts x samples (or beams) in one request
+MAX_DECODE_CELLS = 2**19  # decode rows x the model's context
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,9 +208,68 @@ def cross_checks(values: dict) -> list[tuple]:
     ]
 
 
-def graph_checks(values: dict, stop, stop_ids, batch) -> list:
+_PER_PROMPT = ("num_beams", "num_return_sequences")
+
+
+def limit_checks(
+    values: dict, batch, context: int, prompts: str = "prompt"
+) -> list[tuple]:
+    """`(bool scalar, input names, message)` for the caps on a request's
+    size.
+
+    Args:
+        values: the request's settings `[B]`; `num_return_sequences` and
+            `num_beams` (beam search), where given, count the rows decoded
+            per prompt, and `no_repeat_ngram_size` must fit the context.
+        batch: int32 scalar, the number of prompts.
+        context: the model's context length.
+        prompts: the input that holds the prompts, for messages.
+
+    Example:
+    >>> beams = {"num_beams": tf.constant([300, 300])}  # 600 rows
+    >>> [bool(ok) for ok, _, _ in limit_checks(beams, 2, 1024)]
+    [True, False]
+    """
+    # Beam search decodes `num_beams` rows a prompt and returns some of them.
+    per_prompt = [n for n in _PER_PROMPT if n in values][:1]
+    label = " * ".join([f"{prompts} rows", *per_prompt])
+    big = tf.constant(MAX_DECODE_CELLS + 1, tf.int64)  # saturates: no overflow
+    rows = tf.minimum(tf.cast(batch, tf.int64), big)
+    for name in per_prompt:
+        most = tf.reduce_max(tf.concat([values[name], [1]], 0))
+        rows = tf.minimum(rows * tf.minimum(tf.cast(most, tf.int64), big), big)
+    names = (prompts, *per_prompt)
+    checks = [
+        (
+            rows <= MAX_DECODE_ROWS,
+            names,
+            f"{label} must be at most {MAX_DECODE_ROWS} (the rows decoded "
+            "in one request)",
+        ),
+        (
+            rows * context <= MAX_DECODE_CELLS,
+            names,
+            f"{label} * context ({context}) must be at most "
+            f"{MAX_DECODE_CELLS} (the decode cells of one request)",
+        ),
+    ]
+    if "no_repeat_ngram_size" in values:
+        checks.append(
+            (
+                tf.reduce_all(values["no_repeat_ngram_size"] <= context),
+                ("no_repeat_ngram_size",),
+                f"no_repeat_ngram_size must be at most the context ({context})",
+            )
+        )
+    return checks
+
+
+def graph_checks(
+    values: dict, stop, stop_ids, batch, context: int, prompts: str = "prompt"
+) -> list:
     """In-graph asserts on a signature's batched inputs (settings of `SPEC`
-    and `BEAM_SPEC`, stops); every message names its input."""
+    and `BEAM_SPEC`, stops, the size caps of `limit_checks`); every message
+    names its input. `prompts` names the input that holds the prompts."""
     rules = [s for s in (*SPEC, *BEAM_SPEC) if s.name in values]
     checks = [
         _assert(
@@ -217,6 +286,10 @@ def graph_checks(values: dict, stop, stop_ids, batch) -> list:
                 f"{s.name} must be {s.rule}",
             )
             for s in rules
+        ]
+        checks += [
+            _assert(ok, msg)
+            for ok, _, msg in limit_checks(values, batch, context, prompts)
         ]
         if "max_length" in values:
             checks += [_assert(ok, msg) for ok, _, msg in cross_checks(values)]
@@ -310,12 +383,15 @@ def max_new_tokens(values: dict, prompt_lengths, context: int):
     return tf.clip_by_value(new, 0, context - 1)
 
 
-def check(values: dict) -> None:
+def check(values: dict, context: int, num_beams: int = 1) -> None:
     """Raises `InputError` where `graph_checks` would fail a request.
 
     Args:
         values: setting name -> `[B]` tensor (eager), as `fill_defaults`
             gives.
+        context: the model's context length.
+        num_beams: beam search's beams (checked by `check_beams`), 1 for
+            the sampling loop.
     """
     for s in SPEC:
         ok = s.valid(values[s.name])
@@ -328,6 +404,21 @@ def check(values: dict) -> None:
         if not bool(ok):
             received = ", ".join(
                 f"{n}={values[n].numpy().tolist()}" for n in names.split(", ")
+            )
+            raise errors.InputError(f"{message}. Received: {received}.")
+    names = ("num_return_sequences", "no_repeat_ngram_size")
+    sizes = {k: values[k] for k in names}
+    batch = int(sizes["num_return_sequences"].shape[0])
+    largest = {k: int(np.max(v.numpy(), initial=0)) for k, v in sizes.items()}
+    if num_beams > 1:  # saturated as in the graph, so that it fits int32
+        most = min(num_beams, MAX_DECODE_CELLS + 1)
+        sizes["num_beams"] = tf.fill([batch], most)
+        largest["num_beams"] = num_beams
+    for ok, inputs, message in limit_checks(sizes, batch, context):
+        if not bool(ok):
+            received = ", ".join(
+                f"{batch} prompts" if n == "prompt" else f"{n}={largest[n]}"
+                for n in inputs
             )
             raise errors.InputError(f"{message}. Received: {received}.")
 

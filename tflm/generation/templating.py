@@ -42,6 +42,14 @@ def last_check(role):
     return tf.debugging.Assert(~tf.reduce_any(bad), [message])
 
 
+def turns_check(role):
+    """An assert that every conversation has a turn (a row whose roles are
+    all padding would be answered from the template alone)."""
+    real = tf.reduce_any(tf.not_equal(role, templates.PADDING), axis=1)
+    message = 'role: every conversation needs a turn (not only "" roles)'
+    return tf.debugging.Assert(tf.reduce_all(real), [message])
+
+
 def prompt_turns(prompt):
     """A prompt `[B]` as the conversations `[user: prompt]`: role and
     content `[B, 1]`."""
@@ -64,5 +72,10 @@ def batch(prompts, template):
             "model has none. Give text prompts instead."
         )
     for conversation in conversations:
+        if not conversation:
+            raise errors.InputError(
+                "A conversation to reply to needs at least one turn. "
+                "Received: an empty conversation."
+            )
         template_render.check_conversation(template, conversation, False)
     return template_render.as_tensors(conversations), single
