@@ -22,8 +22,8 @@ import pytest
 from tflm import export as export_lib
 from tflm import importers
 from tflm.data import tasks
+from tflm.models import model_dir
 from tflm.models.causal_lm import CausalLM
-from tflm.train import parent as parent_lib
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "export"))
 import serving_helpers as helpers  # noqa: E402
@@ -76,7 +76,7 @@ def task(tmp_path_factory):
         "data": str(data),
         "heldout": heldout,
         "root": root,
-        "sha256": parent_lib.fingerprint(checkpoint),
+        "sha256": model_dir.fingerprint(checkpoint),
     }
 
 
@@ -174,7 +174,7 @@ def test_lora_finetune_learns_the_task(task, tuned):
         "kind": "huggingface",
         "sha256": task["sha256"],
     }
-    assert parent_lib.fingerprint(task["checkpoint"]) == task["sha256"]
+    assert model_dir.fingerprint(task["checkpoint"]) == task["sha256"]
 
 
 def test_tuned_export_answers_through_chat(task, tuned):

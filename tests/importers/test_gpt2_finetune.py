@@ -6,9 +6,9 @@ import os
 import numpy as np
 
 from tflm.models import causal_lm
+from tflm.models import model_dir
 from tflm.train import config as config_lib
 from tflm.train import fit
-from tflm.train import parent as parent_lib
 
 
 def test_gpt2_checkpoint_fine_tunes_and_stays_unmodified(hf_dir, tmp_path):
@@ -17,7 +17,7 @@ def test_gpt2_checkpoint_fine_tunes_and_stays_unmodified(hf_dir, tmp_path):
         for word in ["dog", "cat", "fox", "sun", "hello", "world"] * 4:
             f.write(json.dumps({"prompt": word, "completion": word[::-1]}))
             f.write("\n")
-    before = parent_lib.fingerprint(hf_dir)
+    before = model_dir.fingerprint(hf_dir)
     config = config_lib.TrainConfig(
         data=[str(data)],
         out=str(tmp_path / "tuned"),
@@ -31,7 +31,7 @@ def test_gpt2_checkpoint_fine_tunes_and_stays_unmodified(hf_dir, tmp_path):
         jit_compile="off",
     )
     result = fit.train(config, verbose=0)
-    assert parent_lib.fingerprint(hf_dir) == before
+    assert model_dir.fingerprint(hf_dir) == before
     saved = json.load(open(os.path.join(result.directory, "config.json")))
     assert saved["parent"] == {
         "path": hf_dir,

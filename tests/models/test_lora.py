@@ -310,3 +310,59 @@ def test_enable_twice_is_an_input_error():
     lora.enable_lora(lm, rank=1)
     with pytest.raises(errors.InputError, match="merge_lora"):
         lora.enable_lora(lm, rank=1)
+
+
+def _tuned_on_parent(root):
+    """A parent model directory, and a LoRA model built on it, saved with
+    its base by reference (as `tflm finetune --lora-rank` saves)."""
+    parent = _lm()
+    parent_dir = model_dir.save(parent, parent.tokenizer, root / "parent")
+    lm = model_dir.load_model(CausalLM, parent_dir, weights="float32")
+    lora.enable_lora(lm, rank=2, alpha=4.0)
+    _vary(lm.trainable_variables, seed=1, scale=0.5)
+    record = {"path": parent_dir, "sha256": model_dir.fingerprint(parent_dir)}
+    directory = model_dir.save(
+        lm,
+        lm.tokenizer,
+        root / "tuned",
+        metadata={"parent": {**record, "kind": "model_dir"}},
+        base_from_parent=True,
+    )
+    return lm, parent_dir, directory
+
+
+def test_a_fine_tune_keeps_its_base_by_reference(tmp_path):
+    """Before, a LoRA fine-tune's directory carried the whole base again.
+    (A bfloat16 parent works the same, cast up; slower to test.)"""
+    lm, parent_dir, directory = _tuned_on_parent(tmp_path)
+    files = sorted(os.listdir(directory))
+    assert files == ["adapters.npz", "config.json", "tokenizer"]
+    assert model_dir.read_config(directory)["lora"]["base"] == "parent"
+    loaded = CausalLM.from_preset(directory)
+    assert lora.lora_config(loaded) == lora.lora_config(lm)
+    x, _ = _batch(rows=2)
+    np.testing.assert_array_equal(loaded(x).numpy(), lm(x).numpy())
+    # Merged, it is a plain model with every weight of its own.
+    merged = model_dir.save(
+        loaded, lm.tokenizer, tmp_path / "m", merge_lora=True
+    )
+    plain = CausalLM.from_preset(merged)
+    assert lora.lora_config(plain) is None
+    np.testing.assert_allclose(plain(x).numpy(), lm(x).numpy(), atol=1e-5)
+
+
+def test_a_moved_or_changed_parent_is_named_in_one_line(tmp_path):
+    _, parent_dir, directory = _tuned_on_parent(tmp_path)
+    moved = str(tmp_path / "elsewhere")
+    os.rename(parent_dir, moved)
+    with pytest.raises(errors.InputError) as caught:
+        CausalLM.from_preset(directory)
+    message = str(caught.value)
+    assert "\n" not in message and f"parent model {parent_dir}" in message
+    assert "missing (moved or deleted)" in message
+    os.rename(moved, parent_dir)
+    other = _lm(dropout=0.0)
+    _vary(other.weights, seed=5)
+    model_dir.save(other, other.tokenizer, parent_dir, overwrite=True)
+    with pytest.raises(errors.InputError, match="has changed since"):
+        CausalLM.from_preset(directory)

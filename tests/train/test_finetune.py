@@ -14,11 +14,11 @@ import train_helpers
 
 from tflm import tokenizers
 from tflm.models import causal_lm
+from tflm.models import model_dir
 from tflm.tokenizers import templates
 from tflm.train import config as config_lib
 from tflm.train import fit
 from tflm.train import inputs
-from tflm.train import parent as parent_lib
 from tflm.train import task_metrics
 
 corpus = train_helpers.corpus
@@ -58,11 +58,11 @@ def test_finetuning_learns_a_task_the_parent_cannot_do(task, tmp_path):
     assert before == 0.0
     assert after >= 0.6
     saved = json.load(open(os.path.join(result.directory, "config.json")))
-    assert saved["parent"]["sha256"] == parent_lib.fingerprint(task["parent"])
+    assert saved["parent"]["sha256"] == model_dir.fingerprint(task["parent"])
     assert saved["template"] == templates.TEMPLATE
     assert saved["best_step"] in range(100, 401, 100)
     # The parent is never modified.
-    assert saved["parent"]["sha256"] == parent_lib.fingerprint(task["parent"])
+    assert saved["parent"]["sha256"] == model_dir.fingerprint(task["parent"])
 
 
 def test_lora_learns_the_task_with_the_base_frozen(task, tmp_path):
@@ -76,8 +76,16 @@ def test_lora_learns_the_task_with_the_base_frozen(task, tmp_path):
     saved = json.load(open(os.path.join(result.directory, "config.json")))
     assert saved["lora"]["rank"] == 8
     adapters = os.path.getsize(os.path.join(result.directory, "adapters.npz"))
-    base = os.path.getsize(os.path.join(result.directory, "model.weights.h5"))
+    base = os.path.getsize(os.path.join(task["parent"], "model.weights.h5"))
     assert adapters < base / 4
+    # The base stays in the parent, and the best weights kept are the
+    # adapters' (before, both were whole copies of the base).
+    assert saved["lora"]["base"] == "parent"
+    assert not os.path.exists(
+        os.path.join(result.directory, "model.weights.h5")
+    )
+    best = os.path.getsize(os.path.join(result.directory, "train/best.npz"))
+    assert best < base / 4
 
 
 def test_early_stopping_keeps_the_best_step(task, tmp_path):
@@ -229,7 +237,7 @@ def test_killed_lora_finetune_resumes(task, tmp_path):
 
 
 def _fails_cleanly(argv, message, parent=None):
-    before = parent_lib.fingerprint(parent) if parent else None
+    before = model_dir.fingerprint(parent) if parent else None
     process = subprocess.run(
         argv,
         env=train_helpers.subprocess_env(),
@@ -241,7 +249,7 @@ def _fails_cleanly(argv, message, parent=None):
     lines = [line for line in process.stderr.splitlines() if "rror" in line]
     assert len(lines) == 1 and message in lines[0], process.stderr
     if parent:
-        assert parent_lib.fingerprint(parent) == before
+        assert model_dir.fingerprint(parent) == before
 
 
 def test_bad_parents_and_lora_ranks_fail_in_one_line(task, tmp_path):

@@ -13,7 +13,8 @@ query, key and value adapters each write only their block of its columns.
 
 A model directory of a LoRA model (`tflm.models.model_dir.save`) keeps the
 base weights in `model.weights.h5` under the keys of a plain model (they
-load into one) and the adapters apart in `adapters.npz`, recorded as
+load into one), or, for a fine-tune of a model directory, by reference to
+that parent, and the adapters apart in `adapters.npz`, recorded as
 `"lora": {"rank", "alpha", "targets"}` in `config.json`. `merge_lora` folds
 the adapters into the kernels (`W += alpha / rank * A @ B`) and leaves a
 plain model, with no extra ops; `merged` does it on a copy (for export).

@@ -4,7 +4,9 @@ A model directory is the unit a user moves around: `config.json`
 (`format_version`, `tflm_version`, `backbone`, `tokenizer`),
 `model.weights.h5` (Keras `save_weights`), `tokenizer/` (`Tokenizer.save`),
 optionally `train/` (the state `tflm train` resumes from), and anything else
-(TensorBoard `logs/`, a user's notes), which writing never removes.
+(TensorBoard `logs/`, a user's notes), which writing never removes. A LoRA
+fine-tune of a model directory holds `adapters.npz` instead of the weights
+and reads its base from that parent (see `tflm.models.lora_storage`).
 
 `save` goes through `tflm.atomic.write_directory`: a crash never leaves a
 half-written directory, and an existing model is replaced only with
@@ -14,6 +16,7 @@ half-written directory, and an existing model is replaced only with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -57,11 +60,13 @@ def save(
     metadata: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     merge_lora: bool = False,
+    base_from_parent: bool = False,
 ) -> str:
     """Writes `model` and `tokenizer` to `directory`, atomically.
 
     A model with LoRA adapters (`tflm.models.lora`) keeps its base weights
-    in `model.weights.h5` and its adapters apart in `adapters.npz`.
+    in `model.weights.h5` and its adapters apart in `adapters.npz`; with
+    `base_from_parent`, only the adapters.
 
     Args:
         model: a `CausalLM`. Its backbone config is saved with the dtype of
@@ -80,6 +85,10 @@ def save(
         overwrite: replace an existing model (and drop its `train/` state).
         merge_lora: write the adapters merged into the base weights (one
             plain model, as `tflm.models.lora.merged`); `model` is kept.
+        base_from_parent: the base weights of `model` (with adapters) are
+            exactly those of the model directory `metadata["parent"]`
+            records (`path`, and `sha256` from `fingerprint`): they are not
+            written, and loading reads them from the parent.
 
     Returns:
         The real path of the directory.
@@ -91,19 +100,32 @@ def save(
     directory = check_target(directory)
     extra = dict(extra or {})
     model = lora_lib.merged(model) if merge_lora else model
+    if base_from_parent:
+        _check_base_from_parent(model, metadata)
+    config = model_config(model, tokenizer, metadata, base_from_parent)
 
     def write(temp: str) -> None:
         tokenizer.write_files(os.path.join(temp, TOKENIZER_DIR))
-        model.save_weights(os.path.join(temp, WEIGHTS_FILE))
+        if not base_from_parent:
+            model.save_weights(os.path.join(temp, WEIGHTS_FILE))
         lora_storage.save_adapters(model, temp)
-        write_config(
-            os.path.join(temp, CONFIG_FILE), model, tokenizer, metadata
-        )
+        _write_json(os.path.join(temp, CONFIG_FILE), config)
         _write_extra(temp, extra)
 
     return atomic.write_directory(
         directory, write, overwrite=overwrite, owned=MANAGED
     )
+
+
+def _check_base_from_parent(model, metadata) -> None:
+    parent = (metadata or {}).get("parent")
+    if lora_lib.lora_config(model) is None or not isinstance(parent, dict):
+        raise ValueError(
+            "base_from_parent needs a model with LoRA adapters and "
+            "metadata['parent'] (path, sha256) naming its base."
+        )
+    probe = {**(metadata or {}), **lora_storage.config_entry(model, True)}
+    lora_storage.base_parent(probe, CONFIG_FILE)
 
 
 def check_target(directory: str | os.PathLike) -> str:
@@ -145,9 +167,10 @@ def model_config(
     model,
     tokenizer: tokenizers.Tokenizer,
     metadata: Mapping[str, Any] | None = None,
+    base_from_parent: bool = False,
 ) -> dict[str, Any]:
     """What `config.json` holds for `model` and `tokenizer` (and the
-    entries of `metadata`)."""
+    entries of `metadata`; see `save` for `base_from_parent`)."""
     return {
         **(metadata or {}),
         "format_version": FORMAT_VERSION,
@@ -155,7 +178,7 @@ def model_config(
         "backbone": backbone_config(model),
         "tokenizer": tokenizers.base.tokenizer_config(tokenizer),
         **weights_lib.config_entry(model),
-        **lora_storage.config_entry(model),
+        **lora_storage.config_entry(model, base_from_parent),
         **_eos_entry(model),
     }
 
@@ -176,8 +199,12 @@ def write_config(
     The one writer of `config.json`, for model directories and for the
     `assets/tflm_config.json` of exports.
     """
+    _write_json(path, model_config(model, tokenizer, metadata))
+
+
+def _write_json(path: str, config: dict[str, Any]) -> None:
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(model_config(model, tokenizer, metadata), f, indent=2)
+        json.dump(config, f, indent=2)
         f.write("\n")
 
 
@@ -194,6 +221,22 @@ def recover(directory: str | os.PathLike) -> None:
     `tflm.atomic.sweep`)."""
     directory = os.path.realpath(os.fspath(directory))
     atomic.sweep(*os.path.split(directory), MANAGED)
+
+
+def fingerprint(path: str | os.PathLike) -> str:
+    """SHA-256 over the relative names and contents of the files under
+    `path` (its `train/` and `logs/` left out: they are not the model)."""
+    path = os.fspath(path)
+    digest = hashlib.sha256()
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if d not in (TRAIN_DIR, "logs"))
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            digest.update(os.path.relpath(full, path).encode() + b"\0")
+            with open(full, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
 
 
 def is_model_dir(directory: str | os.PathLike) -> bool:
@@ -239,7 +282,8 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
 def validate(directory: str | os.PathLike) -> dict[str, Any]:
     """Checks that `directory` is a complete, readable model directory.
 
-    Reads only file headers: the weights' shapes are compared with the
+    Reads only file headers: the weights' shapes (the parent's, for a LoRA
+    directory that keeps its base by reference) are compared with the
     config's sizes, and nothing is built.
 
     Returns:
@@ -253,7 +297,7 @@ def validate(directory: str | os.PathLike) -> dict[str, Any]:
     if not os.path.isdir(directory):
         raise errors.InputError(f"{directory} is not a directory.")
     config = read_config(directory)
-    weights = os.path.join(directory, WEIGHTS_FILE)
+    weights = os.path.join(_base_directory(directory, config), WEIGHTS_FILE)
     if not os.path.isfile(weights):
         raise errors.InputError(f"{weights} is missing.")
     shapes = checks.read_header(weights)
@@ -265,6 +309,35 @@ def validate(directory: str | os.PathLike) -> dict[str, Any]:
         path = os.path.join(tokenizer, tokenizers.base.CONFIG_FILE)
         raise errors.InputError(f"{path} is missing.")
     return config
+
+
+def _base_directory(directory: str, config: dict[str, Any]) -> str:
+    """Where the base weights of `directory` are: itself, or its parent.
+
+    Raises:
+        InputError: the parent holding them is not a model directory.
+    """
+    path = os.path.join(directory, CONFIG_FILE)
+    parent = lora_storage.base_parent(config, path)
+    if parent is None:
+        return directory
+    if not is_model_dir(parent["path"]):
+        raise errors.InputError(
+            f"{directory} holds LoRA adapters on the base weights of its "
+            f"parent model {parent['path']}, which is missing (moved or "
+            "deleted): put it back at that path."
+        )
+    return parent["path"]
+
+
+def _check_parent_unchanged(directory: str, parent: dict) -> None:
+    if fingerprint(parent["path"]) != parent["sha256"]:
+        raise errors.InputError(
+            f"{directory} holds LoRA adapters on the base weights of its "
+            f"parent model {parent['path']}, which has changed since "
+            "(its files' sha256 differs from the one recorded in "
+            f"{CONFIG_FILE}): restore that parent."
+        )
 
 
 def load_model(
@@ -293,11 +366,48 @@ def load_model(
         The model, with its `tokenizer` and `template` (`None` if the
         config records none) attributes set.
 
+    A LoRA directory that keeps its base by reference (see `save`) is
+    built on its parent's weights, after checking that the parent is where
+    `config.json` says and unchanged (its `fingerprint`).
+
     Raises:
-        InputError: a missing or corrupt file, or weights that do not fit.
+        InputError: a missing or corrupt file, weights that do not fit, or
+            the parent holding a LoRA directory's base moved or changed.
     """
     directory = os.fspath(directory)
     config = validate(directory)
+    model = _load_base(
+        model_class, directory, config, dtype, weights, overrides
+    )
+    lora_storage.restore_adapters(model, config, directory)
+    model.tokenizer = tokenizers.load_tokenizer(
+        os.path.join(directory, TOKENIZER_DIR)
+    )
+    model.template = templates.check(config.get("template"))
+    if model.template is not None:
+        templates.check_tokenizer(model.template, model.tokenizer)
+    path = os.path.join(directory, CONFIG_FILE)
+    model.eos_ids = _eos_ids(config.get("eos_ids", []), path)
+    return model
+
+
+def _load_base(model_class, directory, config, dtype, weights, overrides):
+    """The model of `directory` with its base weights, before adapters:
+    its own, or its parent's where it keeps none (see `load_model`)."""
+    path = os.path.join(directory, CONFIG_FILE)
+    parent = lora_storage.base_parent(config, path)
+    if parent is not None:
+        _check_parent_unchanged(directory, parent)
+        backbone = dict(config["backbone"])
+        saved_dtype = backbone.pop("dtype", None)
+        return _load_base(
+            model_class,
+            parent["path"],
+            read_config(parent["path"]),
+            dtype or saved_dtype,
+            weights or "float32",  # as the fine-tune converted it
+            {**backbone, **overrides},
+        )
     kwargs = {**config["backbone"], **overrides}
     if dtype is not None:
         kwargs["dtype"] = dtype
@@ -306,7 +416,6 @@ def load_model(
         checks.check_shapes(
             weights_file, checks.read_header(weights_file), kwargs
         )
-    path = os.path.join(directory, CONFIG_FILE)
     try:
         backbone = backbone_lib.Backbone.from_config(kwargs)
     except (TypeError, ValueError) as err:
@@ -326,14 +435,6 @@ def load_model(
             lambda: model_class(backbone_lib.Backbone.from_config(kwargs)),
             weights,
         )
-    lora_storage.restore_adapters(model, config, directory)
-    model.tokenizer = tokenizers.load_tokenizer(
-        os.path.join(directory, TOKENIZER_DIR)
-    )
-    model.template = templates.check(config.get("template"))
-    if model.template is not None:
-        templates.check_tokenizer(model.template, model.tokenizer)
-    model.eos_ids = _eos_ids(config.get("eos_ids", []), path)
     return model
 
 

@@ -3,7 +3,8 @@
 Small task sets overfit fast, so a fine-tuning run validates on held-out
 examples and its result is the best weights seen, not the last. The best
 weights travel in every checkpoint (`train/best.npz`), so a resumed run
-still knows them.
+still knows them. Only trainable variables are kept (the others never
+change while training): for a LoRA run, the adapters.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class BestKeeper(keras.callbacks.Callback):
     """Remembers the weights of the lowest validation loss; stops early.
 
     Args:
-        lm: the model whose weights are kept.
+        lm: the model whose trainable weights are kept.
         current_step: returns the step just trained.
         patience: stop after this many validations without a lower loss;
             `None` never stops.
@@ -61,7 +62,7 @@ class BestKeeper(keras.callbacks.Callback):
         if loss < self.best_loss:
             self.best_step, self.best_loss = step, loss
             self.bad_validations = 0
-            self.weights = [np.array(v) for v in self.lm.weights]
+            self.weights = [np.array(v) for v in self.lm.trainable_weights]
             return
         self.bad_validations += 1
         if self.patience and self.bad_validations >= self.patience:
@@ -79,7 +80,7 @@ class BestKeeper(keras.callbacks.Callback):
         """Sets the model's weights to the best seen (if any)."""
         if self.weights is not None:
             for variable, value in zip(
-                self.lm.weights, self.weights, strict=True
+                self.lm.trainable_weights, self.weights, strict=True
             ):
                 variable.assign(value)
 
@@ -114,9 +115,10 @@ class BestKeeper(keras.callbacks.Callback):
             raise errors.InputError(
                 f"{path} is missing or corrupt ({err}); train into a new --out."
             ) from None
-        if len(arrays) != len(self.lm.weights):
+        variables = self.lm.trainable_weights
+        if [a.shape for a in arrays] != [tuple(v.shape) for v in variables]:
             raise errors.InputError(
-                f"{path} holds {len(arrays)} arrays; the model has "
-                f"{len(self.lm.weights)}. Train into a new --out."
+                f"{path} holds {len(arrays)} arrays; the model trains "
+                f"{len(variables)} of other shapes. Train into a new --out."
             )
         self.weights = arrays

@@ -388,6 +388,12 @@ def _save(run: _Run, lm, optimizer, step: int, keeper=None) -> None:
         lora=run.config.lora_rank is not None,
         tokenizer_dir=_tokenizer_dir(run),
     )
+    # LoRA on a model directory: the base stays there, by reference.
+    base_from_parent = (
+        run.config.lora_rank is not None
+        and run.parent is not None
+        and run.parent.kind == parent_lib.MODEL_DIR
+    )
     try:
         atomic.check_space(os.path.dirname(run.out), needed)
         # A run's own directory: `_prepare` checked it is new or this run's.
@@ -398,6 +404,7 @@ def _save(run: _Run, lm, optimizer, step: int, keeper=None) -> None:
             extra=extra,
             metadata=run.metadata(keeper),
             overwrite=True,
+            base_from_parent=base_from_parent,
         )
     except atomic.NoSpaceError:
         raise space.full_disk(run.out, step, needed) from None

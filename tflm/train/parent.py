@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import os
 import shutil
 import tempfile
@@ -35,7 +34,8 @@ class Parent:
         kind: `"model_dir"`, `"huggingface"` or `"keras_hub"`.
         directory: a model directory holding it (for an import, temporary).
         config: that directory's `config.json`.
-        fingerprint: SHA-256 of the files under `path`.
+        fingerprint: SHA-256 of the files under `path`
+            (`tflm.models.model_dir.fingerprint`).
     """
 
     path: str
@@ -51,23 +51,6 @@ class Parent:
             "kind": self.kind,
             "sha256": self.fingerprint,
         }
-
-
-def fingerprint(path: str) -> str:
-    """SHA-256 over the relative names and contents of the files under
-    `path` (its `train/` and `logs/` left out: they are not the model)."""
-    digest = hashlib.sha256()
-    for root, dirs, files in os.walk(path):
-        dirs[:] = sorted(
-            d for d in dirs if d not in (model_dir.TRAIN_DIR, "logs")
-        )
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            digest.update(os.path.relpath(full, path).encode() + b"\0")
-            with open(full, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager
@@ -88,7 +71,7 @@ def resolve(path: str) -> Iterator[Parent]:
     if model_dir.is_model_dir(path):
         # Missing weights or tokenizer: one line naming the file.
         config = model_dir.validate(path)
-        yield Parent(path, MODEL_DIR, path, config, fingerprint(path))
+        yield Parent(path, MODEL_DIR, path, config, model_dir.fingerprint(path))
         return
     kind = _checkpoint_kind(path)
     temp = tempfile.mkdtemp(prefix="tflm-parent-")
@@ -96,7 +79,7 @@ def resolve(path: str) -> Iterator[Parent]:
         imported = os.path.join(temp, "model")
         importers.import_checkpoint(path, imported)
         config = model_dir.read_config(imported)
-        yield Parent(path, kind, imported, config, fingerprint(path))
+        yield Parent(path, kind, imported, config, model_dir.fingerprint(path))
     finally:
         shutil.rmtree(temp, ignore_errors=True)
 
