@@ -1,5 +1,6 @@
 """The model-directory commands: generate, export, quickstart."""
 
+import ast
 import io
 import os
 import random
@@ -8,6 +9,7 @@ import pytest
 
 from tflm import cli
 from tflm import export
+from tflm import quickstart
 from tflm.models import CausalLM
 from tflm.models import model_dir as model_dir_lib
 from tflm.tokenizers import ByteTokenizer
@@ -123,14 +125,18 @@ def test_quickstart_trains_exports_and_serves(tmp_path, capsys):
     out = tmp_path / "qs"
     argv = ["quickstart", "--data", str(corpus), "--out", str(out)]
     argv += ["--preset", "tiny", "--steps", "4", "--max-new-tokens", "4"]
-    argv += ["--vocabulary-size", "280", "--prompt", "the", "--prompt", "a"]
+    argv += ["--vocabulary-size", "280"]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert "[4/4] served" in printed
     assert model_dir_lib.is_model_dir(out / "model")
     assert export.existing_versions(str(out / "serving")) == [1]
-    served = printed.split("[4/4]")[1].splitlines()[1:3]
+    served = printed.split("[4/4]")[1].splitlines()[1:4]
     assert all(line.startswith("  ") and " -> " in line for line in served)
+    # The prompts are the first words of held-out lines of the corpus.
+    prompts = [ast.literal_eval(s.split(" -> ")[0].strip()) for s in served]
+    assert prompts == quickstart.corpus_prompts([str(corpus)])
+    assert all(len(p.split()) == 3 for p in prompts)
 
 
 def test_generate_refuses_a_prompt_that_is_not_utf8(model_dir, capsys):

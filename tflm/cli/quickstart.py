@@ -20,8 +20,9 @@ def add(subparsers) -> None:
         description="Train a SentencePiece tokenizer and a small model on "
         "your text (default: the Python documentation that ships with "
         "Python, so it runs offline), evaluate it, export it for TF Serving, "
-        "and answer prompts from the export loaded the way TF Serving loads "
-        "it (XLA off). Running it again reuses the trained model.",
+        "and answer prompts (the openings of held-out lines of your text) "
+        "from the export loaded the way TF Serving loads it (XLA off). "
+        "Running it again reuses the trained model.",
         example="tflm quickstart\n"
         "tflm quickstart --data my-book.txt --out runs/book --steps 2000",
     )
@@ -39,23 +40,51 @@ def add(subparsers) -> None:
         metavar="DIR",
         help=f"where the model and the export go (default: {defaults.out})",
     )
-    for name in ("preset", "steps", "vocabulary_size", "batch_size"):
-        value = getattr(defaults, name)
-        parser.add_argument(
-            "--" + name.replace("_", "-"),
-            type=type(value),
-            default=value,
-            help=f"default: {value}",
-        )
+    parser.add_argument(
+        "--preset",
+        default=defaults.preset,
+        metavar="NAME",
+        help=f"architecture preset (default: {defaults.preset})",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=defaults.steps,
+        metavar="N",
+        help=f"optimizer updates (default: {defaults.steps})",
+    )
+    parser.add_argument(
+        "--vocabulary-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="SentencePiece ids (default: sized to your text: the "
+        "characters that cover 99.95%% of it plus 261 fixed pieces, plus a "
+        "quarter, rounded up to a multiple of 256, and at least "
+        f"{quickstart.MIN_VOCABULARY_SIZE:,}; about 5,000 for a Chinese "
+        "novel)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        metavar="N",
+        help=f"global batch, in sequences (default: {defaults.batch_size})",
+    )
     parser.add_argument(
         "--prompt",
         action="append",
         default=[],
         metavar="TEXT",
-        help="a prompt to answer; repeat for more",
+        help="a prompt to answer; repeat for more (default: the first words "
+        "of three held-out lines of the text)",
     )
     parser.add_argument(
-        "--max-new-tokens", type=int, default=defaults.max_new_tokens
+        "--max-new-tokens",
+        type=int,
+        default=defaults.max_new_tokens,
+        metavar="N",
+        help=f"tokens answered per prompt (default: {defaults.max_new_tokens})",
     )
     parser.set_defaults(func=run)
 
@@ -97,10 +126,15 @@ def run(args: argparse.Namespace) -> int:
             quickstart.write_default_corpus(os.path.join(args.out, "data")),
         )
         print(f"[0/4] corpus: the Python documentation topics -> {data[0]}")
-    train = quickstart.train_config(config, data)
+    vocabulary_size = config.vocabulary_size
+    sized = ""
+    if vocabulary_size is None:
+        vocabulary_size, characters = quickstart.vocabulary_size_for(data)
+        sized = f" (sized to the text's {characters:,} characters)"
+    train = quickstart.train_config(config, data, vocabulary_size)
     print(
-        f"[1/4] training a {config.vocabulary_size}-id SentencePiece "
-        f"tokenizer and the {config.preset} preset for {config.steps} steps "
+        f"[1/4] training a {vocabulary_size:,}-id SentencePiece tokenizer"
+        f"{sized} and the {config.preset} preset for {config.steps} steps "
         f"-> {train.out}"
     )
     fit.train(train)
@@ -110,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         f"{scores['bits_per_character']:.3f} bits per character"
     )
     model = model_dir.load_model(causal_lm.CausalLM, train.out)
-    prompts = list(config.prompts or quickstart.DEFAULT_PROMPTS)
+    prompts = list(config.prompts or quickstart.corpus_prompts(data))
     print("[2/4] in-process, greedy:")
     _show(prompts, model.generate(prompts, config.max_new_tokens))
     base = os.path.join(args.out, "serving")

@@ -108,6 +108,39 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# The peak learning rate `tflm train` uses for each preset (AdamW, linear
+# warm-up over a tenth of the run, at most 100 steps, then cosine decay to a
+# tenth). nano-char's and mini's are the best of a sweep of short runs on
+# Tiny Shakespeare (docs/performance.md, "Learning rates for short runs");
+# tiny's is the one its tests train with; bench-small's is nanoGPT's for its
+# 6 x 384 Shakespeare model; the ~125M and ~350M presets follow GPT-3's
+# table for their size.
+LEARNING_RATES: dict[str, float] = {
+    "tiny": 1e-2,
+    "nano-char": 4e-3,
+    "mini": 2e-3,
+    "bench-small": 1e-3,
+    "gpt2-124m": 6e-4,
+    "gpt2-355m": 3e-4,
+    "llama-110m": 6e-4,
+    "llama-135m": 6e-4,
+}
+
+
+def learning_rate(name: str) -> float:
+    """The default peak learning rate of preset `name` (`LEARNING_RATES`).
+
+    Raises:
+        InputError: an unknown preset.
+
+    Example:
+    >>> learning_rate("gpt2-124m")
+    0.0006
+    """
+    get_preset(name)
+    return LEARNING_RATES[name]
+
+
 def get_preset(name: str, **overrides) -> dict:
     """Returns a copy of preset `name` with `overrides` merged in.
 

@@ -30,6 +30,8 @@ LORA_TARGETS = ("query", "key", "value", "output", "mlp_in", "mlp_out")
 # Which command shows a field as a flag (fields without a scope: both).
 TRAIN_ONLY = "train"
 FINETUNE_ONLY = "finetune"
+# The peak learning rate from --init-from, where there is no preset's.
+INIT_FROM_LEARNING_RATE = 3e-4
 
 
 def _option(default, help: str, **metadata) -> Any:
@@ -141,7 +143,13 @@ class TrainConfig:
     accumulation_steps: int = _option(
         1, "micro-batches per update (same update, less memory)"
     )
-    learning_rate: float = _option(3e-4, "peak learning rate")
+    learning_rate: float | None = _option(
+        None,
+        "peak learning rate (default: the preset's, measured on short runs "
+        "for the small presets and GPT-3's for the large ones: see "
+        "tflm.models.presets.LEARNING_RATES and docs/performance.md; "
+        f"{INIT_FROM_LEARNING_RATE:g} from --init-from)",
+    )
     min_learning_rate: float | None = _option(
         None, "final learning rate (default: learning_rate / 10)"
     )
@@ -171,7 +179,11 @@ class TrainConfig:
         "XLA (auto: on, except distributed or mixed_bfloat16 on a CPU)",
         choices=JIT_CHOICES,
     )
-    log_every: int = _option(10, "steps between TensorBoard points")
+    log_every: int = _option(
+        10,
+        "steps between TensorBoard points, and between progress lines when "
+        "the output is a file or a pipe (a terminal shows every step)",
+    )
 
     def __post_init__(self):
         for name in ("data", "validation_data", "lora_targets"):
@@ -183,6 +195,10 @@ class TrainConfig:
         if not self.data:
             raise errors.InputError(
                 "--data must name at least one file. Received: data=()."
+            )
+        if self.learning_rate is None:
+            object.__setattr__(
+                self, "learning_rate", default_learning_rate(self.preset)
             )
         for field in dataclasses.fields(self):
             choices = field.metadata.get("choices")
@@ -200,6 +216,17 @@ class TrainConfig:
         config["validation_data"] = list(self.validation_data)
         config["lora_targets"] = list(self.lora_targets)
         return config
+
+
+def default_learning_rate(preset: str | None) -> float:
+    """The peak learning rate of a run that names none: its preset's
+    (`tflm.models.presets.LEARNING_RATES`), or `INIT_FROM_LEARNING_RATE`
+    for a run that starts from a model (no preset)."""
+    if preset is None:
+        return INIT_FROM_LEARNING_RATE
+    from tflm.models import presets  # Imports TensorFlow.
+
+    return presets.learning_rate(preset)
 
 
 @functools.cache
