@@ -1,6 +1,13 @@
 import json
 import math
 import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import train_helpers
@@ -109,3 +116,51 @@ def test_incompatible_model_dir_exits_2(model_dir, corpus, capsys):
 def test_eval_of_a_folder_that_is_not_a_model(corpus, tmp_path, capsys):
     assert cli.main(["eval", str(tmp_path), "--data", corpus]) == 2
     assert "config.json is missing" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_a_terminal_ends_the_progress_line_and_says_what_was_kept(
+    corpus, tmp_path
+):
+    """As a person sees it: the progress line on a terminal, then Ctrl-C."""
+    out = tmp_path / "model"
+    argv = _train_argv(corpus, out)[1:]
+    argv[argv.index("--steps") + 1] = "100000"
+    leader, follower = pty.openpty()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tflm", "train", *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=follower,
+        env=train_helpers.subprocess_env(COLUMNS="200"),
+    )
+    os.close(follower)
+    metrics = out / "logs" / "metrics.jsonl"
+    output = b""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if select.select([leader], [], [], 0.2)[0]:
+            output += os.read(leader, 65536)
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 5:
+            break
+    child.send_signal(signal.SIGINT)
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # The child closed the terminal.
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert child.wait(timeout=60) == 130
+    os.close(leader)
+    text = output.decode()
+    assert "\rsteps 1-3 of 100000: step " in text
+    said = re.search(r"(?:^|\n)interrupted at step (\d+) of 100000\. ", text)
+    assert said, text[-2000:]
+    kept = re.search(
+        r"keeps step (\d+), its last checkpoint: run the same "
+        r"command again to resume from step \1\.",
+        text,
+    )
+    assert kept and int(kept[1]) % 3 == 0 and int(kept[1]) <= int(said[1])
+    assert "\x1b" not in text and "\b" not in text
