@@ -171,6 +171,24 @@ def test_same_seed_same_text_different_seeds_differ(plain):
     assert batch == [texts[3], first, texts[3]]
 
 
+def test_one_seed_draws_different_streams_for_different_prompts(plain):
+    # Near-uniform logits: with one noise stream for every prompt, the
+    # draws of two prompts would mostly coincide.
+    rows = plain.generate(
+        [[5, 6, 7], [5, 6, 8], [9]],
+        32,
+        temperature=1.0,
+        seed=7,
+        jit_compile=False,
+    )
+    for a, b in ([0, 1], [0, 2], [1, 2]):
+        same = np.mean(np.equal(rows[a], rows[b]))
+        assert same < 0.25, (a, b, same)
+    # Still a pure function of the seed and the prompt.
+    again = plain.generate([[9]], 32, temperature=1.0, seed=7)
+    assert again == [rows[2]]
+
+
 # Stopping
 
 
@@ -331,11 +349,24 @@ def test_bad_settings_raise(plain, kwargs, name):
         plain.generate(["ab", "cd"], **{"max_new_tokens": 4, **kwargs})
 
 
-def test_max_new_tokens_is_capped_at_context_minus_one(plain):
-    # The same rule as the export: capped, never an error.
-    out = _details(plain, [[5, 6]], max_new_tokens=CONTEXT + 3)
-    assert out["num_tokens"] == [CONTEXT - 1]
+def test_new_tokens_are_capped_at_the_room_the_prompt_leaves(varied, caplog):
+    # The prompt is kept whole; the same rule as the export, never an error.
+    prompt = [5, 6, 7]
+    with caplog.at_level(logging.WARNING, logger="tflm"):
+        out = _details(varied, prompt, max_new_tokens=500, jit_compile=False)
+    assert out["num_tokens"] == [CONTEXT - 3]
     assert out["stop_reason"] == ["length"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1, messages
+    assert f"capped at {CONTEXT - 3}" in messages[0]
+    assert "kept whole" in messages[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tflm"):
+        fits = _details(
+            varied, prompt, max_new_tokens=CONTEXT - 3, jit_compile=False
+        )
+    assert not caplog.records
+    assert out["outputs"] == fits["outputs"]
 
 
 def test_empty_batch_returns_empty_list(plain):
@@ -363,16 +394,18 @@ def test_empty_id_prompt_raises(plain):
         plain.generate(np.array([], np.int32))
 
 
-def test_long_prompt_is_truncated_from_the_left(varied, caplog):
+def test_a_prompt_that_fills_the_context_is_cut_to_leave_one_token(
+    varied, caplog
+):
     ids = [int(i) for i in np.random.default_rng(1).integers(3, 259, 100)]
-    room = CONTEXT - 8
     with caplog.at_level(logging.WARNING, logger="tflm"):
         out = _details(varied, ids, max_new_tokens=8)
-    assert any("truncated" in r.getMessage() for r in caplog.records)
-    assert out["num_tokens"] == [8]
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "cut from the left" in messages[0]
+    assert out["num_tokens"] == [1]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="tflm"):
-        fitted = _details(varied, ids[-room:], max_new_tokens=8)
+        fitted = _details(varied, ids[-(CONTEXT - 1) :], max_new_tokens=1)
     assert not caplog.records
     assert out["outputs"] == fitted["outputs"]
 
@@ -420,7 +453,7 @@ def test_rows_truncate_only_to_their_own_room(varied):
 def test_default_max_new_tokens_fits_a_short_context():
     lm = CausalLM.from_preset("tiny")  # context 16
     out = lm.generate([[1, 2]], return_details=True, jit_compile=False)
-    assert out["num_tokens"] == [15]
+    assert out["num_tokens"] == [14]
 
 
 def test_seed_out_of_range_raises(plain):

@@ -53,7 +53,8 @@ def sampling_flags(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="default: 64, or the context - 1",
+        help="default: 64, or the context - 1; capped at the room the prompt "
+        "leaves in the context (the prompt is kept whole)",
     )
     parser.add_argument(
         "--temperature", type=float, default=0.0, help="0 is greedy (default)"

@@ -181,10 +181,25 @@ def setup(generator, prompts, settings, num_beams: int = 1):
     values = _values(settings, batch, context, num_beams)
     stop, stop_ids, strings = _stops(stop, batch, generator)
     prepared = generator.prepare(inputs, values, stop, stop_ids)
+    warn_context(prepared, generator.pipeline.context)
+    return prepared, single, is_text, strings
+
+
+def warn_context(prepared, context: int) -> None:
+    """One warning where the context changed a request: new tokens capped
+    beside a prompt, or a prompt that alone filled the context cut."""
+    new = prepared.settings.max_new_tokens.numpy()
     if bool(tf.reduce_any(prepared.truncated)):
         logger.warning(
-            "A prompt was truncated from the left so that it fits the "
-            "context (%d tokens) beside its new tokens.",
-            generator.pipeline.context,
+            "A prompt fills the model's context (%d tokens); it was cut "
+            "from the left to its last %d tokens.",
+            context,
+            context - 1,
         )
-    return prepared, single, is_text, strings
+    elif bool(tf.reduce_any(prepared.capped)):
+        logger.warning(
+            "Prompt + new tokens exceed the model's context (%d tokens): "
+            "new tokens capped at %d (the prompt is kept whole).",
+            context,
+            int(new[prepared.capped.numpy()].min()),
+        )

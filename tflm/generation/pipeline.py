@@ -11,8 +11,10 @@ drift:
 - `prepare` renders text and conversations through the model's template
   (`tflm.generation.templating`), tokenizes, cuts each row to the context
   before anything is dense, resolves the length settings, repeats each
-  prompt `num_return_sequences` times (copy `j` samples with `seed + j`),
-  cuts prompts from the left to fit beside their new tokens and left-pads;
+  prompt `num_return_sequences` times (copy `j` samples with `seed + j`,
+  mixed with a hash of the prompt's ids so that different prompts draw
+  different streams), keeps each prompt and caps its new tokens at the room
+  it leaves in the context (`spec.fit_context`), and left-pads;
   with `bucket=True` (in-process) the prompt width and cache length are
   rounded up to powers of two so that similar calls reuse one trace;
 - `decode` builds the model's decode plan for a `Layout` (inside the
@@ -29,6 +31,7 @@ import tensorflow as tf
 
 from tflm.generation import beam as beam_lib
 from tflm.generation import loop
+from tflm.generation import samplers
 from tflm.generation import spec
 from tflm.generation import templating
 from tflm.generation import text as text_lib
@@ -88,6 +91,8 @@ class Prepared(NamedTuple):
         stop: string `[R, K]`, or `None`.
         prompt_index: int32 `[R]`, each row's prompt.
         truncated: bool `[R]`, the prompt was cut from the left.
+        capped: bool `[R]`, fewer new tokens than asked fit beside the
+            prompt in the context.
     """
 
     ids: tf.Tensor
@@ -97,6 +102,7 @@ class Prepared(NamedTuple):
     stop: tf.Tensor | None
     prompt_index: tf.Tensor
     truncated: tf.Tensor
+    capped: tf.Tensor
 
 
 class Response(NamedTuple):
@@ -237,10 +243,14 @@ class Pipeline:
         n = tf.cond(
             batch > 0, lambda: values["num_return_sequences"][0], lambda: 1
         )
-        new = spec.max_new_tokens(values, tf.maximum(lengths, 1), context)
+        asked = spec.max_new_tokens(values, tf.maximum(lengths, 1), context)
+        new = spec.fit_context(asked, lengths, context)
         index = tf.repeat(tf.range(batch), n)
         rows = {k: tf.gather(values[k], index) for k in loop.PER_ROW}
-        rows["seed"] += tf.tile(tf.range(n), [batch])
+        rows["seed"] = tf.bitwise.bitwise_xor(
+            rows["seed"] + tf.tile(tf.range(n), [batch]),
+            tf.gather(samplers.prompt_hash(ragged), index),
+        )
         new = tf.gather(new, index)
         room = context - new
         width_fn = None
@@ -268,6 +278,7 @@ class Pipeline:
             stop=None if stop is None else tf.gather(stop, index),
             prompt_index=index,
             truncated=tf.gather(lengths, index) > room,
+            capped=tf.gather(asked, index) > new,
         )
 
     # Decode -----------------------------------------------------------------

@@ -26,6 +26,20 @@ def _hash_uint32(x):
     return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, 16))
 
 
+def prompt_hash(ids):
+    """int32 `[B]`: a hash of each prompt's ids (ragged `[B, None]`).
+
+    Mixed into each row's seed (`bitwise_xor`), it gives different prompts
+    different streams under one seed, while a row's stream still depends
+    only on its own seed and prompt, not on its batch neighbours.
+    """
+    joined = tf.strings.reduce_join(
+        tf.strings.as_string(ids), axis=1, separator=" "
+    )
+    hashed = tf.strings.to_hash_bucket_fast(joined, 2**31 - 1)
+    return tf.cast(hashed, tf.int32)
+
+
 def uniform_noise(seed, step, vocabulary_size):
     """Uniform floats in (0, 1), `[B, V]`, a pure function of seed and step.
 

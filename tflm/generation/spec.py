@@ -10,9 +10,10 @@ follow Hugging Face `generate` where it has the control.
 
 Length rule (in-process and served alike): `max_new_tokens` or
 `max_length` (prompt tokens + new tokens, as in Hugging Face), never both;
-neither gives `min(DEFAULT_MAX_NEW_TOKENS, context - 1)`. The result is
-capped at `context - 1`, and a prompt that does not fit beside it is cut
-from the left.
+neither gives `min(DEFAULT_MAX_NEW_TOKENS, context - 1)`. The prompt comes
+first: it is kept whole, and the new tokens are capped at the room it leaves
+in the context (`fit_context`); only a prompt that alone fills the context is
+cut from the left, to its last `context - 1` tokens, leaving room for one.
 
 Beam search (`BEAM_SPEC`): `num_beams` (1 is the sampling loop),
 `length_penalty` (HF's exponent on the length) and `early_stopping` (HF's
@@ -381,6 +382,23 @@ def max_new_tokens(values: dict, prompt_lengths, context: int):
         tf.where(values["max_length"] != UNSET, from_length, default),
     )
     return tf.clip_by_value(new, 0, context - 1)
+
+
+def fit_context(asked, prompt_lengths, context: int):
+    """int32 `[B]`: `asked` new tokens capped at the room each prompt leaves.
+
+    Args:
+        asked: int32 `[B]`, `max_new_tokens` as resolved.
+        prompt_lengths: int32 `[B]`, each prompt's tokens before any cut.
+        context: the model's context length.
+
+    Example:
+    >>> asked, lengths = tf.constant([500, 5, 0]), tf.constant([3, 200, 3])
+    >>> fit_context(asked, lengths, 128).numpy().tolist()
+    [125, 1, 0]
+    """
+    kept = tf.clip_by_value(prompt_lengths, 1, context - 1)
+    return tf.minimum(asked, context - kept)
 
 
 def check(values: dict, context: int, num_beams: int = 1) -> None:

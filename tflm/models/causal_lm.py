@@ -391,7 +391,9 @@ class CausalLM(keras.Model):
                 prompts and conversations are rendered into it, and the
                 output is the reply only; ids are taken as they are.
             max_new_tokens: int, or one per prompt. Default: 64, or
-                `context - 1` if smaller; capped at `context - 1`.
+                `context - 1` if smaller; capped at the room the prompt
+                leaves in the context (the prompt is kept whole; one that
+                fills the context keeps its last `context - 1` tokens).
             tokenizer: overrides `self.tokenizer`.
             jit_compile: compile the loop with XLA (not with stop strings).
             **kwargs: `max_length` (prompt + new tokens; not with

@@ -92,6 +92,14 @@ def _scores(predictions: list[str], references: list[str]) -> dict:
 _XLA_FROM_BATCHES = 8
 
 
+def _longest_reply(conversations, lm) -> int:
+    """The most tokens of any reference reply: greedy decoding past it (and
+    its end token) only adds text that the metrics count against."""
+    replies = tf.constant([c[-1]["content"] for c in conversations])
+    lengths = lm.tokenizer.tokenize(replies).row_lengths()
+    return int(tf.reduce_max(lengths)) if len(conversations) else 0
+
+
 def greedy_completions(
     lm, conversations, max_new_tokens: int, batch_size: int = 32
 ) -> list[str]:
@@ -103,8 +111,11 @@ def greedy_completions(
         [c[:-1] for c in conversations], tokenizer, lm.template
     )
     for ids in encoded:
-        keep = max(context - max_new_tokens, 1)
-        if len(ids) > keep:  # Truncated from the prompt side.
+        # The pipeline keeps a prompt whole and caps its new tokens at the
+        # room left; only a prompt that fills the context is cut, here,
+        # keeping its start token.
+        keep = context - 1
+        if len(ids) > keep:
             ids = np.concatenate([ids[:1], ids[len(ids) - keep + 1 :]])
         prompts.append(ids.tolist())
     # XLA's compile of the decode loop (seconds on a CPU) pays off only
@@ -150,7 +161,9 @@ def evaluate_task(
         conversations, lm.tokenizer, context, lm.template
     )
     loss = _loss(lm, windows, batch_size)
-    max_new = min(max_new_tokens, context - 1)
+    max_new = min(
+        max_new_tokens, _longest_reply(conversations, lm) + 1, context - 1
+    )
     predictions = greedy_completions(lm, conversations, max_new, batch_size)
     references = [c[-1]["content"] for c in conversations]
     return {
