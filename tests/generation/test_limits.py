@@ -58,7 +58,8 @@ def test_the_caps_name_their_numbers(lm):
         lm.generate(["a"] * 8, 4, num_beams=1000, jit_compile=False)
     assert str(raised.value) == (
         "prompt rows * num_beams must be at most 4096 (the rows decoded in "
-        "one request). Received: 8 prompts, num_beams=1000."
+        "one request); split the request. Received: prompts=8, "
+        "num_beams=1000."
     )
 
 
@@ -76,11 +77,13 @@ def test_requests_within_the_caps_are_answered(lm):
 @pytest.mark.parametrize(
     "prompts, per_prompt, context, ok",
     [
-        (512, 8, CONTEXT, [True, True]),  # 4096 rows
-        (513, 8, CONTEXT, [False, True]),
-        (64, 8, 1024, [True, True]),  # 2**19 cells
-        (64, 8, 2048, [True, False]),
-        (8, 8, 1024, [True, True]),
+        (512, 8, 16, [True, True]),  # 4096 rows
+        (513, 8, 16, [False, True]),
+        (256, 8, CONTEXT, [True, True]),  # 2**17 cells
+        (257, 8, CONTEXT, [True, False]),
+        (16, 8, 1024, [True, True]),
+        (8, 8, 2048, [True, True]),
+        (8, 8, 2049, [True, False]),
     ],
 )
 def test_the_caps_boundaries(prompts, per_prompt, context, ok):

@@ -52,7 +52,7 @@ MAX_STOP_BYTES = 64  # per stop string
 MAX_STOP_IDS = 16  # per row
 UNSET = -1  # `max_new_tokens` / `max_length` not given
 MAX_DECODE_ROWS = 4096  # prompts x samples (or beams) in one request
-MAX_DECODE_CELLS = 2**19  # decode rows x the model's context
+MAX_DECODE_CELLS = 2**17  # decode rows x the model's context
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,13 +245,14 @@ def limit_checks(
             rows <= MAX_DECODE_ROWS,
             names,
             f"{label} must be at most {MAX_DECODE_ROWS} (the rows decoded "
-            "in one request)",
+            "in one request); split the request",
         ),
         (
             rows * context <= MAX_DECODE_CELLS,
             names,
             f"{label} * context ({context}) must be at most "
-            f"{MAX_DECODE_CELLS} (the decode cells of one request)",
+            f"{MAX_DECODE_CELLS} (the decode cells of one request); split "
+            "the request",
         ),
     ]
     if "no_repeat_ngram_size" in values:
@@ -435,7 +436,7 @@ def check(values: dict, context: int, num_beams: int = 1) -> None:
     for ok, inputs, message in limit_checks(sizes, batch, context):
         if not bool(ok):
             received = ", ".join(
-                f"{batch} prompts" if n == "prompt" else f"{n}={largest[n]}"
+                f"prompts={batch}" if n == "prompt" else f"{n}={largest[n]}"
                 for n in inputs
             )
             raise errors.InputError(f"{message}. Received: {received}.")
