@@ -109,6 +109,10 @@ def _chat(role, content):
     return {"signature_name": "chat", "inputs": inputs}
 
 
+def _texts(signature, texts):
+    return {"signature_name": signature, "inputs": {"text": texts}}
+
+
 ROWS = f"at most {spec.MAX_DECODE_ROWS} "
 CELLS = f"at most {spec.MAX_DECODE_CELLS} "
 EITHER = (ROWS, CELLS)  # past both caps: either assert may fail first
@@ -153,6 +157,16 @@ REFUSED = {
         "no_repeat_ngram_size",
         (f"at most the context ({CONTEXT})",),
     ),
+    "score 1 MiB beside 2,048 empty texts": (
+        _texts("score", ["x" * MiB] + [""] * AT_THE_CAP),
+        "text rows",
+        (CELLS,),
+    ),
+    "tokenize 10,000 texts of 1 KiB": (
+        _texts("tokenize", ["x" * 1024] * 10_000),
+        "text rows",
+        EITHER,
+    ),
     "chat roles all empty": (
         _chat([["user", ""], ["", ""]], [["hi", ""], ["ignored", ""]]),
         "role",
@@ -171,6 +185,10 @@ ANSWERED = {
     ),
     "1 MiB prompt beside 2,047 empty ones": (
         _serving_default(["x" * MiB] + [""] * (AT_THE_CAP - 1)),
+        AT_THE_CAP,
+    ),
+    "score 1 MiB beside 2,047 empty texts": (
+        _texts("score", ["x" * MiB] + [""] * (AT_THE_CAP - 1)),
         AT_THE_CAP,
     ),
     "no_repeat_ngram_size = context": (

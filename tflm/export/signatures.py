@@ -139,13 +139,27 @@ class ServingModule(tf.Module):
         response = self.pipeline.run(request, self.layout, self._decode_xla)
         return {k: getattr(response, k) for k in spec.OUTPUTS[name]}
 
+    def _sized(self, text):
+        """`text` once its rows pass the size caps (`spec.limit_checks`):
+        `score` and `tokenize` hold rows x context, as decoding does."""
+        checks = [
+            _check(ok, message)
+            for ok, _, message in spec.limit_checks(
+                {}, tf.shape(text)[0], self.pipeline.context, "text"
+            )
+        ]
+        with tf.control_dependencies(checks):
+            return tf.identity(text)
+
     def score(self, text):
         """Log-likelihood of each text after an end-of-text start token."""
+        text = self._sized(text)
         likelihood, count = self.pipeline.score(text, self.layout)
         return {"log_likelihood": likelihood, "num_tokens": count}
 
     def tokenize(self, text):
         """Each text's first `context` ids (`num_tokens` counts those)."""
+        text = self._sized(text)
         context = self.pipeline.context
         ragged = self.pipeline.tokenize_clipped(text, context, False)
         return {

@@ -39,6 +39,7 @@ from tflm.tokenizers import template_render
 from tflm.tokenizers import templates
 
 MIN_BUCKET = 8
+SCORE_LOGITS = 2**25  # floats of logits `score` holds at once (128 MiB)
 
 
 class Prompt(NamedTuple):
@@ -401,14 +402,40 @@ class Pipeline:
         decoding = self.decoding(layout)
         cache = decoding.init_cache(tf.shape(ids)[0], tf.shape(ids)[1])
         hidden, _ = decoding.forward(ids, cache, 0, mask, loop.positions(mask))
-        logits = decoding.to_logits(hidden)
-        log_probs = tf.nn.log_softmax(logits[:, :-1], axis=-1)
-        picked = tf.gather(log_probs, ids[:, 1:], batch_dims=2)
+        picked = self._target_log_probs(decoding, hidden[:, :-1], ids[:, 1:])
         weights = tf.cast(mask[:, 1:], tf.float32)
         return (
             tf.reduce_sum(picked * weights, axis=1),
             tf.cast(tf.reduce_sum(mask[:, 1:], axis=1), tf.int32),
         )
+
+    def _target_log_probs(self, decoding, hidden, targets):
+        """float32 `[B, T]`: each target's log-probability after `hidden`
+        `[B, T, D]`, the head run on blocks of rows so that the logits held
+        at once stay under `SCORE_LOGITS` floats (one row at least)."""
+        shape = tf.shape(hidden, out_type=tf.int64)
+        n, t = shape[0], shape[1]
+        per_row = tf.maximum(t * self.vocabulary_size, 1)
+        block = tf.maximum(SCORE_LOGITS // per_row, 1)
+        blocks = (n + block - 1) // block
+        pad = blocks * block - n
+        hidden = tf.pad(hidden, [[0, pad], [0, 0], [0, 0]])
+        targets = tf.pad(targets, [[0, pad], [0, 0]])
+
+        def one(block_inputs):
+            h, y = block_inputs
+            log_probs = tf.nn.log_softmax(decoding.to_logits(h), axis=-1)
+            return tf.gather(log_probs, y, batch_dims=2)
+
+        picked = tf.map_fn(
+            one,
+            (
+                tf.reshape(hidden, [blocks, block, t, shape[2]]),
+                tf.reshape(targets, [blocks, block, t]),
+            ),
+            fn_output_signature=tf.TensorSpec([None, None], tf.float32),
+        )
+        return tf.reshape(picked, [blocks * block, t])[:n]
 
     def tokenize_clipped(self, text, keep, from_end: bool):
         """Each text's ids, cut to its last (or first) `keep` ids (see
