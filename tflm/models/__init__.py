@@ -1,8 +1,22 @@
-"""Backbone, causal LM and presets."""
+"""Backbone, causal LM and presets.
 
-from tflm.models.backbone import Backbone
-from tflm.models.causal_lm import CausalLM
-from tflm.models.presets import PRESETS
-from tflm.models.presets import get_preset
+Names are imported on first use, so that importing `tflm.models.presets`
+(for the CLI's flags) does not load Keras and TensorFlow.
+"""
 
-__all__ = ["PRESETS", "Backbone", "CausalLM", "get_preset"]
+import importlib
+
+_EXPORTS = {
+    "Backbone": "tflm.models.backbone",
+    "CausalLM": "tflm.models.causal_lm",
+    "PRESETS": "tflm.models.presets",
+    "get_preset": "tflm.models.presets",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tflm.models' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -153,7 +153,8 @@ def get_preset(name: str, **overrides) -> dict:
             f"Unknown preset. Received: preset={name!r}. Available presets: "
             f"{', '.join(sorted(PRESETS))}."
         )
-    unknown = sorted(set(overrides) - _backbone_arguments())
+    # No overrides, no Backbone import: `tflm --help` reads preset contexts.
+    unknown = overrides and sorted(set(overrides) - _backbone_arguments())
     if unknown:
         raise errors.InputError(
             f"Preset overrides must be Backbone arguments. Received: "
