@@ -14,8 +14,11 @@ def _no_tf_config(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-def test_auto_on_this_machine_is_the_default_strategy():
+def test_auto_on_this_machine_is_the_default_strategy(caplog):
+    caplog.set_level("INFO")
     strategy = strategy_lib.resolve_strategy("auto")
+    # Nothing to say about the default: once printed by every command.
+    assert not [r for r in caplog.records if r.levelname == "INFO"]
     assert strategy_lib.is_default(strategy)
     assert strategy.num_replicas_in_sync == 1
     assert strategy_lib.is_chief(strategy)

@@ -111,7 +111,9 @@ def resolve_strategy(name: str = "auto") -> tf.distribute.Strategy:
     tf_config = parse_tf_config()
     if name == "auto":
         name = _auto(tf_config)
-        logger.info("Strategy: %s (auto).", name)
+        # Said only when `auto` distributes: a default run has nothing to say.
+        level = logging.DEBUG if name == "default" else logging.INFO
+        logger.log(level, "Strategy: %s (auto).", name)
     if name == "tpu":
         return _tpu_strategy()
     if name == "multi_worker":
