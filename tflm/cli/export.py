@@ -14,8 +14,13 @@ def add(subparsers) -> None:
         "export",
         help="write a SavedModel that TF Serving serves",
         description="Write BASE/<version>/: a SavedModel with the signatures "
-        "serving_default (generate), score, tokenize and detokenize, the "
-        "tokenizer, and TF Serving warm-up requests. Written atomically.",
+        "serving_default (generate text), generate (every control), "
+        "beam_search, chat (a model with a chat template), score, tokenize "
+        "and detokenize, the tokenizer, and TF Serving warm-up requests. "
+        "Before the version is published, its warm-up requests are "
+        "replayed as TF Serving replays them when it loads a version (a "
+        "fresh process, XLA off); if one fails, nothing is published. "
+        "Written atomically.",
         example="tflm export models/book --out serving/book",
     )
     parser.add_argument(
@@ -48,12 +53,13 @@ def add(subparsers) -> None:
         "--weights",
         choices=("float32", "bfloat16", "int8"),
         default=None,
-        help="store and run the weights in this type (default: as saved)",
+        help="store and run the weights in this type (default: as saved); "
+        "bfloat16 pays only on a CPU with AVX-512 BF16 or AMX-BF16",
     )
     parser.add_argument(
         "--no-warmup",
         action="store_true",
-        help="skip assets.extra/tf_serving_warmup_requests",
+        help="skip assets.extra/tf_serving_warmup_requests and its replay",
     )
     parser.set_defaults(func=run)
 
@@ -96,7 +102,7 @@ def serve_commands(
 
 def run(args: argparse.Namespace) -> int:
     from tflm import export
-    from tflm.generation import spec
+    from tflm.export import saved_model
     from tflm.models import causal_lm
     from tflm.models import model_dir
 
@@ -109,10 +115,10 @@ def run(args: argparse.Namespace) -> int:
         jit_compile=args.xla,
         warmup=not args.no_warmup,
         weights=args.weights,
+        replay_warmup=not args.no_warmup,
     )
     print(f"exported: {path} ({common.size_mb(path):.1f} MB)")
-    names = spec.signature_names(model.template is not None)
-    print(f"signatures: {', '.join(names)}")
+    print(f"signatures: {', '.join(saved_model.signature_names(path))}")
     if args.xla:
         print(
             "XLA export: the server needs --xla_cpu_compilation_enabled=true "

@@ -9,6 +9,7 @@ version. Leftovers of killed exports are swept by the next export.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -19,6 +20,7 @@ import tensorflow as tf
 import tflm
 from tflm import atomic
 from tflm import errors
+from tflm.export import host
 from tflm.export import signatures as signatures_lib
 from tflm.export import warmup as warmup_lib
 from tflm.models import lora as lora_lib
@@ -43,6 +45,24 @@ def existing_versions(base_dir: str) -> list[int]:
         if re.fullmatch(r"\d+", name)
         and os.path.isdir(os.path.join(base_dir, name))
     )
+
+
+def signature_names(path: str) -> list[str]:
+    """The signatures of the SavedModel at `path`, as written in its
+    `saved_model.pb` (`serving_default` first)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    names = {
+        name
+        for graph in saved.meta_graphs
+        if "serve" in graph.meta_info_def.tags
+        for name in graph.signature_def
+        if not name.startswith("__")  # __saved_model_init_op
+    }
+    return sorted(names, key=lambda name: (name != "serving_default", name))
 
 
 def _check_version(base_dir: str, version, overwrite: bool) -> None:
@@ -93,6 +113,26 @@ def _claim(tmp: str, base_dir: str, version, overwrite: bool) -> str:
     return os.path.join(base_dir, str(number))
 
 
+def _write(tmp: str, model, tokenizer, jit_compile: bool, warmup: bool):
+    """Writes the SavedModel, its assets and its warm-up file into `tmp`."""
+    module = signatures_lib.ServingModule(model, tokenizer, jit_compile)
+    try:
+        tf.saved_model.save(module, tmp, signatures=module.signatures())
+    except tf.errors.OpError as err:
+        if atomic.is_no_space(err):
+            raise OSError(errno.ENOSPC, "No space left on device", tmp) from err
+        raise
+    _write_assets(tmp, model, tokenizer, module.template)
+    if warmup:
+        template = module.template
+        warmup_lib.write_warmup(
+            tmp,
+            chat=template is not None,
+            system=template is None
+            or templates.FORMATS[template["name"]].system,
+        )
+
+
 def export(
     model,
     base_dir: str,
@@ -103,15 +143,16 @@ def export(
     jit_compile: bool = False,
     warmup: bool = True,
     weights: str | None = None,
+    replay_warmup: bool = False,
 ) -> str:
     """Exports `model` to `base_dir/<version>/` and returns that path.
 
     The SavedModel holds the signatures of the serving contract
-    (`serving_default`, `score`, `tokenize`, `detokenize`; `chat` for a
-    model with a template, which `serving_default` then applies), the
-    tokenizer as an asset, `assets/tflm_config.json` (what a model directory's
-    `config.json` holds), `assets/tflm_version.txt` and TF Serving warm-up
-    requests.
+    (`serving_default`, `generate`, `beam_search`, `score`, `tokenize`,
+    `detokenize`; `chat` for a model with a template, which
+    `serving_default` then applies), the tokenizer as an asset,
+    `assets/tflm_config.json` (what a model directory's `config.json`
+    holds), `assets/tflm_version.txt` and TF Serving warm-up requests.
 
     Args:
         model: a `CausalLM`.
@@ -126,14 +167,23 @@ def export(
         warmup: write `assets.extra/tf_serving_warmup_requests`.
         weights: export a copy converted to `"bfloat16"` or `"int8"`
             weights (see `tflm.models.weights`); default: as `model` is.
+            `"bfloat16"` logs a warning on a CPU without the instructions
+            that make it pay (`tflm.export.host`).
+        replay_warmup: before the version is published, replay its warm-up
+            requests as TF Serving does when it loads a version (a fresh
+            process, seconds; `tflm export` does).
 
     Raises:
         InputError: no tokenizer, `base_dir` is a file, `version` exists
             without `overwrite`, or the disk filled up (nothing replaced).
+        WarmupError: with `replay_warmup`, a warm-up request failed, so TF
+            Serving would refuse the version (nothing published).
     """
     tokenizer = tokenizer or model.tokenizer
     model = lora_lib.merged(model)  # no adapter ops in the export
     model = weights_lib.converted(model, weights) if weights else model
+    if weights == "bfloat16" and (note := host.bf16_warning(host.cpu_flags())):
+        logger.warning(note)
     if tokenizer is None:
         raise errors.InputError(
             "Export needs the model's tokenizer: load the model with "
@@ -143,25 +193,15 @@ def export(
     os.makedirs(base_dir, exist_ok=True)
     _check_version(base_dir, version, overwrite)
     atomic.sweep(base_dir, None, None)
-    with atomic.staged(base_dir, STAGING) as tmp:
-        module = signatures_lib.ServingModule(model, tokenizer, jit_compile)
-        try:
-            tf.saved_model.save(module, tmp, signatures=module.signatures())
-        except tf.errors.OpError as err:
-            if atomic.is_no_space(err):
-                raise OSError(
-                    errno.ENOSPC, "No space left on device", tmp
-                ) from err
-            raise
-        _write_assets(tmp, model, tokenizer, module.template)
-        if warmup:
-            template = module.template
-            warmup_lib.write_warmup(
-                tmp,
-                chat=template is not None,
-                system=template is None
-                or templates.FORMATS[template["name"]].system,
-            )
+    with contextlib.ExitStack() as stack:
+        replay = None
+        if warmup and replay_warmup:  # starts now, to overlap the export
+            replay = stack.enter_context(warmup_lib.Replay(jit_compile))
+        tmp = stack.enter_context(atomic.staged(base_dir, STAGING))
+        _write(tmp, model, tokenizer, jit_compile, warmup)
+        if replay:
+            seconds = replay.run(tmp)
+            logger.debug("Replayed the warm-up requests in %.1f s", seconds)
         target = _claim(tmp, base_dir, version, overwrite)
     logger.debug("Exported SavedModel to %s", target)
     return target

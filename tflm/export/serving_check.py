@@ -1,20 +1,25 @@
 """Runs a SavedModel the way stock TF Serving does, without TF Serving.
 
     python serving_check.py SAVED_MODEL_DIR [--requests FILE] [--warmup]
-        [--repeat N]
+        [--repeat N] [--xla]
+
+(`SAVED_MODEL_DIR` `-`: import first, then read the path from stdin; `tflm
+export` starts its warm-up replay that way, before the export is written.)
 
 This file imports only `tensorflow`, `tensorflow_text` and the standard
 library (never tflm), so it shows what an app or a server without tflm sees:
 
 - XLA compilation is disabled through `tensorflow::DisableXlaCompilation()`,
-  as `tensorflow_model_server` does unless `--xla_cpu_compilation_enabled`;
+  as `tensorflow_model_server` does unless `--xla_cpu_compilation_enabled`
+  (`--xla` here);
 - the model is loaded with a TF1 `Session` and
   `tf.compat.v1.saved_model.loader.load(sess, ["serve"], path)`;
 - requests are TF Serving REST bodies (`{"signature_name": ..., "instances":
   [...]}` or `{"inputs": {...}}`), turned into tensors by the rules of TF
   Serving's REST API, fed to the tensor names of the signature defs;
 - with `--warmup`, `assets.extra/tf_serving_warmup_requests` is replayed
-  first, as TF Serving does when it loads a version.
+  first, as TF Serving does when it loads a version, up to the first
+  request that fails (TF Serving then does not load the version).
 
 It prints one JSON object: whether XLA is really off, the ops outside core
 TensorFlow, the signature defs, and per request the outputs (columnar; text
@@ -37,11 +42,18 @@ INT32 = (-(2**31), 2**31 - 1)
 
 
 def disable_xla() -> dict:
-    """Calls `tensorflow::DisableXlaCompilation()`; checks that it holds."""
-    lib = ctypes.CDLL(
-        os.path.join(os.path.dirname(tf.__file__), "libtensorflow_cc.so.2")
-    )
-    lib._ZN10tensorflow21DisableXlaCompilationEv()
+    """Calls `tensorflow::DisableXlaCompilation()`; checks that it holds.
+
+    Where the library or the function is missing (not Linux), XLA stays on
+    and `xla_error` says why.
+    """
+    try:
+        lib = ctypes.CDLL(
+            os.path.join(os.path.dirname(tf.__file__), "libtensorflow_cc.so.2")
+        )
+        lib._ZN10tensorflow21DisableXlaCompilationEv()
+    except (OSError, AttributeError) as e:
+        return {"xla_disabled": False, "xla_error": f"not disabled: {e}"}
     try:
         double = tf.function(
             lambda x: x * 2.0, jit_compile=True, autograph=False
@@ -339,9 +351,19 @@ class Server:
         return result
 
 
-def check(path, requests=(), warmup=False, repeat=1, threads=0) -> dict:
-    """Everything `main` prints, as a dict."""
-    report = disable_xla()
+def check(
+    path,
+    requests=(),
+    warmup=False,
+    repeat=1,
+    threads=0,
+    xla=False,
+) -> dict:
+    """Everything `main` prints, as a dict (`xla`: leave XLA on, as
+    `--xla_cpu_compilation_enabled=true` does)."""
+    report = {"xla_disabled": False, "xla_error": None}
+    if not xla:
+        report = disable_xla()
     report.update(tensorflow=tf.__version__, graph=graph_ops(path))
     report["non_core_ops"] = unregistered(report["graph"]["ops"])
     import tensorflow_text
@@ -349,27 +371,42 @@ def check(path, requests=(), warmup=False, repeat=1, threads=0) -> dict:
     report["tensorflow_text"] = tensorflow_text.__version__
     report["unknown_ops"] = unregistered(report["graph"]["ops"])
     start = time.perf_counter()
-    server = Server(path, threads)
+    try:
+        server = Server(path, threads)
+    except (tf.errors.OpError, ValueError, RuntimeError) as e:
+        report["load_error"] = _error(e)
+        return report
     report["load_seconds"] = time.perf_counter() - start
     report["signatures"] = server.signatures
     if warmup:
-        report["warmup"] = []
-        for signature, arrays in warmup_requests(
-            os.path.join(path, WARMUP_FILE)
-        ):
-            item = {"signature_name": signature}
-            try:
-                server.run(signature, arrays)
-            except (tf.errors.OpError, ValueError) as e:
-                item["error"] = _error(e)
-            report["warmup"].append(item)
+        report["warmup"] = replay_warmup(server, path)
     report["results"] = [server.rest(body, repeat) for body in requests]
     return report
 
 
+def replay_warmup(server: Server, path: str) -> list:
+    """Replays the warm-up file as TF Serving does when it loads a version:
+    in order, up to the first request that fails (which fails the load)."""
+    replayed = []
+    for signature, arrays in warmup_requests(os.path.join(path, WARMUP_FILE)):
+        item = {"signature_name": signature}
+        start = time.perf_counter()
+        try:
+            server.run(signature, arrays)
+        except (tf.errors.OpError, ValueError) as e:
+            item["error"] = _error(e)
+        item["seconds"] = time.perf_counter() - start
+        replayed.append(item)
+        if "error" in item:
+            break
+    return replayed
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("saved_model_dir")
+    parser.add_argument(
+        "saved_model_dir", help="or -: import, then read it from stdin"
+    )
     parser.add_argument(
         "--requests", help="JSON file: a TF Serving REST body, or a list"
     )
@@ -378,7 +415,18 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--threads", type=int, default=0, help="intra/inter-op threads"
     )
+    parser.add_argument(
+        "--xla",
+        action="store_true",
+        help="leave XLA on, as --xla_cpu_compilation_enabled=true does",
+    )
     args = parser.parse_args(argv)
+    if args.saved_model_dir == "-":  # imports done; the path comes later
+        import tensorflow_text  # noqa: F401
+
+        args.saved_model_dir = sys.stdin.read()
+        if not args.saved_model_dir:
+            return 1
     requests = []
     if args.requests:
         with open(args.requests) as f:
@@ -386,10 +434,16 @@ def main(argv=None) -> int:
         if isinstance(requests, dict):  # one REST body
             requests = [requests]
     report = check(
-        args.saved_model_dir, requests, args.warmup, args.repeat, args.threads
+        args.saved_model_dir,
+        requests,
+        args.warmup,
+        args.repeat,
+        args.threads,
+        args.xla,
     )
     print(json.dumps(report))
-    return 0 if report["xla_disabled"] else 1
+    failed = "load_error" in report or not (args.xla or report["xla_disabled"])
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

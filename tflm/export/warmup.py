@@ -6,11 +6,21 @@ the first real request does not pay for graph initialization.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import time
 
 import tensorflow as tf
 
 WARMUP_FILE = "tf_serving_warmup_requests"
+SERVING_CHECK = os.path.join(os.path.dirname(__file__), "serving_check.py")
+
+
+class WarmupError(RuntimeError):
+    """An export's own warm-up request failed as TF Serving would run it,
+    so TF Serving would refuse the version: a bug in tflm."""
 
 
 def _request(signature: str, inputs: dict):
@@ -141,3 +151,91 @@ def read_warmup(path: str) -> list:
         log.ParseFromString(record.numpy())
         logs.append(log)
     return logs
+
+
+class Replay:
+    """Replays an export's warm-up file the way TF Serving does when it
+    loads a version.
+
+    The replaying process starts at construction, so that its imports
+    overlap the export's own work; `run` then hands it the version folder.
+    It runs `serving_check.py --warmup` and imports only TensorFlow and TF
+    Text: a TF1 session loader, XLA disabled through
+    `tensorflow::DisableXlaCompilation()` (left on with `xla`, as
+    `--xla_cpu_compilation_enabled=true` does), each record fed to its
+    signature in order, up to the first that fails. GPUs are hidden from
+    it: the exporting process may hold their memory. Use it as a context
+    manager: on exit an unused process is stopped.
+
+    Args:
+        xla: the export compiles with XLA (the server needs its XLA flag).
+    """
+
+    def __init__(self, xla: bool = False):
+        command = [sys.executable, SERVING_CHECK, "-", "--warmup"]
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        self._process = subprocess.Popen(
+            command + (["--xla"] if xla else []),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            errors="replace",
+            env=env,
+        )
+
+    def __enter__(self) -> Replay:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._process.returncode is None:  # `run` was not reached
+            self._process.kill()
+            self._process.communicate()
+
+    def run(self, saved_model_dir: str) -> float:
+        """Replays the warm-up file of `saved_model_dir`; returns the
+        seconds spent after the export was ready.
+
+        Raises:
+            WarmupError: the version failed to load, or a record failed;
+                the message is one line naming the signature and the error.
+        """
+        start = time.perf_counter()
+        stdout, stderr = self._process.communicate(saved_model_dir)
+        try:
+            report = json.loads(stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            code = f"exit {self._process.returncode}"
+            report = {"load_error": {"code": code}}
+            report["load_error"]["message"] = _last_line(stderr)
+        if "load_error" in report:
+            raise WarmupError(_failed("loading it", report["load_error"]))
+        for number, item in enumerate(report["warmup"], 1):
+            if "error" in item:
+                what = (
+                    f"warm-up request {number} (signature "
+                    f"{item['signature_name']!r})"
+                )
+                raise WarmupError(_failed(what, item["error"]))
+        return time.perf_counter() - start
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def _failed(what: str, error: dict) -> str:
+    message = " ".join(
+        line.strip()
+        for line in error["message"].splitlines()
+        if line.strip() and line.strip() != "Graph execution error:"
+    )
+    if len(message) > 400:
+        message = message[:400] + "..."
+    return (
+        f"the export failed {what} under TF Serving's conditions, so TF "
+        f"Serving would refuse this version; nothing was published: "
+        f"{error['code']}: {message}"
+    )

@@ -416,8 +416,10 @@ class Pipeline:
         shape = tf.shape(hidden, out_type=tf.int64)
         n, t = shape[0], shape[1]
         per_row = tf.maximum(t * self.vocabulary_size, 1)
-        block = tf.maximum(SCORE_LOGITS // per_row, 1)
-        blocks = (n + block - 1) // block
+        # At most the batch (no rows of padding beyond it), and one block of
+        # one padding row for an empty batch (`map_fn` cannot stack none).
+        block = tf.clip_by_value(SCORE_LOGITS // per_row, 1, tf.maximum(n, 1))
+        blocks = tf.maximum((n + block - 1) // block, 1)
         pad = blocks * block - n
         hidden = tf.pad(hidden, [[0, pad], [0, 0], [0, 0]])
         targets = tf.pad(targets, [[0, pad], [0, 0]])
