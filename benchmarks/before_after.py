@@ -32,6 +32,8 @@ import sys
 import tempfile
 import time
 
+import hostinfo
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -115,6 +117,7 @@ def main():
         help="skip the in-process and beam rows",
     )
     args = parser.parse_args()
+    hostinfo.emit()
     import serving
 
     if not os.path.exists(serving.DATA):

@@ -33,6 +33,8 @@ import itertools
 import json
 import os
 
+import hostinfo
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import generate  # noqa: E402
@@ -111,6 +113,7 @@ def main():
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    hostinfo.emit()
 
     from tflm.models import get_preset
 

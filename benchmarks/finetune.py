@@ -25,6 +25,8 @@ import sys
 import tempfile
 import time
 
+import hostinfo
+
 
 def _reversal(path, count, seed):
     rng = random.Random(seed)
@@ -184,7 +186,7 @@ def main():
     args = parser.parse_args()
     if args.gpt2_child is not None:
         return gpt2_child(args.gpt2_child, args.steps, bool(args.jit_compile))
-    report = {}
+    report = {"host": hostinfo.describe()}
     if not args.skip_synthetic:
         with tempfile.TemporaryDirectory() as root:
             report["synthetic_full"] = synthetic(root, args.steps)

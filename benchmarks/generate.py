@@ -26,6 +26,8 @@ import json
 import os
 import time
 
+import hostinfo
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import numpy as np  # noqa: E402
@@ -168,6 +170,7 @@ def main():
         help="beam search (4 beams); default batch 1, 128 new tokens",
     )
     args = parser.parse_args()
+    hostinfo.emit()
     defaults = (BEAM_DEFAULTS if args.beam else GREEDY_DEFAULTS).items()
     for name, value in defaults:
         if getattr(args, name) is None:

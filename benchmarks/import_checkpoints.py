@@ -34,6 +34,7 @@ import tempfile
 
 import bpe_files
 import families
+import hostinfo
 import numpy as np
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), os.pardir))
@@ -272,6 +273,7 @@ def main() -> None:
     )
     parser.add_argument("--keep", help="write the files here and keep them")
     args = parser.parse_args()
+    hostinfo.emit()
     names = args.families.split(",")
     unknown = sorted(set(names) - set(FAMILIES))
     if unknown:

@@ -16,6 +16,8 @@ import json
 import os
 import time
 
+import hostinfo
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
@@ -99,6 +101,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--vocabulary-size", type=int, default=8192)
     args = parser.parse_args()
+    hostinfo.emit()
     for name, (file_name, formats) in CORPORA.items():
         path = os.path.abspath(os.path.join(args.data_dir, file_name))
         if not os.path.isfile(path):

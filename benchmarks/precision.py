@@ -22,6 +22,7 @@ import statistics
 import tempfile
 import time
 
+import hostinfo
 import keras
 import numpy as np
 import tensorflow as tf
@@ -207,6 +208,7 @@ def main() -> None:
         choices=("trained", "gpt2", "size", "speed"),
     )
     args = parser.parse_args()
+    hostinfo.emit()
     keras.utils.set_random_seed(0)
     with tempfile.TemporaryDirectory() as work:
         if "trained" not in args.skip:

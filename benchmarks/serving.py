@@ -47,6 +47,8 @@ import os
 import tempfile
 import time
 
+import hostinfo
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # PyTorch's OpenMP threads otherwise spin after each HF run and take the
 # cores from the TensorFlow run that follows it.
@@ -356,6 +358,7 @@ def main():
         "as TF Serving with --xla_cpu_compilation_enabled=true would",
     )
     args = parser.parse_args()
+    hostinfo.emit()
     if not os.path.exists(args.data):
         _line(skipped=f"{args.data} not found (../shared/data)")
         return

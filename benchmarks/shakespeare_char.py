@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 
+import hostinfo
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -257,6 +259,7 @@ def main() -> None:
             "target_val_loss": TARGET,
         }
         result["load_average_before"] = os.getloadavg()[0]
+        result["host"] = hostinfo.describe()
         result["tflm"] = run_tflm(train_path, val_path, folder, args.steps)
         result["meets_target"] = result["tflm"]["final_val_loss"] <= TARGET
     if args.torch:

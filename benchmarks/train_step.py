@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+import hostinfo
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
@@ -157,6 +159,7 @@ def main():
         )
         print(json.dumps(result))
         return
+    hostinfo.emit()
     results = {}
     for policy in args.policies.split(","):
         for jit in [j == "true" for j in args.jit.split(",")]:
