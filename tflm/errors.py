@@ -18,3 +18,18 @@ class InputError(ValueError):
     >>> str(InputError("--steps must be >= 1. Received: steps=0"))
     '--steps must be >= 1. Received: steps=0'
     """
+
+
+def shorten(value: str, keep: int = 40) -> str:
+    """`value` for an error message: its repr, cut after `keep` characters
+    with its length added, so a long input is never echoed whole.
+
+    Example:
+    >>> shorten("x" * 100_000)
+    "'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'… (100,000 characters)"
+    >>> shorten("\\n\\n")
+    "'\\\\n\\\\n'"
+    """
+    if len(value) <= keep:
+        return repr(value)
+    return f"{value[:keep]!r}… ({len(value):,} characters)"

@@ -39,7 +39,7 @@ def test_generate_reads_prompts_from_stdin_and_streams(
     model_dir, capsys, monkeypatch
 ):
     expected = CausalLM.from_preset(model_dir).generate("hi", 5)
-    monkeypatch.setattr("sys.stdin", io.StringIO("hi\n"))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"hi\n")))
     argv = ["generate", model_dir, "--max-new-tokens", "5", "--stream"]
     assert cli.main(argv) == 0
     assert capsys.readouterr().out == expected + "\n"

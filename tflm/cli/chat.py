@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
+from collections.abc import Iterator
 
 from tflm.cli import common
 
@@ -60,12 +62,8 @@ def run(args: argparse.Namespace) -> int:
         top_p=args.top_p,
         seed=args.seed,
     )
-    interactive = sys.stdin.isatty()
     history = _opening(args.system)
-    while True:
-        line = _read(interactive)
-        if line is None:
-            break
+    for line in _user_lines():
         if line.strip() == RESET:
             history = _opening(args.system)
             continue
@@ -78,24 +76,44 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         sys.stdout.flush()
         history.append({"role": "assistant", "content": "".join(pieces)})
-    if interactive:
-        sys.stdout.write("\n")
     return 0
 
 
-def _read(interactive: bool) -> str | None:
-    """The next line of standard input, or `None` at its end."""
+def _user_lines() -> Iterator[str]:
+    """The user's turns: lines typed at the prompt in a terminal, else the
+    lines of standard input.
+
+    Raises:
+        InputError: piped input that is not UTF-8 text (typed input that is
+            not gets the message and the prompt again: the conversation is
+            kept).
+    """
     from tflm.errors import InputError
 
+    if not sys.stdin.isatty():
+        yield from common.stdin_lines()
+        return
     try:
-        if interactive:
-            return input(PROMPT)
-        line = sys.stdin.readline()
-    except EOFError:
-        return None
-    except UnicodeDecodeError as err:
-        raise InputError(
-            f"standard input is not UTF-8 text ({err.reason}); convert it, "
-            "e.g. with iconv -t UTF-8."
-        ) from None
-    return line.rstrip("\n") if line else None
+        # Line editing, and `input` writes its prompt to stdout. Without
+        # readline it writes it to descriptor 2, which the log filter holds
+        # until a newline: the prompt is then written here instead.
+        import readline  # noqa: F401
+
+        prompt = PROMPT
+    except ImportError:
+        prompt = ""
+    for number in itertools.count(1):
+        if not prompt:
+            sys.stdout.write(PROMPT)
+            sys.stdout.flush()
+        try:
+            typed = input(prompt).encode("utf-8", "surrogateescape")
+        except EOFError:
+            sys.stdout.write("\n")
+            return
+        except UnicodeDecodeError as err:
+            typed = err.object
+        try:
+            yield common.text_line(typed, number)
+        except InputError as err:
+            print(f"tflm chat: {err}", file=sys.stderr)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Iterator
 
 
 def _shared_flags() -> argparse.ArgumentParser:
@@ -68,6 +70,42 @@ def sampling_flags(parser: argparse.ArgumentParser) -> None:
         help="sampling seed: the same seed and prompt give the same text "
         "(default: 0)",
     )
+
+
+def stdin_lines() -> Iterator[str]:
+    """Yields the lines of standard input as text, without their newline,
+    reading one at a time (the input may be larger than memory).
+
+    Raises:
+        InputError: a line that is not UTF-8 text, or that holds a NUL
+            byte (binary data or UTF-16, which typed text never holds).
+    """
+    for number, line in enumerate(sys.stdin.buffer, 1):
+        yield text_line(line, number)
+
+
+def text_line(line: bytes, number: int) -> str:
+    r"""Line `number` of standard input, decoded; see `stdin_lines`.
+
+    Example:
+    >>> text_line(b"caf\xc3\xa9\n", 1)
+    'café'
+    """
+    from tflm.errors import InputError
+
+    where = f"standard input line {number:,}"
+    if b"\0" in line:
+        raise InputError(
+            f"{where} holds a NUL byte: it is binary data or UTF-16, not "
+            "UTF-8 text; convert it, e.g. with iconv -f UTF-16 -t UTF-8."
+        )
+    try:
+        return line.removesuffix(b"\n").decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(
+            f"{where} is not UTF-8 text ({err.reason} at byte "
+            f"{err.start + 1}); convert it, e.g. with iconv -t UTF-8."
+        ) from None
 
 
 def size_mb(path: str) -> float:

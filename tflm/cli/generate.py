@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import itertools
+import re
 import sys
+from collections.abc import Iterator
 
 from tflm.cli import common
+
+# Decode rows per `generate` call: prompts are read, generated and printed
+# this many rows at a time, so memory stays flat however long stdin is.
+BATCH_ROWS = 64
+# Decode steps after which the loop runs under XLA: compiling it costs about
+# what this many plain-graph steps lose to it on the small presets on a CPU,
+# so a run is never much more than twice as slow as the better choice.
+XLA_AFTER_STEPS = 3000
+_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|[nrt\\])")
+_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\"}
 
 
 def add(subparsers) -> None:
@@ -14,7 +27,9 @@ def add(subparsers) -> None:
         "generate",
         help="continue prompts with a trained model",
         description="Print the continuation of each prompt. Prompts come "
-        "from --prompt, or from standard input, one per line.",
+        "from --prompt, or from standard input, one per line of UTF-8 text, "
+        f"answered {BATCH_ROWS} rows at a time as they come (any number of "
+        "lines runs in flat memory).",
         example='tflm generate models/book --prompt "ROMEO:" --temperature '
         "0.8 --top-p 0.95 --stream",
     )
@@ -33,7 +48,10 @@ def add(subparsers) -> None:
         action="append",
         default=[],
         metavar="TEXT",
-        help="stop string (any length, not printed); repeat for several",
+        help="end a continuation where TEXT appears (TEXT is not printed); "
+        "1 to 64 bytes of UTF-8, and \\n, \\t, \\r, \\\\ and \\uXXXX are read "
+        "as escapes, so --stop '\\n\\n' stops at a blank line; repeat for up "
+        "to 8",
     )
     parser.add_argument(
         "--max-length",
@@ -97,56 +115,121 @@ def add(subparsers) -> None:
     parser.add_argument(
         "--no-xla",
         action="store_true",
-        help="run the plain graph (as TF Serving does)",
+        help="always run the plain graph, as TF Serving does (default: "
+        f"XLA once the run has decoded {XLA_AFTER_STEPS:,} steps, where its "
+        "compile has paid off)",
     )
     parser.set_defaults(func=run)
 
 
-def _prompts(args: argparse.Namespace) -> list[str]:
-    from tflm.errors import InputError
+def unescape(text: str) -> str:
+    r"""`--stop`'s escapes read: `\n`, `\r`, `\t`, `\\` and `\uXXXX`; any
+    other backslash stays as typed.
 
-    prompts = args.prompt
-    if prompts is None:
+    Example:
+    >>> unescape(r"\n\n") == "\n\n"
+    True
+    >>> unescape(r"a\\n\u00e9\d")
+    'a\\né\\d'
+    """
+    return _ESCAPE.sub(
+        lambda m: _ESCAPES.get(m[1]) or chr(int(m[1][1:], 16)), text
+    )
+
+
+def _stops(args: argparse.Namespace) -> list[str]:
+    from tflm import errors
+
+    stops = [unescape(stop) for stop in args.stop]
+    for given, stop in zip(args.stop, stops, strict=True):
         try:
-            prompts = [line.rstrip("\n") for line in sys.stdin]
-        except UnicodeDecodeError as err:
-            raise InputError(
-                f"standard input is not UTF-8 text ({err.reason} at byte "
-                f"{err.start}); convert it, e.g. with iconv -t UTF-8."
+            stop.encode("utf-8")
+        except UnicodeEncodeError:
+            raise errors.InputError(
+                f"--stop {errors.shorten(given)} is not valid UTF-8 text "
+                "(a lone \\uD800-\\uDFFF escape, or bytes that are not "
+                "UTF-8); pass the character itself or its \\uXXXX escape."
             ) from None
-    for i, prompt in enumerate(prompts):
+    return stops
+
+
+def _prompt_lines(args: argparse.Namespace) -> Iterator[str]:
+    """The prompts of `--prompt`, else of standard input, one at a time."""
+    from tflm import errors
+
+    if args.prompt is None:
+        yield from common.stdin_lines()
+        return
+    for i, prompt in enumerate(args.prompt):
         try:
             prompt.encode("utf-8")
         except UnicodeEncodeError:
-            raise InputError(
+            given = prompt[:40].encode("utf-8", "surrogateescape")
+            more = f"… ({len(prompt):,} characters)" * (len(prompt) > 40)
+            raise errors.InputError(
                 f"prompt {i + 1} is not valid UTF-8 text. Received: "
-                f"{prompt.encode('utf-8', 'surrogateescape')!r}."
+                f"{given!r}{more}."
             ) from None
-    if not prompts:
-        raise InputError("no prompt: pass --prompt TEXT or lines on stdin.")
-    if args.stream and len(prompts) != 1:
-        raise InputError(
-            f"--stream takes exactly one prompt. Received: {len(prompts)}."
-        )
-    return prompts
+        yield prompt
+
+
+def _batch_size(args: argparse.Namespace, context: int) -> int:
+    """Prompts per call: `BATCH_ROWS` decode rows, within the size caps."""
+    from tflm.generation import spec
+
+    rows = min(BATCH_ROWS, spec.MAX_DECODE_CELLS // context)
+    return max(1, rows // max(args.num_return_sequences, args.num_beams))
+
+
+def _use_xla(args: argparse.Namespace, steps: int) -> bool:
+    """XLA for the loop once the run has decoded `XLA_AFTER_STEPS` steps
+    (`steps`, new tokens summed over the calls so far), unless `--no-xla`:
+    a short run does not repay the compile."""
+    return not args.no_xla and steps >= XLA_AFTER_STEPS
 
 
 def run(args: argparse.Namespace) -> int:
+    from tflm.errors import InputError
     from tflm.models import causal_lm
     from tflm.models import model_dir
 
-    prompts = _prompts(args)
+    stops = _stops(args)
+    if args.stream and args.num_beams != 1:
+        raise InputError(
+            "--stream is not supported with beam search. Received: "
+            f"--num-beams {args.num_beams}."
+        )
+    lines = _prompt_lines(args)
+    first = next(lines, None)
+    if first is None:
+        raise InputError("no prompt: pass --prompt TEXT or lines on stdin.")
+    if args.stream and next(lines, None) is not None:
+        raise InputError(
+            "--stream takes exactly one prompt. Received: more than one."
+        )
     model = model_dir.load_model(causal_lm.CausalLM, args.model_dir)
     if args.weights:
         from tflm.models import weights
 
         model = weights.convert_weights(model, args.weights)
-    settings = dict(
+    settings = _settings(args, stops)
+    if args.stream:
+        for piece in model.stream(first, args.max_new_tokens, **settings):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return 0
+    _generate_all(model, itertools.chain([first], lines), args, settings)
+    return 0
+
+
+def _settings(args: argparse.Namespace, stops: list[str]) -> dict:
+    return dict(
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
         seed=args.seed,
-        stop=args.stop,
+        stop=stops,
         max_length=args.max_length,
         min_new_tokens=args.min_new_tokens,
         repetition_penalty=args.repetition_penalty,
@@ -156,27 +239,38 @@ def run(args: argparse.Namespace) -> int:
         length_penalty=args.length_penalty,
         early_stopping=args.early_stopping,
     )
-    if args.stream and args.num_beams != 1:
-        from tflm.errors import InputError
 
-        raise InputError(
-            "--stream is not supported with beam search. Received: "
-            f"--num-beams {args.num_beams}."
-        )
-    if args.stream:
-        for piece in model.stream(prompts[0], args.max_new_tokens, **settings):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-        return 0
-    outputs = model.generate(
-        prompts, args.max_new_tokens, jit_compile=not args.no_xla, **settings
-    )
+
+def _generate_all(model, lines, args, settings) -> None:
+    """Generates and prints batch by batch, in the prompts' order."""
     n = args.num_return_sequences
-    outputs = [outputs] if isinstance(outputs, str) else outputs
-    for i, text in enumerate(outputs):
-        if len(outputs) > 1:
-            label = f"{i // n + 1}" + (f".{i % n + 1}" if n > 1 else "")
-            print(f"--- {label}: {prompts[i // n]}")
-        print(text)
-    return 0
+    context = model.backbone.max_sequence_length
+    size = _batch_size(args, context)
+    batches = iter(lambda: list(itertools.islice(lines, size)), [])
+    head = next(batches)
+    following = next(batches, [])
+    labelled = n > 1 or len(head) + len(following) > 1
+    new = args.max_new_tokens
+    if new is None:
+        new = args.max_length or min(64, context - 1)
+    done = steps = 0
+    for batch in itertools.chain(
+        [head], [following] * bool(following), batches
+    ):
+        outputs = model.generate(
+            batch,
+            args.max_new_tokens,
+            jit_compile=_use_xla(args, steps),
+            **settings,
+        )
+        steps += new
+        outputs = [outputs] if isinstance(outputs, str) else outputs
+        for i, text in enumerate(outputs):
+            if labelled:
+                label = f"{done + i // n + 1}" + (
+                    f".{i % n + 1}" if n > 1 else ""
+                )
+                print(f"--- {label}: {batch[i // n]}")
+            print(text)
+        sys.stdout.flush()
+        done += len(batch)

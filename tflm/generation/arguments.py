@@ -140,7 +140,8 @@ def _stops(stop, batch, generator):
         if not 0 < size <= spec.MAX_STOP_BYTES:
             raise errors.InputError(
                 "A stop string must be 1 to "
-                f"{spec.MAX_STOP_BYTES} bytes. Received: {s!r}."
+                f"{spec.MAX_STOP_BYTES} bytes of UTF-8. Received: "
+                f"{errors.shorten(s)}."
             )
     if len(ids) > spec.MAX_STOP_IDS:
         raise errors.InputError(
