@@ -120,6 +120,9 @@ def vocabulary_size_for(data: Sequence[str]) -> tuple[int, int]:
     Returns:
         `(vocabulary size, characters that need a piece)`.
 
+    Raises:
+        InputError: a file is not UTF-8 (naming it, the line and the byte).
+
     Example:
     >>> import os, tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "abc.txt")
@@ -130,8 +133,12 @@ def vocabulary_size_for(data: Sequence[str]) -> tuple[int, int]:
     from tflm.data import corpus
     from tflm.data import files
 
+    paths = files.find_files(data)
+    for path in paths:
+        if not path.endswith(".jsonl"):  # .jsonl: checked as read.
+            corpus.check_utf8(path)
     counts = collections.Counter()
-    for text in corpus.sample_texts(files.find_files(data), _SAMPLE_CHARS):
+    for text in corpus.sample_texts(paths, _SAMPLE_CHARS):
         counts.update(text)
     counts.pop("\n", None)  # A fixed piece; lines are SentencePiece's unit.
     enough = CHARACTER_COVERAGE * sum(counts.values())

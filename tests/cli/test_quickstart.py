@@ -55,6 +55,16 @@ def test_english_text_keeps_the_smallest_vocabulary(tmp_path):
     assert quickstart.vocabulary_size_for([str(path)]) == (1024, 11)
 
 
+def test_the_vocabulary_size_refuses_text_that_is_not_utf8(tmp_path):
+    # A latin-1 corpus was sized through U+FFFD; training refuses it, so
+    # sizing refuses it too, naming the file, the line and the byte.
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("ok\ncaf\u00e9\n".encode("latin-1"))
+    with pytest.raises(errors.InputError, match="not UTF-8") as err:
+        quickstart.vocabulary_size_for([str(path)])
+    assert str(err.value).startswith(f"{path}:2: not UTF-8")
+
+
 def test_prompts_are_openings_of_held_out_lines(chinese):
     lines = _held_out_lines(chinese)
     prompts = quickstart.corpus_prompts([chinese])
