@@ -40,7 +40,10 @@ def _config(**overrides):
         (dict(learning_rate=INF), "--learning-rate must be a finite number"),
         (dict(min_learning_rate=NAN), "--min-learning-rate must be a finite"),
         (dict(min_learning_rate=-1e-5), "--min-learning-rate must be"),
-        (dict(min_learning_rate=1.0), "<= --learning-rate"),
+        (
+            dict(min_learning_rate=1.0, learning_rate=0.5),
+            "<= --learning-rate",
+        ),
         (dict(beta_1=NAN), r"--beta-1 must be a number in \[0, 1\)"),
         (dict(beta_1=1.0), r"--beta-1 must be a number in \[0, 1\)"),
         (dict(beta_2=5.0), r"--beta-2 must be a number in \[0, 1\)"),

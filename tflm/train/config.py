@@ -10,6 +10,7 @@ import typing
 from typing import Any
 
 from tflm import errors
+from tflm.models import presets
 from tflm.train import validation
 
 # This module imports no TensorFlow, so that `tflm --help` stays fast.
@@ -148,7 +149,8 @@ class TrainConfig:
         "peak learning rate (default: the preset's, measured on short runs "
         "for the small presets and GPT-3's for the large ones: see "
         "tflm.models.presets.LEARNING_RATES and docs/performance.md; "
-        f"{INIT_FROM_LEARNING_RATE:g} from --init-from)",
+        f"{INIT_FROM_LEARNING_RATE:g} from --init-from; a resumed run keeps "
+        "its own)",
     )
     min_learning_rate: float | None = _option(
         None, "final learning rate (default: learning_rate / 10)"
@@ -196,10 +198,6 @@ class TrainConfig:
             raise errors.InputError(
                 "--data must name at least one file. Received: data=()."
             )
-        if self.learning_rate is None:
-            object.__setattr__(
-                self, "learning_rate", default_learning_rate(self.preset)
-            )
         for field in dataclasses.fields(self):
             choices = field.metadata.get("choices")
             value = getattr(self, field.name)
@@ -219,14 +217,38 @@ class TrainConfig:
 
 
 def default_learning_rate(preset: str | None) -> float:
-    """The peak learning rate of a run that names none: its preset's
+    """The peak learning rate of a new run that names none: its preset's
     (`tflm.models.presets.LEARNING_RATES`), or `INIT_FROM_LEARNING_RATE`
     for a run that starts from a model (no preset)."""
     if preset is None:
         return INIT_FROM_LEARNING_RATE
-    from tflm.models import presets  # Imports TensorFlow.
-
     return presets.learning_rate(preset)
+
+
+def resolve_learning_rate(
+    config: TrainConfig, resumed: dict[str, Any] | None = None
+) -> TrainConfig:
+    """`config` with the peak learning rate its run uses.
+
+    The rate given wins. Without one, a resumed run keeps the rate it was
+    started with (the same schedule, even where the defaults changed
+    since), and a new run takes `default_learning_rate`.
+
+    Args:
+        config: the run's settings, `learning_rate` `None` when none was
+            given.
+        resumed: the saved settings of the run `config` resumes
+            (`TrainState.config`), or `None` for a new run.
+
+    Raises:
+        InputError: `min_learning_rate` is above the rate used.
+    """
+    if config.learning_rate is not None:
+        return config
+    rate = (resumed or {}).get("learning_rate")
+    if rate is None:
+        rate = default_learning_rate(config.preset)
+    return dataclasses.replace(config, learning_rate=rate)
 
 
 @functools.cache

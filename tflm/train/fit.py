@@ -255,6 +255,9 @@ def _prepare(config: config_lib.TrainConfig, stack, strategy, out) -> _Run:
         model_dir.recover(out)
     model_dir.check_target(out)
     saved = state_lib.read(out) if model_dir.is_model_dir(out) else None
+    config = config_lib.resolve_learning_rate(
+        config, saved.config if saved else None
+    )
     keras.utils.set_random_seed(config.seed)
     parent = None
     if config.init_from is not None:

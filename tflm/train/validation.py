@@ -119,8 +119,9 @@ def _check_together(config) -> None:
             "Give --steps or --epochs, not both. Received: "
             f"steps={config.steps}, epochs={config.epochs}."
         )
-    floor = config.min_learning_rate
-    if floor is not None and not floor <= config.learning_rate:
+    floor, rate = config.min_learning_rate, config.learning_rate
+    # No rate: checked once `resolve_learning_rate` has chosen it.
+    if floor is not None and rate is not None and not floor <= rate:
         raise fail(
             "min_learning_rate",
             floor,
