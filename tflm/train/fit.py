@@ -384,18 +384,19 @@ def _save(run: _Run, lm, optimizer, step: int, keeper=None) -> None:
         extra[start_lib.TRAIN_ADAPTERS_FILE] = lambda path: (
             start_lib.save_adapters(lm, path)
         )
-    needed = space.checkpoint_bytes(
-        lm,
-        optimizer,
-        best=keeper is not None and keeper.weights is not None,
-        lora=run.config.lora_rank is not None,
-        tokenizer_dir=_tokenizer_dir(run),
-    )
     # LoRA on a model directory: the base stays there, by reference.
     base_from_parent = (
         run.config.lora_rank is not None
         and run.parent is not None
         and run.parent.kind == parent_lib.MODEL_DIR
+    )
+    needed = space.checkpoint_bytes(
+        lm,
+        optimizer,
+        weights=not base_from_parent,
+        best=keeper is not None and keeper.weights is not None,
+        lora=run.config.lora_rank is not None,
+        tokenizer_dir=_tokenizer_dir(run),
     )
     try:
         atomic.check_space(os.path.dirname(run.out), needed)

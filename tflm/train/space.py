@@ -1,8 +1,9 @@
 """Disk space for a run's checkpoints, checked before each one is written.
 
 A checkpoint is a whole model directory written beside the last one (see
-`tflm.atomic`): the weights, the optimizer's state, the best weights when a
-run keeps them, LoRA adapters and the tokenizer. Keras writes the weights
+`tflm.atomic`): the weights (none for a LoRA fine-tune that keeps its base
+in its parent model), the optimizer's state, the best trainable weights when
+a run keeps them, LoRA adapters and the tokenizer. Keras writes the weights
 with HDF5, which crashes the process when the disk fills under it, so the
 space a checkpoint needs is estimated from the variables and checked first;
 a disk too full stops the run with one line that says how much space is
@@ -43,6 +44,7 @@ def checkpoint_bytes(
     model,
     optimizer,
     *,
+    weights: bool,
     best: bool,
     lora: bool,
     tokenizer_dir: str | None,
@@ -51,18 +53,22 @@ def checkpoint_bytes(
 
     Args:
         model: the `CausalLM` being trained.
-        optimizer: its built optimizer.
+        optimizer: its built optimizer (state for the trainable variables).
+        weights: whether the checkpoint holds the model's weights
+            (`model.weights.h5`); a LoRA fine-tune of a model directory
+            keeps its base there, by reference, and writes none.
         best: whether the checkpoint holds the best weights seen
-            (`train/best.npz`; all of them, a bound for a LoRA run).
-        lora: whether the run trains LoRA adapters (stored twice: beside
-            the weights and in `train/`).
+            (`train/best.npz`: the trainable variables).
+        lora: whether the run trains LoRA adapters (stored twice:
+            `adapters.npz` and in `train/`).
         tokenizer_dir: a written copy of the run's tokenizer, to measure;
             `None` allows 2 MiB.
     """
-    total = _stored_bytes(model.weights, _PER_H5_ARRAY)
+    trainable = _stored_bytes(model.trainable_weights)
+    total = _stored_bytes(model.weights, _PER_H5_ARRAY) if weights else 0
     total += _stored_bytes(optimizer.variables)
-    total += _stored_bytes(model.weights) if best else 0
-    total += 2 * _stored_bytes(model.trainable_weights) if lora else 0
+    total += trainable if best else 0
+    total += 2 * trainable if lora else 0
     if tokenizer_dir is not None and os.path.isdir(tokenizer_dir):
         total += atomic.tree_size(tokenizer_dir)
     else:
