@@ -75,22 +75,30 @@ def test_requests_within_the_caps_are_answered(lm):
 
 
 @pytest.mark.parametrize(
-    "prompts, per_prompt, context, ok",
-    [
-        (512, 8, 16, [True, True]),  # 4096 rows
-        (513, 8, 16, [False, True]),
-        (256, 8, CONTEXT, [True, True]),  # 2**17 cells
-        (257, 8, CONTEXT, [True, False]),
-        (16, 8, 1024, [True, True]),
-        (8, 8, 2048, [True, True]),
-        (8, 8, 2049, [True, False]),
-    ],
+    "prompts, per_prompt, ok", [(512, 8, True), (513, 8, False)]
 )
-def test_the_caps_boundaries(prompts, per_prompt, context, ok):
+def test_the_row_cap_boundary(prompts, per_prompt, ok):
     for name in ("num_return_sequences", "num_beams"):
         values = {name: tf.fill([prompts], per_prompt)}
-        checks = spec.limit_checks(values, prompts, context)
-        assert [bool(c) for c, _, _ in checks] == ok
+        (check,) = spec.limit_checks(values, prompts, 1024)
+        assert bool(check[0]) == ok
+
+
+def test_decode_cells_count_the_request_not_the_context(lm):
+    # 2,104 rows of 60-id prompts and 4 new tokens: 134,656 cells.
+    with pytest.raises(errors.InputError) as raised:
+        lm.generate([[5] * 60] * 263, 4, num_return_sequences=8)
+    message = str(raised.value)
+    assert spec.CELLS_RULE in message and "\n" not in message, message
+    with pytest.raises(errors.InputError, match="num_beams"):
+        lm.generate([[5] * 60] * 64, 4, num_beams=33)
+    # A model whose context alone is past the cap still answers short
+    # requests (Llama 3.1's 131,072 tokens, 8 prompts).
+    long = CausalLM.from_preset(
+        "tiny", vocabulary_size=259, max_sequence_length=spec.MAX_DECODE_CELLS
+    )
+    out = long.generate([[5, 6]] * 8, 3, jit_compile=False)
+    assert [len(row) for row in out] == [3] * 8
 
 
 def test_a_conversation_without_turns_is_refused(lm):

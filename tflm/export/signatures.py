@@ -162,6 +162,7 @@ class ServingModule(tf.Module):
         text = self._sized(text)
         context = self.pipeline.context
         ragged = self.pipeline.tokenize_clipped(text, context, False)
+        ragged = pipeline_lib.dense_checked(ragged, 0, "text rows")
         return {
             "token_ids": ragged.to_tensor(default_value=self.tokenizer.pad_id),
             "num_tokens": tf.cast(ragged.row_lengths(), tf.int32),

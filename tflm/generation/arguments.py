@@ -9,6 +9,7 @@ graph), and bad ones raise `InputError`.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 
@@ -181,26 +182,48 @@ def setup(generator, prompts, settings, num_beams: int = 1):
     context = generator.pipeline.context
     values = _values(settings, batch, context, num_beams)
     stop, stop_ids, strings = _stops(stop, batch, generator)
-    prepared = generator.prepare(inputs, values, stop, stop_ids)
+    try:
+        prepared = generator.prepare(inputs, values, stop, stop_ids)
+    except tf.errors.InvalidArgumentError as e:
+        if spec.CELLS_RULE not in e.message:
+            raise
+        raise errors.InputError(_assertion(e.message)) from None
+    if num_beams > 1:  # the rows are repeated into beams after `prepare`
+        ok, message = spec.cells_check(
+            int(prepared.ids.shape[0]) * num_beams,
+            int(prepared.ids.shape[1])
+            + int(np.max(prepared.settings.max_new_tokens.numpy(), initial=1)),
+            "prompt rows * num_beams",
+        )
+        if not bool(ok):
+            raise errors.InputError(message + ".")
     warn_context(prepared, generator.pipeline.context)
     return prepared, single, is_text, strings
 
 
+def _assertion(message: str) -> str:
+    """The text of an in-graph assert's message (`... [text] ...`)."""
+    start = message.find("[") + 1
+    return message[start : message.find("]", start)] + "."
+
+
 def warn_context(prepared, context: int) -> None:
-    """One warning where the context changed a request: new tokens capped
-    beside a prompt, or a prompt that alone filled the context cut."""
-    new = prepared.settings.max_new_tokens.numpy()
+    """A warning where the context changed a request: new tokens capped
+    beside a prompt, or a prompt that alone filled the context cut; each
+    once per process and context (`tflm generate` calls in batches)."""
     if bool(tf.reduce_any(prepared.truncated)):
-        logger.warning(
-            "A prompt fills the model's context (%d tokens); it was cut "
-            "from the left to its last %d tokens.",
-            context,
-            context - 1,
+        _warn_once(
+            f"A prompt fills the model's context ({context} tokens); it was "
+            f"cut from the left to its last {context - 1} tokens."
         )
     elif bool(tf.reduce_any(prepared.capped)):
-        logger.warning(
-            "Prompt + new tokens exceed the model's context (%d tokens): "
-            "new tokens capped at %d (the prompt is kept whole).",
-            context,
-            int(new[prepared.capped.numpy()].min()),
+        _warn_once(
+            f"Prompt + new tokens exceed the model's context ({context} "
+            "tokens): the prompt is kept whole and its new tokens are capped "
+            "at the room it leaves."
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _warn_once(message: str) -> None:
+    logger.warning(message)

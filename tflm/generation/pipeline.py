@@ -147,6 +147,15 @@ def bucket(length, cap):
     return tf.minimum(size, cap)
 
 
+def dense_checked(ragged, extra: int, label: str):
+    """`ragged` once `spec.cells_check` passes for it padded to its longest
+    row plus `extra` (what a signature pads it into)."""
+    width = tf.reduce_max(tf.concat([ragged.row_lengths(), [0]], 0)) + extra
+    ok, message = spec.cells_check(ragged.nrows(), width, label)
+    with tf.control_dependencies([tf.debugging.Assert(ok, [message])]):
+        return tf.identity(ragged)
+
+
 class Pipeline:
     """The pipeline for one model and tokenizer; see the module docstring.
 
@@ -246,6 +255,20 @@ class Pipeline:
         )
         asked = spec.max_new_tokens(values, tf.maximum(lengths, 1), context)
         new = spec.fit_context(asked, lengths, context)
+        per_row = 1 if request.beams is None else request.beams.num_beams
+        label = "prompt rows * " + (
+            "num_return_sequences" if request.beams is None else "num_beams"
+        )
+        kept = tf.maximum(tf.minimum(lengths, context - new), 1)
+        ok, message = spec.cells_check(
+            batch * n * per_row,
+            tf.reduce_max(tf.concat([kept, [1]], 0))
+            + tf.reduce_max(tf.concat([new, [1]], 0)),
+            label,
+        )
+        # Nothing is repeated or padded into a dense tensor before it.
+        with tf.control_dependencies([tf.debugging.Assert(ok, [message])]):
+            new, n = tf.identity(new), tf.identity(n)
         index = tf.repeat(tf.range(batch), n)
         rows = {k: tf.gather(values[k], index) for k in loop.PER_ROW}
         rows["seed"] = tf.bitwise.bitwise_xor(
@@ -394,6 +417,7 @@ class Pipeline:
         """Log-likelihood of each text after the start token (`start_id`):
         `(log_likelihood float32 [B], num_tokens int32 [B])`."""
         ragged = self.tokenize_clipped(text, self.context - 1, False)
+        ragged = dense_checked(ragged, 1, "text rows")
         start = tf.fill([ragged.nrows(), 1], self.start_id)
         full = tf.concat([tf.cast(start, ragged.dtype), ragged], axis=1)
         # Padding is masked out; 0 is a valid index whatever `pad_id` is.
@@ -436,6 +460,7 @@ class Pipeline:
                 tf.reshape(targets, [blocks, block, t]),
             ),
             fn_output_signature=tf.TensorSpec([None, None], tf.float32),
+            parallel_iterations=1,  # one block's logits at a time
         )
         return tf.reshape(picked, [blocks * block, t])[:n]
 

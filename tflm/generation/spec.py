@@ -21,13 +21,15 @@ True/False). With `num_beams > 1`, `num_return_sequences` must be in
 `[1, num_beams]`, and sampling, the logits processors and stops are
 refused rather than silently ignored.
 
-Size caps (`limit_checks`): a request decodes `prompts * num_return_sequences`
-rows (`prompts * num_beams` in beam search), each with a KV cache of up to the
-context, so at most `MAX_DECODE_ROWS` rows and `MAX_DECODE_CELLS` rows times
-the context ("decode cells"), and `no_repeat_ngram_size` at most the context.
-They are checked before anything is tokenized or allocated, on int64 values
-that saturate (no int32 overflow); `export/README.md`'s "Limits" gives the
-memory they allow.
+Size caps: a request decodes `prompts * num_return_sequences` rows
+(`prompts * num_beams` in beam search), at most `MAX_DECODE_ROWS`, and
+`no_repeat_ngram_size` is at most the context (`limit_checks`, before anything
+is tokenized). Each row holds a KV cache as long as the longest kept prompt
+plus the most new tokens; rows times that length ("decode cells") is at most
+`MAX_DECODE_CELLS` (`cells_check`, once the prompts are tokenized and cut to
+the context, before anything is padded into a dense tensor). The products are
+int64 values that saturate (no int32 overflow); `export/README.md`'s "Limits"
+gives the memory they allow.
 
 `SIGNATURES` names each exported signature's inputs; `input_specs(name)`
 derives their `tf.TensorSpec`s from this spec, so no signature writes a
@@ -52,7 +54,8 @@ MAX_STOP_BYTES = 64  # per stop string
 MAX_STOP_IDS = 16  # per row
 UNSET = -1  # `max_new_tokens` / `max_length` not given
 MAX_DECODE_ROWS = 4096  # prompts x samples (or beams) in one request
-MAX_DECODE_CELLS = 2**17  # decode rows x the model's context
+MAX_DECODE_CELLS = 2**17  # decode rows x (longest kept prompt + new tokens)
+CELLS_RULE = "the decode cells of one request"  # in `cells_check`'s message
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,14 +230,14 @@ def limit_checks(
         prompts: the input that holds the prompts, for messages.
 
     Example:
-    >>> beams = {"num_beams": tf.constant([300, 300])}  # 600 rows
+    >>> beams = {"num_beams": tf.constant([3000, 3000])}  # 6000 rows
     >>> [bool(ok) for ok, _, _ in limit_checks(beams, 2, 1024)]
-    [True, False]
+    [False]
     """
     # Beam search decodes `num_beams` rows a prompt and returns some of them.
     per_prompt = [n for n in _PER_PROMPT if n in values][:1]
     label = " * ".join([f"{prompts} rows", *per_prompt])
-    big = tf.constant(MAX_DECODE_CELLS + 1, tf.int64)  # saturates: no overflow
+    big = tf.constant(MAX_DECODE_ROWS + 1, tf.int64)  # saturates: no overflow
     rows = tf.minimum(tf.cast(batch, tf.int64), big)
     for name in per_prompt:
         most = tf.reduce_max(tf.concat([values[name], [1]], 0))
@@ -247,13 +250,6 @@ def limit_checks(
             f"{label} must be at most {MAX_DECODE_ROWS} (the rows decoded "
             "in one request); split the request",
         ),
-        (
-            rows * context <= MAX_DECODE_CELLS,
-            names,
-            f"{label} * context ({context}) must be at most "
-            f"{MAX_DECODE_CELLS} (the decode cells of one request); split "
-            "the request",
-        ),
     ]
     if "no_repeat_ngram_size" in values:
         checks.append(
@@ -264,6 +260,24 @@ def limit_checks(
             )
         )
     return checks
+
+
+def cells_check(rows, width, label: str) -> tuple:
+    """`(bool scalar, message)`: `rows` decoded rows, each `width` tokens
+    long (the longest kept prompt plus the most new tokens), fit
+    `MAX_DECODE_CELLS`.
+
+    Example:
+    >>> ok, message = cells_check(129, 1024, "rows")
+    >>> bool(ok), message.split(" (the")[0]
+    (False, 'rows * (longest prompt + new tokens) must be at most 131072')
+    """
+    cells = tf.cast(rows, tf.int64) * tf.cast(width, tf.int64)
+    return cells <= MAX_DECODE_CELLS, (
+        f"{label} * (longest prompt + new tokens) must be at most "
+        f"{MAX_DECODE_CELLS} ({CELLS_RULE}); split the request or shorten "
+        "its prompts"
+    )
 
 
 def graph_checks(
@@ -430,7 +444,7 @@ def check(values: dict, context: int, num_beams: int = 1) -> None:
     batch = int(sizes["num_return_sequences"].shape[0])
     largest = {k: int(np.max(v.numpy(), initial=0)) for k, v in sizes.items()}
     if num_beams > 1:  # saturated as in the graph, so that it fits int32
-        most = min(num_beams, MAX_DECODE_CELLS + 1)
+        most = min(num_beams, MAX_DECODE_ROWS + 1)
         sizes["num_beams"] = tf.fill([batch], most)
         largest["num_beams"] = num_beams
     for ok, inputs, message in limit_checks(sizes, batch, context):
