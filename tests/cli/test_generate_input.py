@@ -218,7 +218,7 @@ def test_help_and_readme_state_the_caps(capsys):
     caps = f"up to {spec.MAX_STOP_STRINGS} of 1 to {spec.MAX_STOP_BYTES} bytes"
     assert caps in readme and "any length" not in readme
     assert f"{generate.BATCH_ROWS} rows at a time" in readme
-    assert f"decoded {generate.XLA_AFTER_STEPS:,} steps" in readme
+    assert f"decode {generate.XLA_AFTER_STEPS:,} steps" in readme
 
 
 def test_readme_stop_example_runs_in_bash(dirs, tmp_path, capsys, monkeypatch):

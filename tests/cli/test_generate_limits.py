@@ -28,6 +28,7 @@ def model_dir(tmp_path_factory):
         (["--num-return-sequences", "100000000"], "num_return_sequences"),
         (["--num-beams", "1000000"], "num_beams"),
         (["--num-beams", "-1"], "num_beams"),
+        (["--num-beams", "0", "--num-return-sequences", "0"], "num_"),
         (["--no-repeat-ngram-size", "2147483647"], "no_repeat_ngram_size"),
     ],
 )

@@ -116,8 +116,9 @@ def add(subparsers) -> None:
         "--no-xla",
         action="store_true",
         help="always run the plain graph, as TF Serving does (default: "
-        f"XLA once the run has decoded {XLA_AFTER_STEPS:,} steps, where its "
-        "compile has paid off)",
+        f"XLA when the run's first two batches decode {XLA_AFTER_STEPS:,} "
+        "steps or more, where its compile pays off; chosen once, so every "
+        "prompt of a run decodes the same way)",
     )
     parser.set_defaults(func=run)
 
@@ -178,13 +179,15 @@ def _batch_size(args: argparse.Namespace, context: int) -> int:
     from tflm.generation import spec
 
     rows = min(BATCH_ROWS, spec.MAX_DECODE_CELLS // context)
-    return max(1, rows // max(args.num_return_sequences, args.num_beams))
+    per_prompt = max(args.num_return_sequences, args.num_beams, 1)
+    return max(1, rows // per_prompt)
 
 
 def _use_xla(args: argparse.Namespace, steps: int) -> bool:
-    """XLA for the loop once the run has decoded `XLA_AFTER_STEPS` steps
-    (`steps`, new tokens summed over the calls so far), unless `--no-xla`:
-    a short run does not repay the compile."""
+    """XLA for the whole run when the work in sight at its start (`steps`,
+    new tokens summed over its first two calls) reaches `XLA_AFTER_STEPS`,
+    unless `--no-xla`: a short run does not repay the compile, and one
+    choice per run keeps a prompt's text independent of its place."""
     return not args.no_xla and steps >= XLA_AFTER_STEPS
 
 
@@ -253,17 +256,17 @@ def _generate_all(model, lines, args, settings) -> None:
     new = args.max_new_tokens
     if new is None:
         new = args.max_length or min(64, context - 1)
-    done = steps = 0
+    done = 0
+    jit_compile = _use_xla(args, new * (1 + bool(following)))
     for batch in itertools.chain(
         [head], [following] * bool(following), batches
     ):
         outputs = model.generate(
             batch,
             args.max_new_tokens,
-            jit_compile=_use_xla(args, steps),
+            jit_compile=jit_compile,
             **settings,
         )
-        steps += new
         outputs = [outputs] if isinstance(outputs, str) else outputs
         for i, text in enumerate(outputs):
             if labelled:
