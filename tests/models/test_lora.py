@@ -1,6 +1,7 @@
 """LoRA on a tiny `CausalLM`: training touches the adapters only, merging
 changes no output, and model directories keep the adapters apart."""
 
+import json
 import os
 
 import h5py
@@ -366,3 +367,45 @@ def test_a_moved_or_changed_parent_is_named_in_one_line(tmp_path):
     model_dir.save(other, other.tokenizer, parent_dir, overwrite=True)
     with pytest.raises(errors.InputError, match="has changed since"):
         CausalLM.from_preset(directory)
+
+
+def _write(path, content: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(content)
+
+
+def test_files_added_beside_the_parent_model_leave_its_children(tmp_path):
+    # Before, the parent's fingerprint covered every file in its folder: a
+    # note or `tflm export P --out P/serving` made each child refuse to load.
+    lm, parent_dir, directory = _tuned_on_parent(tmp_path)
+    _write(os.path.join(parent_dir, "NOTES.md"), "my notes")
+    _write(os.path.join(parent_dir, "serving", "1", "saved_model.pb"), "x")
+    config_path = os.path.join(parent_dir, "config.json")
+    with open(config_path, encoding="utf-8") as f:
+        config = json.load(f)
+    _write(config_path, json.dumps({**config, "tflm_version": "9.9"}))
+    loaded = CausalLM.from_preset(directory)
+    x, _ = _batch(rows=2)
+    np.testing.assert_array_equal(loaded(x).numpy(), lm(x).numpy())
+    # The model's own files still count: its tokenizer, for one.
+    _write(os.path.join(parent_dir, "tokenizer", "extra.txt"), "x")
+    with pytest.raises(errors.InputError, match="has changed since"):
+        CausalLM.from_preset(directory)
+
+
+def test_loading_reads_again_only_the_parent_files_that_changed(tmp_path):
+    _, parent_dir, _ = _tuned_on_parent(tmp_path)
+    record = model_dir.fingerprint_record(parent_dir)
+    name = model_dir.WEIGHTS_FILE
+    size, mtime, sha256 = record["files"][name]
+    stale = {"files": {**record["files"], name: [size, mtime, "0" * 64]}}
+    # Size and time as recorded: the recorded SHA-256 is used, unread.
+    reused = model_dir.fingerprint_record(parent_dir, known=stale)
+    assert reused["files"][name][2] == "0" * 64
+    assert reused["sha256"] != record["sha256"]
+    # Another time: the file is read again.
+    os.utime(os.path.join(parent_dir, name), ns=(mtime + 1, mtime + 1))
+    again = model_dir.fingerprint_record(parent_dir, known=stale)
+    assert again["files"][name] == [size, mtime + 1, sha256]
+    assert again["sha256"] == record["sha256"]

@@ -67,11 +67,11 @@ def _open_writer(fifo, seconds=120):
 def test_a_run_holds_its_out_from_before_it_reads_it(task, tmp_path, capsys):
     # The race of issue 26: run A read --out (empty) while preparing, run B
     # wrote a model there, then A took the lock and replaced B's model.
-    # A's parent holds a FIFO, so A stops while fingerprinting its parent
-    # (after reading --out) until the test closes the FIFO.
+    # A's parent's tokenizer holds a FIFO, so A stops while fingerprinting
+    # its parent (after reading --out) until the test closes the FIFO.
     slow = tmp_path / "slow_parent"
     shutil.copytree(task["parent"], slow)
-    os.mkfifo(slow / "pause.fifo")
+    os.mkfifo(slow / "tokenizer" / "pause.fifo")
     out = tmp_path / "out"
     config = train_helpers.task_config(
         {**task, "parent": str(slow)},
@@ -86,7 +86,7 @@ def test_a_run_holds_its_out_from_before_it_reads_it(task, tmp_path, capsys):
         target=lambda: results.append(fit.train(config, verbose=0))
     )
     first.start()
-    fd = _open_writer(slow / "pause.fifo")
+    fd = _open_writer(slow / "tokenizer" / "pause.fifo")
     try:
         code = cli.main(_argv(task["parent"], task["train"], out))
     finally:
@@ -117,6 +117,40 @@ def test_out_inside_the_parent_or_around_it_is_refused(task, tmp_path, capsys):
     assert cli.main(_argv(around / "base", task["train"], around)) == 2
     line = _error_line(capsys.readouterr().err)
     assert f"{around / 'base'} is inside --out {around}" in line
+
+
+def test_resuming_checks_the_parent_model_not_its_folder(
+    task, tmp_path, capsys
+):
+    parent, out = tmp_path / "parent", tmp_path / "out"
+    shutil.copytree(task["parent"], parent)
+    argv = _argv(parent, task["train"], out, "--lora-rank", "2")
+    assert cli.main(argv) == 0
+    with open(out / "config.json") as f:
+        record = json.load(f)["parent"]
+    assert record["sha256"] == model_dir.fingerprint(str(parent))
+    assert set(record["files"]) == {
+        "model.weights.h5",
+        "tokenizer/tokenizer.json",
+    }
+    # Notes and an export beside the parent model: the same parent, and
+    # the run goes on (before, it was refused as another parent).
+    (parent / "NOTES.md").write_text("mine")
+    (parent / "serving").mkdir()
+    (parent / "serving" / "saved_model.pb").write_bytes(b"x")
+    capsys.readouterr()
+    assert cli.main(argv + ["--steps", "4"]) == 0
+    assert "fine-tuned steps 4-4" in capsys.readouterr().out
+    # A fingerprint recorded by an older tflm (over every file): refused,
+    # saying why and what to do.
+    with open(out / "config.json") as f:
+        config = json.load(f)
+    config["parent"]["sha256"] = "0" * 64
+    (out / "config.json").write_text(json.dumps(config))
+    assert cli.main(argv + ["--steps", "5"]) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert f"{parent} is not the model {out} was started from" in line
+    assert "older tflm" in line and "new --out" in line
 
 
 def _write_bytes(path, content: bytes):

@@ -223,10 +223,113 @@ def recover(directory: str | os.PathLike) -> None:
     atomic.sweep(*os.path.split(directory), MANAGED)
 
 
+# What `fingerprint` reads of a model directory: the `config.json` fields
+# that describe the model (not `tflm_version`, `best_step` or the record of
+# where it came from), and the files of the weights and the tokenizer.
+FINGERPRINT_FIELDS = (
+    "format_version",
+    "backbone",
+    "tokenizer",
+    weights_lib.CONFIG_KEY,
+    lora_storage.CONFIG_KEY,
+    "template",
+    "eos_ids",
+)
+
+
 def fingerprint(path: str | os.PathLike) -> str:
-    """SHA-256 over the relative names and contents of the files under
-    `path` (its `train/` and `logs/` left out: they are not the model)."""
+    """SHA-256 that identifies the model at `path` (see `fingerprint_record`).
+
+    Example:
+    >>> import os, tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> _ = open(os.path.join(folder, "a.bin"), "wb").write(b"a")
+    >>> len(fingerprint(folder))
+    64
+    """
+    return fingerprint_record(path)["sha256"]
+
+
+def fingerprint_record(
+    path: str | os.PathLike, known: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The fingerprint of the model at `path`, and what it was made from.
+
+    For a model directory, the SHA-256 covers the model only: the
+    `FINGERPRINT_FIELDS` of `config.json`, the record of its own parent when
+    its base weights are that parent's, and the names and SHA-256 of
+    `model.weights.h5`, `adapters.npz` and every file under `tokenizer/`.
+    Anything else in the folder (`train/`, `logs/`, notes, an export written
+    into it) leaves it unchanged. For another folder (a checkpoint to
+    import), it covers the names and contents of all its files but `train/`
+    and `logs/`.
+
+    Args:
+        path: a model directory, or a checkpoint directory.
+        known: an earlier record of the same directory: a file whose size
+            and modification time are those it records is not read again,
+            its recorded SHA-256 is used (as `make` trusts times).
+
+    Returns:
+        `{"sha256": ..., "files": {name: [size, mtime_ns, sha256]}}`;
+        `files` is empty for a folder that is not a model directory.
+    """
     path = os.fspath(path)
+    if not is_model_dir(path):
+        return {"sha256": _tree_sha256(path), "files": {}}
+    config = read_config(path)
+    fields = {k: config[k] for k in FINGERPRINT_FIELDS if k in config}
+    parent = lora_storage.base_parent(config, os.path.join(path, CONFIG_FILE))
+    if parent is not None:
+        fields["parent"] = parent["sha256"]
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode())
+    cached = (known or {}).get("files")
+    cached = cached if isinstance(cached, dict) else {}
+    files = {}
+    for name in _model_files(path):
+        stat = os.stat(os.path.join(path, name))
+        entry = cached.get(name)
+        if (
+            isinstance(entry, list)
+            and len(entry) == 3
+            and entry[:2] == [stat.st_size, stat.st_mtime_ns]
+            and isinstance(entry[2], str)
+        ):
+            sha256 = entry[-1]
+        else:
+            sha256 = _file_sha256(os.path.join(path, name))
+        files[name] = [stat.st_size, stat.st_mtime_ns, sha256]
+        digest.update(f"\0{name}\0{sha256}".encode())
+    return {"sha256": digest.hexdigest(), "files": files}
+
+
+def _model_files(directory: str) -> list[str]:
+    """The files of a model directory's weights and tokenizer, by name."""
+    names = [
+        name
+        for name in (WEIGHTS_FILE, lora_storage.ADAPTERS_FILE)
+        if os.path.isfile(os.path.join(directory, name))
+    ]
+    tokenizer = os.path.join(directory, TOKENIZER_DIR)
+    for root, dirs, files in os.walk(tokenizer):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            names.append(os.path.relpath(full, directory))
+    return names
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _tree_sha256(path: str) -> str:
+    """SHA-256 over the relative names and contents of the files under
+    `path` (its `train/` and `logs/` left out)."""
     digest = hashlib.sha256()
     for root, dirs, files in os.walk(path):
         dirs[:] = sorted(d for d in dirs if d not in (TRAIN_DIR, "logs"))
@@ -331,12 +434,16 @@ def _base_directory(directory: str, config: dict[str, Any]) -> str:
 
 
 def _check_parent_unchanged(directory: str, parent: dict) -> None:
-    if fingerprint(parent["path"]) != parent["sha256"]:
+    """Raises unless the parent is the model `parent` records; only its
+    files whose size or time changed since are read again."""
+    current = fingerprint_record(parent["path"], known=parent)
+    if current["sha256"] != parent["sha256"]:
         raise errors.InputError(
             f"{directory} holds LoRA adapters on the base weights of its "
-            f"parent model {parent['path']}, which has changed since "
-            "(its files' sha256 differs from the one recorded in "
-            f"{CONFIG_FILE}): restore that parent."
+            f"parent model {parent['path']}, which has changed since (its "
+            f"fingerprint differs from the one recorded in {CONFIG_FILE}): "
+            "restore that parent, or fine-tune it again (a fine-tune "
+            "written by an older tflm recorded another kind of fingerprint)."
         )
 
 

@@ -319,8 +319,10 @@ def _check_resume(out, backbone, parent) -> None:
     if parent is not None and recorded != parent.fingerprint:
         raise errors.InputError(
             f"{parent.path} is not the model {out} was started from (its "
-            "files changed, or another parent was named). Resume from the "
-            "same parent, or name a new --out."
+            "weights, tokenizer or config changed, another parent was "
+            "named, or an older tflm started the run and recorded another "
+            "kind of fingerprint). Resume from the same parent, or name a "
+            "new --out to train again."
         )
     wanted = {k: v for k, v in backbone.items() if v is not None}
     state_lib.check_compatible(config_path, saved_config["backbone"], wanted)

@@ -4,8 +4,10 @@ checkpoint directory `tflm.importers` reads, read and never modified.
 A checkpoint (Hugging Face GPT-2, Llama, Qwen2 or Mistral, or a keras-hub
 GPT-2 preset) is imported into a temporary model directory for the run. The
 new model directory records its parent in `config.json["parent"]`: the
-path, its kind and a SHA-256 of its files, so that anyone can tell which
-model it was tuned from.
+path, its kind and its fingerprint (a SHA-256 of the model's own files; see
+`tflm.models.model_dir.fingerprint_record`), so that anyone can tell which
+model it was tuned from, and a LoRA fine-tune that keeps its base there can
+check it unchanged.
 """
 
 from __future__ import annotations
@@ -34,8 +36,11 @@ class Parent:
         kind: `"model_dir"`, `"huggingface"` or `"keras_hub"`.
         directory: a model directory holding it (for an import, temporary).
         config: that directory's `config.json`.
-        fingerprint: SHA-256 of the files under `path`
-            (`tflm.models.model_dir.fingerprint`).
+        fingerprint: `path`'s SHA-256
+            (`tflm.models.model_dir.fingerprint_record`).
+        files: what that fingerprint was made from (size, time and SHA-256
+            of each file; empty for a checkpoint), so that loading a LoRA
+            fine-tune reads again only the files that changed.
     """
 
     path: str
@@ -43,14 +48,13 @@ class Parent:
     directory: str
     config: dict[str, Any]
     fingerprint: str
+    files: dict[str, list] = dataclasses.field(default_factory=dict)
 
-    def record(self) -> dict[str, str]:
+    def record(self) -> dict[str, Any]:
         """What the new model directory's `config.json` says of it."""
-        return {
-            "path": self.path,
-            "kind": self.kind,
-            "sha256": self.fingerprint,
-        }
+        record = {"path": self.path, "kind": self.kind}
+        record["sha256"] = self.fingerprint
+        return {**record, "files": self.files} if self.files else record
 
 
 @contextlib.contextmanager
@@ -71,7 +75,10 @@ def resolve(path: str) -> Iterator[Parent]:
     if model_dir.is_model_dir(path):
         # Missing weights or tokenizer: one line naming the file.
         config = model_dir.validate(path)
-        yield Parent(path, MODEL_DIR, path, config, model_dir.fingerprint(path))
+        found = model_dir.fingerprint_record(path)
+        yield Parent(
+            path, MODEL_DIR, path, config, found["sha256"], found["files"]
+        )
         return
     kind = _checkpoint_kind(path)
     temp = tempfile.mkdtemp(prefix="tflm-parent-")
