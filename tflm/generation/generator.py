@@ -85,9 +85,13 @@ class Generator:
             jit_compile=jit_compile,
         )
         self._prefill = graph.function(self._prefill_graph)
+        # `finish` runs in the plain graph on any shapes: one relaxed trace
+        # rather than one per output width.
         self._chunk = graph.function(self._chunk_graph)
-        self._finish = graph.function(self._finish_graph)
-        self._finish_beams = graph.function(self._finish_beams_graph)
+        self._finish = graph.function(self._finish_graph, reduce_retracing=True)
+        self._finish_beams = graph.function(
+            self._finish_beams_graph, reduce_retracing=True
+        )
 
     # Graph functions --------------------------------------------------------
     def _prepare(self, prompt, settings, stop, stop_ids):
