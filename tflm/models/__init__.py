@@ -4,7 +4,7 @@ Names are imported on first use, so that importing `tflm.models.presets`
 (for the CLI's flags) does not load Keras and TensorFlow.
 """
 
-import importlib
+from tflm import lazy
 
 _EXPORTS = {
     "Backbone": "tflm.models.backbone",
@@ -15,8 +15,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'tflm.models' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy.exports(__name__, _EXPORTS)

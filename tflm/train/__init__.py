@@ -4,7 +4,7 @@ Names are imported on first use, so that importing `tflm.train.config`
 (for the CLI flags) does not load TensorFlow.
 """
 
-import importlib
+from tflm import lazy
 
 _EXPORTS = {
     "AdamW": "tflm.models.optimizer",
@@ -20,8 +20,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'tflm.train' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy.exports(__name__, _EXPORTS)
