@@ -28,6 +28,48 @@ from tflm.tokenizers import templates
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SERVING_CHECK = os.path.join(ROOT, "tflm", "export", "serving_check.py")
+# The start of a child process that serves an export as TF Serving does and
+# measures each request's memory: `python -c MEASURING_CHILD + body
+# SERVING_CHECK PATH ...`. It loads `serving_check.py` as `check`, and
+# defines `peak_growth(run)` (`run()`'s value, and how far the peak resident
+# size rose above the resident size while it ran) and `serve(path)` (XLA
+# disabled, loaded, warm-up replayed).
+MEASURING_CHILD = """
+import importlib.util
+import json
+import os
+import sys
+import time
+
+import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
+
+spec = importlib.util.spec_from_file_location("check", sys.argv[1])
+check = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(check)
+
+
+def status(key):
+    with open("/proc/self/status") as f:
+        line = next(x for x in f if x.startswith(key + ":"))
+    return int(line.split()[1]) * 1024
+
+
+def peak_growth(run):
+    before = status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current resident size
+    value = run()
+    return value, status("VmHWM") - before
+
+
+def serve(path):
+    assert check.disable_xla()["xla_disabled"]
+    server = check.Server(path)
+    warmup = os.path.join(path, check.WARMUP_FILE)
+    for signature, arrays in check.warmup_requests(warmup):
+        server.run(signature, arrays)
+    return server
+"""
 KIT = os.path.join(ROOT, "export")
 CONTEXT = 64
 SETTINGS = ("max_new_tokens", "temperature", "top_k", "top_p", "seed")

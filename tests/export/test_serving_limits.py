@@ -37,54 +37,29 @@ REFUSED_SECONDS = 5  # measured: milliseconds; before the caps, minutes
 # cells, 1 MiB] mask (12 GB) even within the caps.
 ANSWERED_GROWTH = 256 * MiB
 
-CHILD = textwrap.dedent(
+CHILD = helpers.MEASURING_CHILD + textwrap.dedent(
     """
-    import importlib.util
-    import json
-    import sys
-    import time
-
-    import tensorflow_text  # noqa: F401  (registers the tokenizer ops)
-
-    spec = importlib.util.spec_from_file_location("check", sys.argv[1])
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
-
-
-    def status(key):
-        with open("/proc/self/status") as f:
-            line = next(x for x in f if x.startswith(key + ":"))
-        return int(line.split()[1]) * 1024
+    def attempt(server, name, arrays):
+        try:
+            outputs = server.run(name, arrays)["outputs"]
+        except Exception as e:  # noqa: BLE001
+            return {"error": check._error(e)}
+        return {"rows": len(outputs["num_tokens"])}
 
 
     def measure(server, body):
         name = body["signature_name"]
         _, arrays = check.rest_to_arrays(body, server.dtypes[name])
-        before = status("VmRSS")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current resident size
         start = time.perf_counter()
-        result = {"signature": name}
-        try:
-            outputs = server.run(name, arrays)["outputs"]
-        except Exception as e:  # noqa: BLE001
-            result["error"] = check._error(e)
-        else:
-            result["rows"] = len(outputs["num_tokens"])
-        result["seconds"] = time.perf_counter() - start
-        result["growth"] = status("VmHWM") - before
-        return result
+        result, growth = peak_growth(lambda: attempt(server, name, arrays))
+        seconds = time.perf_counter() - start
+        return {"signature": name, **result, "seconds": seconds,
+                "growth": growth}
 
 
-    assert check.disable_xla()["xla_disabled"]
-    path = sys.argv[2]
+    server = serve(sys.argv[2])
     with open(sys.argv[3]) as f:
         bodies = json.load(f)
-    server = check.Server(path)
-    for signature, arrays in check.warmup_requests(
-        path + "/" + check.WARMUP_FILE
-    ):
-        server.run(signature, arrays)
     print(json.dumps([measure(server, body) for body in bodies]))
     """
 )

@@ -31,25 +31,9 @@ LONG = {"byte": 2**20, "sentencepiece": 2**16}
 FACTOR = 4
 RAW_FACTOR = {"byte": 16, "sentencepiece": 256}
 
-CHILD = textwrap.dedent(
+CHILD = helpers.MEASURING_CHILD + textwrap.dedent(
     """
-    import importlib.util
-    import json
-    import os
-    import sys
-
     import numpy as np
-    import tensorflow_text  # noqa: F401  (registers the SentencePiece ops)
-
-    spec = importlib.util.spec_from_file_location("check", sys.argv[1])
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
-
-
-    def status(key):
-        with open("/proc/self/status") as f:
-            line = next(x for x in f if x.startswith(key + ":"))
-        return int(line.split()[1]) * 1024
 
 
     def array(value, dtype):
@@ -65,35 +49,30 @@ CHILD = textwrap.dedent(
         return v.tolist()
 
 
+    def attempt(server, name, arrays):
+        try:
+            outputs = server.run(name, arrays)["outputs"]
+        except Exception as e:  # noqa: BLE001
+            return {"error": {"code": type(e).__name__, "message": str(e)}}
+        return {
+            "shapes": {k: list(v.shape) for k, v in outputs.items()},
+            "outputs": {
+                k: jsonable(v if v.ndim == 1 else v[:2])
+                for k, v in outputs.items()
+            },
+        }
+
+
     def measure(server, request):
         name = request["signature"]
         dtypes = server.dtypes[name]
         arrays = {k: array(v, dtypes[k]) for k, v in request["inputs"].items()}
-        before = status("VmRSS")
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current resident size
-        result = {"signature": name}
-        try:
-            outputs = server.run(name, arrays)["outputs"]
-        except Exception as e:  # noqa: BLE001
-            result["error"] = {"code": type(e).__name__, "message": str(e)}
-        else:
-            result["shapes"] = {k: list(v.shape) for k, v in outputs.items()}
-            result["outputs"] = {
-                k: jsonable(v if v.ndim == 1 else v[:2])
-                for k, v in outputs.items()
-            }
-        result["growth"] = status("VmHWM") - before
-        return result
+        result, growth = peak_growth(lambda: attempt(server, name, arrays))
+        return {"signature": name, **result, "growth": growth}
 
 
-    assert check.disable_xla()["xla_disabled"]
-    path, requests = sys.argv[2], json.loads(sys.argv[3])
-    server = check.Server(path)
-    warmup = os.path.join(path, check.WARMUP_FILE)
-    for signature, arrays in check.warmup_requests(warmup):
-        server.run(signature, arrays)
-    print(json.dumps([measure(server, r) for r in requests]))
+    server = serve(sys.argv[2])
+    print(json.dumps([measure(server, r) for r in json.loads(sys.argv[3])]))
     """
 )
 EXPORTS = {
