@@ -17,6 +17,7 @@ for the `.jsonl` cache).
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -89,10 +90,22 @@ def _bad_lines(chunk: bytes, line: int, offset: int):
 def check_utf8(path: str) -> None:
     """Raises unless the text file `path` is UTF-8.
 
+    A file is read once per process while its size and modification time
+    stay the same (quickstart sizes its vocabulary, trains its tokenizer
+    and trains the model from one file).
+
     Raises:
         InputError: naming the file, the line and the byte offset of the
             first bad byte, and how to re-encode it.
     """
+    stat = os.stat(path)
+    _check_utf8(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _check_utf8(path: str, size: int, mtime_ns: int) -> None:
+    """`check_utf8` of one version of a file; an error is not cached."""
+    del size, mtime_ns  # the cache's key
     bad, line, offset = find_invalid_utf8(path)
     if bad:
         raise files_lib.not_utf8(path, line, offset)
