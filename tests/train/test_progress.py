@@ -68,6 +68,36 @@ def test_a_terminal_line_is_rewritten_in_place_and_ended_on_close(
     assert not re.search(r"[\x1b\b]", out.getvalue())
 
 
+class _InterruptedTerminal(io.StringIO):
+    """A terminal whose next write lands and is then interrupted, as a
+    Ctrl-C that arrives while the line is written."""
+
+    interrupt = False
+
+    def write(self, text):
+        written = super().write(text)
+        if self.interrupt:
+            self.interrupt = False
+            raise KeyboardInterrupt
+        return written
+
+
+def test_a_ctrl_c_during_the_write_still_ends_the_line_on_close(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
+    out = _InterruptedTerminal()
+    bar = _bar(out, total_steps=4, interactive=True)
+    bar.update(1, 3.0, tokens_per_second=10.0)
+    bar.end_chunk()  # The chunk's line ended: nothing is open.
+    out.interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        bar.update(3, 2.0, tokens_per_second=10.0)
+    bar.close()
+    assert out.getvalue().endswith(
+        "step 3, loss 2.5000 (mean of the last 2 steps), 10 tokens/s, "
+        "0:06 left\n"
+    ), out.getvalue()
+
+
 def _config(corpus, out, **overrides):
     return config_lib.TrainConfig(
         **train_helpers.tiny_config(corpus, out, **overrides)

@@ -140,9 +140,11 @@ class ProgressBar:
         width = shutil.get_terminal_size().columns - 1
         text = text[:width]
         padding = " " * max(len(self.line) - len(text), 0)
+        # Recorded before the write: a Ctrl-C that lands in the write
+        # still finds the line open, and `close` ends it.
+        self.line = text
         self.stream.write("\r" + text + padding)
         self.stream.flush()
-        self.line = text
 
     def _print(self, text: str) -> None:
         if self.interactive:
