@@ -57,13 +57,44 @@ def token_stream(
         pieces = pieces.rebatch(_DOCS_PER_CALL)
 
     def tokenize(texts, ends):
-        ids = tokenizer.tokenize(texts)
-        ends = tf.cast(ends, tf.int64)
-        eos = tf.fill([tf.reduce_sum(ends)], tokenizer.eos_id)
-        eos = tf.RaggedTensor.from_row_lengths(eos, ends, validate=False)
-        return tf.concat([ids, eos], axis=1).flat_values
+        return _tokenize_with_eos(texts, ends, tokenizer)
 
     return pieces.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def tokenize_pieces(
+    texts: tf.Tensor, ends: tf.Tensor, tokenizer: base.Tokenizer
+) -> tf.Tensor:
+    """The ids of consecutive pieces of text, `eos_id` after each piece
+    that ends a document.
+
+    Args:
+        texts: string `[n]`, pieces of documents in order; a piece that
+            does not end its document is cut where the tokenizer gives the
+            same ids to the parts as to the whole (`tflm.data.prepare`).
+        ends: bool `[n]`, whether each piece ends its document.
+        tokenizer: the tokenizer.
+
+    Returns:
+        int32 `[m]`: the ids, concatenated.
+    """
+    if tokenizer.newline_is_boundary:
+        # Line by line: many short texts tokenize faster than a long one.
+        lines = tf.strings.split(texts, "\n")
+        lengths = lines.row_lengths()
+        index = tf.ragged.range(lengths).flat_values
+        last = tf.equal(index, tf.repeat(lengths - 1, lengths))
+        texts = tf.strings.join([lines.flat_values, tf.where(last, "", "\n")])
+        ends = tf.logical_and(last, tf.repeat(ends, lengths))
+    return _tokenize_with_eos(texts, ends, tokenizer)
+
+
+def _tokenize_with_eos(texts, ends, tokenizer) -> tf.Tensor:
+    ids = tokenizer.tokenize(texts)
+    ends = tf.cast(ends, tf.int64)
+    eos = tf.fill([tf.reduce_sum(ends)], tokenizer.eos_id)
+    eos = tf.RaggedTensor.from_row_lengths(eos, ends, validate=False)
+    return tf.concat([ids, eos], axis=1).flat_values
 
 
 def _lines_and_ends(docs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

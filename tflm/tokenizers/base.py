@@ -93,6 +93,17 @@ class Tokenizer(tf.Module):
         """
         return False
 
+    @property
+    def line_start_is_boundary(self) -> bool:
+        """Whether a `"\\n"` followed by a character that is not
+        whitespace always ends a token.
+
+        When true, a long document can be tokenized in pieces cut at such
+        points (`tflm data prepare` streams files this way) and give the ids
+        of tokenizing it whole. True wherever `newline_is_boundary` is.
+        """
+        return self.newline_is_boundary
+
     def tokenize(self, inputs: Any) -> tf.Tensor | tf.RaggedTensor:
         """Turns text into ids, without adding start or end ids.
 

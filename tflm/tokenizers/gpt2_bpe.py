@@ -48,6 +48,13 @@ class GPT2BPETokenizer(base.Tokenizer):
     type_name = "gpt2_bpe"
     files = (VOCABULARY_FILE, MERGES_FILE)
 
+    @property
+    def line_start_is_boundary(self) -> bool:
+        # Every pre-tokenizer splits a run of whitespace from the word that
+        # follows it when the run ends in a newline (no pattern takes a
+        # newline as a word's prefix), and merges stay inside a pre-token.
+        return True
+
     def __init__(
         self,
         vocabulary: str | os.PathLike | dict[str, int],
