@@ -12,6 +12,8 @@ from tflm.data.files import skip_reason
 from tflm.data.pipeline import make_dataset
 from tflm.data.pipeline import pack_windows
 from tflm.data.pipeline import token_stream
+from tflm.data.prepared import prepared_directory
+from tflm.data.shards import prepare
 from tflm.data.split import choose_split
 from tflm.data.split import is_validation
 from tflm.data.split import resolve_split
@@ -28,6 +30,8 @@ __all__ = [
     "iter_documents",
     "make_dataset",
     "pack_windows",
+    "prepare",
+    "prepared_directory",
     "read_document_batches",
     "read_documents",
     "resolve_split",

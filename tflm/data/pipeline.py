@@ -20,7 +20,9 @@ import tensorflow as tf
 
 from tflm import errors
 from tflm.data import files as files_lib
+from tflm.data import prepared as prepared_lib
 from tflm.data import split as split_lib
+from tflm.data import tokens
 from tflm.tokenizers import base
 
 logger = logging.getLogger(__name__)
@@ -57,44 +59,9 @@ def token_stream(
         pieces = pieces.rebatch(_DOCS_PER_CALL)
 
     def tokenize(texts, ends):
-        return _tokenize_with_eos(texts, ends, tokenizer)
+        return tokens.tokenize_pieces(texts, ends, tokenizer, lines=False)
 
     return pieces.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def tokenize_pieces(
-    texts: tf.Tensor, ends: tf.Tensor, tokenizer: base.Tokenizer
-) -> tf.Tensor:
-    """The ids of consecutive pieces of text, `eos_id` after each piece
-    that ends a document.
-
-    Args:
-        texts: string `[n]`, pieces of documents in order; a piece that
-            does not end its document is cut where the tokenizer gives the
-            same ids to the parts as to the whole (`tflm.data.prepare`).
-        ends: bool `[n]`, whether each piece ends its document.
-        tokenizer: the tokenizer.
-
-    Returns:
-        int32 `[m]`: the ids, concatenated.
-    """
-    if tokenizer.newline_is_boundary:
-        # Line by line: many short texts tokenize faster than a long one.
-        lines = tf.strings.split(texts, "\n")
-        lengths = lines.row_lengths()
-        index = tf.ragged.range(lengths).flat_values
-        last = tf.equal(index, tf.repeat(lengths - 1, lengths))
-        texts = tf.strings.join([lines.flat_values, tf.where(last, "", "\n")])
-        ends = tf.logical_and(last, tf.repeat(ends, lengths))
-    return _tokenize_with_eos(texts, ends, tokenizer)
-
-
-def _tokenize_with_eos(texts, ends, tokenizer) -> tf.Tensor:
-    ids = tokenizer.tokenize(texts)
-    ends = tf.cast(ends, tf.int64)
-    eos = tf.fill([tf.reduce_sum(ends)], tokenizer.eos_id)
-    eos = tf.RaggedTensor.from_row_lengths(eos, ends, validate=False)
-    return tf.concat([ids, eos], axis=1).flat_values
 
 
 def _lines_and_ends(docs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
@@ -130,17 +97,6 @@ def pack_windows(chunks: tf.data.Dataset, window: int) -> tf.data.Dataset:
     return chunks.scan(empty, step).unbatch()
 
 
-def to_inputs_and_labels(windows: tf.Tensor):
-    """Splits windows `[B, T + 1]` into `(x, y, sample_weight)`."""
-    token_ids = windows[:, :-1]
-    x = {
-        "token_ids": token_ids,
-        "padding_mask": tf.ones_like(token_ids, dtype=tf.bool),
-    }
-    y = windows[:, 1:]
-    return x, y, tf.ones(tf.shape(y), tf.float32)
-
-
 def make_dataset(
     paths: str | os.PathLike | Sequence[str],
     tokenizer: base.Tokenizer,
@@ -160,11 +116,19 @@ def make_dataset(
     shuffle_buffer_size: int = 10_000,
     cache_dir: str | None = None,
     exclude: Sequence[str | os.PathLike] = (),
+    skip_batches: int = 0,
 ) -> tf.data.Dataset:
     """Builds the dataset of batches that `CausalLM.fit` consumes.
 
     Args:
-        paths: files, directories or glob patterns (`.txt`, `.jsonl`).
+        paths: files, directories or glob patterns (`.txt`, `.jsonl`), or
+            one folder of prepared token shards (`tflm data prepare`,
+            `tflm.data.prepare`): its shards are read in a seeded order
+            over the whole corpus (`tflm.data.prepared`), its held-out
+            shards are the validation split, and `validation_fraction`,
+            `split_mode`, `text_format`, `jsonl_field`,
+            `shuffle_buffer_size`, `cache_dir` and `exclude` (settled when
+            it was prepared) are not used.
         tokenizer: a `tflm.tokenizers.Tokenizer`.
         sequence_length: tokens per example, `T`.
         batch_size: global batch size; with `input_context`, each pipeline
@@ -192,6 +156,8 @@ def make_dataset(
         shuffle_buffer_size: windows held by the shuffle buffer.
         cache_dir: where `.jsonl` texts are cached (never the data folder).
         exclude: folders never read, such as the model directory written.
+        skip_batches: batches to drop from the start (a resumed run); from
+            prepared shards they are not even read.
 
     Returns:
         A `tf.data.Dataset` of `(x, y, sample_weight)`: `x` is
@@ -203,6 +169,21 @@ def make_dataset(
         InputError: bad arguments, no text, or too little for one batch.
     """
     _check_arguments(sequence_length, batch_size, split, validation_fraction)
+    directory = prepared_lib.prepared_directory(paths)
+    if directory is not None:
+        return prepared_lib.make_dataset(
+            directory,
+            tokenizer,
+            sequence_length=sequence_length,
+            batch_size=batch_size,
+            split=split,
+            shuffle=shuffle,
+            seed=seed,
+            drop_remainder=drop_remainder,
+            repeat=repeat,
+            input_context=input_context,
+            skip_batches=skip_batches,
+        )
     if drop_remainder is None:
         drop_remainder = split != "validation"
     files = files_lib.find_files(paths, exclude)
@@ -229,7 +210,9 @@ def make_dataset(
     if repeat:
         windows = windows.repeat()
     dataset = windows.batch(per_batch, drop_remainder=drop_remainder)
-    dataset = dataset.map(to_inputs_and_labels, num_parallel_calls=2)
+    dataset = dataset.map(tokens.to_inputs_and_labels, num_parallel_calls=2)
+    if skip_batches:
+        dataset = dataset.skip(skip_batches)
     return dataset.with_options(_options()).prefetch(tf.data.AUTOTUNE)
 
 

@@ -35,7 +35,8 @@ import numpy as np
 import tensorflow as tf
 
 from tflm import errors
-from tflm.data import prepare as prepare_lib
+from tflm.data import shards as prepare_lib
+from tflm.data import tokens
 from tflm.tokenizers import base
 
 GROUP_SHARDS = 16
@@ -311,8 +312,6 @@ def make_dataset(
     shard. `skip_batches` drops the batches a resumed run already used,
     without reading them.
     """
-    from tflm.data import pipeline as pipeline_lib
-
     prepared = load(directory, tokenizer)
     if drop_remainder is None:
         drop_remainder = split != "validation"
@@ -348,9 +347,7 @@ def make_dataset(
         skip_windows=skip_batches * per_batch,
     )
     dataset = dataset.rebatch(per_batch, drop_remainder=drop_remainder)
-    dataset = dataset.map(
-        pipeline_lib.to_inputs_and_labels, num_parallel_calls=2
-    )
+    dataset = dataset.map(tokens.to_inputs_and_labels, num_parallel_calls=2)
     options = tf.data.Options()
     # Each pipeline reads its own shards: nothing to shard again.
     options.experimental_distribute.auto_shard_policy = (

@@ -46,7 +46,7 @@ from tflm import errors
 from tflm.data import corpus
 from tflm.data import files as files_lib
 from tflm.data import jsonl
-from tflm.data import pipeline
+from tflm.data import tokens
 from tflm.tokenizers import base
 
 logger = logging.getLogger(__name__)
@@ -331,7 +331,7 @@ def _tokenized(
             # paragraphs) splits into documents, each ending in eos.
             texts = corpus.split_texts(texts, text_format)
             ends = tf.ones_like(texts, tf.bool)
-        return number, pipeline.tokenize_pieces(texts, ends, tokenizer)
+        return number, tokens.tokenize_pieces(texts, ends, tokenizer)
 
     dataset = dataset.map(
         tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
