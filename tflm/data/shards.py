@@ -298,7 +298,10 @@ def _ordered(files: Sequence[str]) -> list[str]:
 
 
 def _tokenized(
-    blocks: Iterator[_Block], tokenizer: base.Tokenizer, text_format: str
+    blocks: Iterator[_Block],
+    tokenizer: base.Tokenizer,
+    text_format: str,
+    threads: int | None = None,
 ) -> Iterator[tuple[_Block, np.ndarray]]:
     """Each block with its token ids, tokenized in parallel, in order."""
     held: dict[int, _Block] = {}
@@ -334,8 +337,14 @@ def _tokenized(
         return number, tokens.tokenize_pieces(texts, ends, tokenizer)
 
     dataset = dataset.map(
-        tokenize, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        tokenize,
+        num_parallel_calls=threads or tf.data.AUTOTUNE,
+        deterministic=True,
     ).prefetch(_BLOCKS_IN_FLIGHT)
+    if threads:
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = threads
+        dataset = dataset.with_options(options)
     for number, ids in dataset.as_numpy_iterator():
         yield held.pop(int(number)), ids
     if failed:
@@ -442,6 +451,7 @@ def prepare(
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     overwrite: bool = False,
     progress: bool = True,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Tokenizes a corpus once into token shards in `out`.
 
@@ -458,6 +468,7 @@ def prepare(
         overwrite: replace an `out` that holds something else than
             prepared data.
         progress: show a progress line on standard error.
+        threads: threads that tokenize (default: one per core).
 
     Returns:
         The manifest (also written to `out/prepared.json`).
@@ -519,7 +530,7 @@ def prepare(
         staging = os.path.join(parent, f".{name}.{_STAGING}")
         try:
             manifest = _run(
-                files, sources, settings, tokenizer, staging, progress
+                files, sources, settings, tokenizer, staging, progress, threads
             )
             _publish(staging, target)
         except BaseException as err:
@@ -539,7 +550,9 @@ def _up_to_date(existing, settings, sources) -> bool:
     return not changed_sources(existing["sources"])
 
 
-def _run(files, sources, settings, tokenizer, staging, progress) -> dict:
+def _run(
+    files, sources, settings, tokenizer, staging, progress, threads
+) -> dict:
     state = _resume_state(staging, settings, sources)
     if state is None:
         shutil.rmtree(staging, ignore_errors=True)
@@ -597,7 +610,7 @@ def _run(files, sources, settings, tokenizer, staging, progress) -> dict:
     )  # fmt: skip
     try:
         for block, ids in _tokenized(
-            blocks, tokenizer, settings["text_format"]
+            blocks, tokenizer, settings["text_format"], threads
         ):
             base_skip = 0
             if skip:
