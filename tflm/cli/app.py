@@ -16,6 +16,7 @@ import sys
 import traceback
 
 from tflm.cli import chat
+from tflm.cli import data
 from tflm.cli import evaluate
 from tflm.cli import export
 from tflm.cli import finetune
@@ -30,6 +31,7 @@ from tflm.cli import version
 COMMANDS = (
     quickstart,
     tokenizer,
+    data,
     train,
     finetune,
     evaluate,
@@ -73,9 +75,10 @@ def _run(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace, err: BaseException) -> int:
     from tflm.errors import InputError
 
-    name = " ".join(
-        ["tflm", args.command, getattr(args, "tokenizer_command", None) or ""]
-    ).strip()
+    sub = getattr(args, "tokenizer_command", None) or getattr(
+        args, "data_command", None
+    )
+    name = " ".join(["tflm", args.command, sub or ""]).strip()
     if args.debug:
         traceback.print_exception(err)
     if isinstance(err, InputError):

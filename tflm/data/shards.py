@@ -362,7 +362,7 @@ class _Progress:
         self.total = max(total_bytes, 1)
         self.start_bytes = done_bytes
         self.start_tokens = done_tokens
-        self.stream = stream if stream is not None else sys.stderr
+        self.stream = stream if stream is not None else sys.stdout
         isatty = getattr(self.stream, "isatty", None)
         self.interactive = bool(isatty and isatty())
         self.started = time.monotonic()
@@ -467,7 +467,7 @@ def prepare(
         shard_tokens: tokens per shard.
         overwrite: replace an `out` that holds something else than
             prepared data.
-        progress: show a progress line on standard error.
+        progress: show a progress line on standard output.
         threads: threads that tokenize (default: one per core).
 
     Returns:

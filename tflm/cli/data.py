@@ -1,0 +1,160 @@
+"""`tflm data prepare`: tokenize a corpus once into token shards."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from tflm.cli import common
+
+_SENTENCEPIECE = "sentencepiece:"
+
+
+def add(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "data", help="prepare corpora", parents=[common.SHARED]
+    )
+    commands = parser.add_subparsers(
+        dest="data_command", metavar="COMMAND", required=True
+    )
+    prepare = common.add_command(
+        commands,
+        "prepare",
+        help="tokenize a corpus once into token shards to train from",
+        description="Tokenize a corpus once into fixed-size token shards "
+        "with a manifest, for corpora larger than memory. Files are read "
+        "streaming, tokenized on every core and written shard by shard: "
+        "memory does not grow with the corpus. Rerunning the command after "
+        "an interruption continues from the last finished shard; over an "
+        "unchanged corpus it does nothing. Train with "
+        "`tflm train --data DATA_DIR`.",
+        example="tflm data prepare --data corpus/ --tokenizer tok/ "
+        "--out data/corpus\ntflm train --data data/corpus --preset tiny "
+        "--out models/corpus",
+    )
+    prepare.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="text files, folders or quoted globs (.txt, .jsonl)",
+    )
+    prepare.add_argument(
+        "--tokenizer",
+        default="byte",
+        metavar="SPEC",
+        help="'byte' (default), a tokenizer directory, a tflm model "
+        "directory (its tokenizer, to fine-tune it), or 'sentencepiece:N' "
+        "to train an N-id SentencePiece model on --data first",
+    )
+    prepare.add_argument(
+        "--out", required=True, metavar="DIR", help="folder of the shards"
+    )
+    prepare.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=0.1,
+        metavar="X",
+        help="share of the shards held out for validation, spread evenly "
+        "through the corpus (default: 0.1; 0: none)",
+    )
+    prepare.add_argument(
+        "--shard-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="tokens per shard (default: 1048576, 2 MB of uint16 ids); "
+        "lower it for a small corpus to get validation shards",
+    )
+    prepare.add_argument(
+        "--text-format",
+        choices=("document", "paragraph", "line"),
+        default="document",
+        help="what a document is in .txt files (each ends with the end id)",
+    )
+    prepare.add_argument(
+        "--jsonl-field", default="text", help="text field of .jsonl lines"
+    )
+    prepare.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an --out that holds other files than prepared data",
+    )
+    prepare.set_defaults(func=run_prepare)
+
+
+def _tokenizer(spec: str, data: list[str]):
+    from tflm import errors
+    from tflm import tokenizers
+    from tflm.data import tokenizer_corpus
+
+    if spec == "byte":
+        return tokenizers.ByteTokenizer()
+    if spec.startswith(_SENTENCEPIECE):
+        size = spec[len(_SENTENCEPIECE) :]
+        if not size.isdigit():
+            raise errors.InputError(
+                "--tokenizer 'sentencepiece:N' needs an integer N. "
+                f"Received: {spec!r}."
+            )
+        print(f"training a SentencePiece tokenizer of {size} ids on --data")
+        return tokenizer_corpus.train_sentencepiece(
+            data, vocabulary_size=int(size)
+        )
+    if os.path.isdir(spec):
+        inner = os.path.join(spec, "tokenizer")
+        if not tokenizers.is_tokenizer_directory(spec) and (
+            tokenizers.is_tokenizer_directory(inner)
+        ):
+            spec = inner  # A model directory: its tokenizer.
+        return tokenizers.load_tokenizer(spec)
+    raise errors.InputError(
+        "--tokenizer must be 'byte', 'sentencepiece:N', a tokenizer "
+        f"directory or a model directory. Received: {spec!r} (no such "
+        "directory)."
+    )
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    import time
+
+    from tflm import errors
+    from tflm.data import shards
+
+    if not 0 <= args.validation_fraction < 1:
+        raise errors.InputError(
+            "--validation-fraction must be in [0, 1). Received: "
+            f"{args.validation_fraction}."
+        )
+    if args.shard_tokens is not None and args.shard_tokens < 1:
+        raise errors.InputError(
+            f"--shard-tokens must be positive. Received: {args.shard_tokens}."
+        )
+    tokenizer = _tokenizer(args.tokenizer, args.data)
+    start = time.perf_counter()
+    manifest = shards.prepare(
+        args.data,
+        tokenizer,
+        args.out,
+        text_format=args.text_format,
+        jsonl_field=args.jsonl_field,
+        validation_fraction=args.validation_fraction,
+        shard_tokens=args.shard_tokens or shards.DEFAULT_SHARD_TOKENS,
+        overwrite=args.overwrite,
+    )
+    seconds = time.perf_counter() - start
+    splits = manifest["splits"]
+    counts = ", ".join(
+        f"{side}: {len(splits[side]['shards'])} shard(s), "
+        f"{splits[side]['tokens']:,} tokens"
+        for side in ("train", "validation")
+        if side in splits
+    )
+    out = os.path.abspath(args.out)
+    print(
+        f"{manifest['tokens']:,} tokens from {len(manifest['sources'])} "
+        f"file(s) ({counts}) in {seconds:.1f} s"
+    )
+    print(f"written to: {out}")
+    print(f"train with: tflm train --data {out} --preset tiny --out MODEL_DIR")
+    return 0
