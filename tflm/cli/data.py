@@ -29,7 +29,7 @@ def add(subparsers) -> None:
         "unchanged corpus it does nothing. Train with "
         "`tflm train --data DATA_DIR`.",
         example="tflm data prepare --data corpus/ --tokenizer tok/ "
-        "--out data/corpus\ntflm train --data data/corpus --preset tiny "
+        "--out data/corpus\ntflm train --data data/corpus --preset mini "
         "--out models/corpus",
     )
     prepare.add_argument(
@@ -156,5 +156,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         f"file(s) ({counts}) in {seconds:.1f} s"
     )
     print(f"written to: {out}")
-    print(f"train with: tflm train --data {out} --preset tiny --out MODEL_DIR")
+    print(
+        f"train with: tflm train --data {out} --preset PRESET --out MODEL_DIR"
+    )
     return 0

@@ -17,7 +17,8 @@ DATA_DIR/
 
 Shards are held out for validation evenly through the corpus
 (`is_validation_shard`), so the validation text is a fair sample of all of
-it. A run is written in `.NAME.tflm-preparing` beside `DATA_DIR` and moved
+it; a corpus of fewer shards than that needs holds out its last one (a
+corpus of one shard has no validation split). A run is written in `.NAME.tflm-preparing` beside `DATA_DIR` and moved
 into place when complete: the old `DATA_DIR` stays whole until then. After
 each shard the folder records where the stream stands, so a killed run
 continues from its last finished shard; a rerun over an unchanged corpus
@@ -643,6 +644,10 @@ def _run(
             f"the corpus is empty: {', '.join(files[:3])} hold no text. "
             "Point --data at non-empty files."
         )
+    held_out = [s for s in state["shards"] if s["split"] == "validation"]
+    if fraction > 0 and not held_out and len(state["shards"]) > 1:
+        # Fewer shards than one in `fraction`: the last one is held out.
+        state["shards"][-1]["split"] = "validation"
     tokenizer.write_files(os.path.join(staging, TOKENIZER_DIR))
     manifest = _manifest(state)
     _write_json(os.path.join(staging, MANIFEST), manifest)

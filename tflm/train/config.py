@@ -57,7 +57,8 @@ class TrainConfig:
     """
 
     data: tuple[str, ...] = _required(
-        "training text: files, folders or quoted globs (.txt, .jsonl)",
+        "training text: files, folders or quoted globs (.txt, .jsonl), or a "
+        "folder from `tflm data prepare` (for corpora above 256 MB)",
         metavar="PATH",
     )
     out: str = _required("model directory to write and resume", metavar="DIR")
@@ -108,10 +109,11 @@ class TrainConfig:
         "best weights are the result either way",
         metavar="N",
     )
-    tokenizer: str = _option(
-        "byte",
-        "'byte', a tokenizer directory, or 'sentencepiece:N' to train an "
-        "N-id SentencePiece model on --data",
+    tokenizer: str | None = _option(
+        None,
+        "'byte' (the default), a tokenizer directory, or 'sentencepiece:N' "
+        "to train an N-id SentencePiece model on --data; prepared --data "
+        "uses the tokenizer it was prepared with",
         metavar="SPEC",
         scope=TRAIN_ONLY,
     )

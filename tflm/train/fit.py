@@ -21,6 +21,7 @@ import keras
 import tensorflow as tf
 
 from tflm import atomic
+from tflm import data as data_lib
 from tflm import errors
 from tflm import tokenizers
 from tflm.models import backbone as backbone_lib
@@ -235,9 +236,21 @@ def _datasets(run: _Run) -> _Data:
             *task_inputs.validation_dataset(config, run.task),
         )
     length = run.sequence_length
+    if train_step.spans_workers(run.strategy) and (
+        data_lib.prepared_directory(config.data) is not None
+    ):
+        # Each worker reads its own shards (tflm.data.prepared).
+        train = run.strategy.distribute_datasets_from_function(
+            lambda context: inputs.train_dataset(
+                config, run.tokenizer, length, run.start_step, context
+            )
+        )
+    else:
+        train = inputs.train_dataset(
+            config, run.tokenizer, length, run.start_step
+        )
     return _Data(
-        inputs.train_dataset(config, run.tokenizer, length, run.start_step),
-        *inputs.validation_dataset(config, run.tokenizer, length),
+        train, *inputs.validation_dataset(config, run.tokenizer, length)
     )
 
 
@@ -254,6 +267,7 @@ def _prepare(config: config_lib.TrainConfig, stack, strategy, out) -> _Run:
     if chief:
         model_dir.recover(out)
     model_dir.check_target(out)
+    inputs.check_data(config)
     saved = state_lib.read(out) if model_dir.is_model_dir(out) else None
     config = config_lib.resolve_learning_rate(
         config, saved.config if saved else None

@@ -17,6 +17,56 @@ from tflm.train import config as config_lib
 logger = logging.getLogger(__name__)
 
 _SENTENCEPIECE = "sentencepiece:"
+# Plain corpora above this size are refused: `tflm data prepare` first.
+PREPARE_ABOVE_BYTES = 256 << 20
+
+
+def prepared_data(config: config_lib.TrainConfig):
+    """The checked prepared folder `config.data` names, or None."""
+    directory = data.prepared_directory(config.data)
+    if directory is None:
+        return None
+    from tflm.data import prepared
+
+    return prepared.load(directory)
+
+
+def check_data(config: config_lib.TrainConfig) -> None:
+    """Refuses what the data cannot do, before anything is written: a
+    plain corpus too large for the in-memory pipeline, and prepared data
+    with options it settled when it was prepared.
+
+    Raises:
+        InputError: with the command to run instead.
+    """
+    directory = data.prepared_directory(config.data)
+    if directory is not None:
+        if config.data_format == "task":
+            raise errors.InputError(
+                f"{directory} is prepared text, not task examples: pass the "
+                ".jsonl task files as --data."
+            )
+        spec = config.tokenizer or ""
+        if spec.startswith(_SENTENCEPIECE):
+            raise errors.InputError(
+                f"{directory} was tokenized when it was prepared: drop "
+                f"--tokenizer {spec} (its own tokenizer is used)."
+            )
+        return
+    if config.data_format == "task":
+        return
+    files = data.find_files(config.data, exclude=[config.out])
+    size = sum(os.path.getsize(f) for f in files)
+    if size > PREPARE_ABOVE_BYTES:
+        paths = " ".join(config.data)
+        raise errors.InputError(
+            f"--data holds {size / 2**20:,.0f} MB of text, more than the "
+            f"{PREPARE_ABOVE_BYTES >> 20} MB tflm tokenizes in memory (that "
+            "takes about 7 times the corpus). Tokenize it once into shards, "
+            f"then train from them: `tflm data prepare --data {paths} "
+            "--tokenizer TOKENIZER --out DATA_DIR`, then `tflm train --data "
+            "DATA_DIR ...` (memory then stays flat)."
+        )
 
 
 def make_tokenizer(
@@ -40,6 +90,11 @@ def make_tokenizer(
     if saved_in:
         return _saved_tokenizer(config, saved_in)
     spec = config.tokenizer
+    if spec is None:
+        found = prepared_data(config)
+        if found is not None:
+            return found.tokenizer()
+        spec = "byte"
     if spec == "byte":
         return tokenizers.ByteTokenizer()
     if spec.startswith(_SENTENCEPIECE):
@@ -86,7 +141,7 @@ def _saved_tokenizer(config, directory: str) -> tokenizers.Tokenizer:
     saved = tokenizers.load_tokenizer(
         os.path.join(directory, model_dir.TOKENIZER_DIR)
     )
-    spec = config.tokenizer
+    spec = config.tokenizer or ""
     if spec.startswith(_SENTENCEPIECE):
         wanted = f"sentencepiece with {spec[len(_SENTENCEPIECE) :]} ids"
         same = saved.type_name == "sentencepiece" and spec == (
@@ -94,7 +149,7 @@ def _saved_tokenizer(config, directory: str) -> tokenizers.Tokenizer:
         )
     else:
         requested = make_tokenizer(config)
-        wanted = f"{requested.type_name} from {spec!r}"
+        wanted = f"{requested.type_name} from {spec or 'the data'!r}"
         same = _signature(requested) == _signature(saved)
     if not same:
         raise errors.InputError(
@@ -136,24 +191,35 @@ def train_dataset(
     tokenizer: tokenizers.Tokenizer,
     sequence_length: int,
     skip: int = 0,
+    input_context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
     """Global batches in a fixed, seeded order, repeated, `skip` dropped.
 
     The order depends only on the data, `seed` and the global seed, so a
     resumed run that skips the batches it already used sees the same
-    batches as an uninterrupted one.
+    batches as an uninterrupted one. From prepared data the skipped
+    batches are not read, and with `input_context` each input pipeline
+    reads its own shards (its batches are per replica, and it skips its
+    own share).
     """
-    dataset = data.make_dataset(
+    skip_batches = skip
+    if input_context is not None:
+        local = input_context.num_replicas_in_sync // max(
+            input_context.num_input_pipelines, 1
+        )
+        skip_batches = skip * local
+    return data.make_dataset(
         config.data,
         batch_size=config.batch_size,
         shuffle=True,
         seed=config.seed,
         repeat=True,
         drop_remainder=True,
+        skip_batches=skip_batches,
+        input_context=input_context,
         **_train_split(config),
         **_common(config, tokenizer, sequence_length),
     )
-    return dataset.skip(skip) if skip else dataset
 
 
 def batches_per_epoch(
@@ -162,6 +228,13 @@ def batches_per_epoch(
     sequence_length: int,
 ) -> int:
     """Full global batches in one pass over the training split."""
+    found = prepared_data(config)
+    if found is not None:
+        from tflm.data import prepared
+
+        split = _train_split(config)["split"]
+        windows = prepared.count_windows(found, split, sequence_length)
+        return windows // config.batch_size
     dataset = data.make_dataset(
         config.data,
         batch_size=config.batch_size,
@@ -211,6 +284,21 @@ def validation_dataset(
         **split,
         **_common(config, tokenizer, sequence_length),
     )
+    found = None if config.validation_data else prepared_data(config)
+    if found is not None:
+        from tflm.data import prepared
+
+        windows = prepared.count_windows(found, "validation", sequence_length)
+        if not windows:
+            logger.info(
+                "%s holds no validation shard: training without validation "
+                "(prepare with a smaller --shard-tokens to hold some out).",
+                found.directory,
+            )
+            return None, 0
+        once = data.make_dataset(paths, **kwargs)
+        steps = config.eval_batches or -(-windows // config.batch_size)
+        return once.repeat(), steps
     once = data.make_dataset(paths, **kwargs)
     steps = config.eval_batches or int(once.reduce(0, lambda n, _: n + 1))
     # Repeated after batching: every pass has the same batches.
