@@ -136,7 +136,13 @@ def evaluate(
         loss = float(
             trainer.evaluate(dataset, verbose=0, return_dict=True)["loss"]
         )
-    tokens, characters = count_tokens_and_characters(paths, tokenizer, **common)
+    if data.prepared_directory(paths) is not None:
+        # Shards hold ids, not text: no characters to count.
+        tokens, characters = 0, 0
+    else:
+        tokens, characters = count_tokens_and_characters(
+            paths, tokenizer, **common
+        )
     if not math.isfinite(loss):
         logger.warning(
             "The loss of %s is %s: its weights are broken (a diverged run?); "
@@ -147,9 +153,9 @@ def evaluate(
     return {
         "loss": _finite(loss),
         "perplexity": _finite(math.exp(min(loss, 50.0))),
-        "bits_per_character": _finite(
-            loss * tokens / max(characters, 1) / math.log(2)
-        ),
+        "bits_per_character": _finite(loss * tokens / characters / math.log(2))
+        if characters
+        else None,
         "tokens": int(trainer.weight_total.result()),
         "characters": characters,
     }
