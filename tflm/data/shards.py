@@ -63,6 +63,19 @@ _STAGING = "tflm-preparing"
 _STATE = "state.json"
 _BLOCKS_IN_FLIGHT = 8
 _BLANK = re.compile(rb"[\t\n\f\r ]*")
+# Unicode White_Space in UTF-8 (what `\s` means to GPT-2's pattern).
+_WHITE = (
+    rb"[\t\n\x0b\f\r ]", rb"\xc2[\x85\xa0]", rb"\xe1\x9a\x80",
+    rb"\xe2\x80[\x80-\x8a\xa8\xa9\xaf]", rb"\xe2\x81\x9f", rb"\xe3\x80\x80",
+)  # fmt: skip
+# A newline with text on both sides (read far enough to see the next
+# character whole): a whitespace run around a newline pre-tokenizes
+# differently at the end of a piece than before text (GPT-2: "\n\n" is one
+# token at the end, two before a word).
+_LONE_NEWLINE = re.compile(
+    b"".join(rb"(?<!" + w + rb")" for w in _WHITE)
+    + rb"\n(?=[\x00-\xff]{3})(?!" + rb"|".join(_WHITE) + rb")"
+)  # fmt: skip
 
 
 def shard_name(index: int) -> str:
@@ -175,7 +188,7 @@ def _cut_pattern(text_format: str, tokenizer: base.Tokenizer):
     if tokenizer.newline_is_boundary:
         return re.compile(rb"\n")
     if tokenizer.line_start_is_boundary:
-        return re.compile(rb"\n(?=[^\t\n\f\r ])")
+        return _LONE_NEWLINE
     return None  # Documents are tokenized whole.
 
 
