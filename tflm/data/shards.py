@@ -549,7 +549,9 @@ def prepare(
             _publish(staging, target)
         except BaseException as err:
             if atomic.is_no_space(err):
-                raise atomic.no_space(parent, 0) from err
+                written = atomic.tree_size(staging)
+                shutil.rmtree(staging, ignore_errors=True)
+                raise atomic.no_space(parent, written) from err
             raise
     return manifest
 
