@@ -245,16 +245,18 @@ def _start(layout, seed, shuffle, pipeline, pipelines, skip):
     if not skip or not layout.windows.sum():
         return pipeline, 0
     count = len(layout.paths)
-    epoch = 0
+    g, epoch, sizes = pipeline, None, None
     while True:
-        order = _order(count, seed, epoch, shuffle).numpy()
-        sizes = layout.windows[order]
-        for g in range(pipeline, layout.groups, pipelines):
-            size = int(sizes[g * layout.group : (g + 1) * layout.group].sum())
-            if skip < size:
-                return epoch * layout.groups + g, skip
-            skip -= size
-        epoch += 1
+        # Groups are numbered over all epochs, as the reader filters them.
+        if g // layout.groups != epoch:
+            epoch = g // layout.groups
+            sizes = layout.windows[_order(count, seed, epoch, shuffle).numpy()]
+        start = g % layout.groups * layout.group
+        size = int(sizes[start : start + layout.group].sum())
+        if skip < size:
+            return g, skip
+        skip -= size
+        g += pipelines
 
 
 def _reader(layout: _Layout, dtype: str, seed, shuffle, first, within):
