@@ -18,8 +18,9 @@ DATA_DIR/
 Shards are held out for validation evenly through the corpus
 (`is_validation_shard`), so the validation text is a fair sample of all of
 it; a corpus of fewer shards than that needs holds out its last one (a
-corpus of one shard has no validation split). A run is written in `.NAME.tflm-preparing` beside `DATA_DIR` and moved
-into place when complete: the old `DATA_DIR` stays whole until then. After
+corpus of one shard has no validation split). A run is written in
+`.NAME.tflm-preparing` beside `DATA_DIR` and moved into place when
+complete: the old `DATA_DIR` stays whole until then. After
 each shard the folder records where the stream stands, so a killed run
 continues from its last finished shard; a rerun over an unchanged corpus
 with the same tokenizer and settings does nothing.
