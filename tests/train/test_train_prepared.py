@@ -191,3 +191,37 @@ def test_two_workers_train_from_their_own_shards(prepared, tmp_path):
     losses = train_helpers.step_losses(tmp_path / "model")
     assert sorted(losses) == list(range(1, 7))
     assert all(np.isfinite(list(losses.values())))
+
+
+def test_a_run_reads_its_shards_through_a_tf_data_service(prepared, tmp_path):
+    from tflm.data import service
+
+    local = service.start_local(workers=2)
+    try:
+        result = fit.train(
+            _config(prepared, tmp_path / "model", data_service=local.address),
+            verbose=0,
+        )
+    finally:
+        local.stop()
+    losses = train_helpers.step_losses(tmp_path / "model")
+    assert sorted(losses) == list(range(1, 7))
+    assert losses[6] < losses[1]
+    assert result.validation_loss is not None
+
+
+def test_data_service_needs_prepared_data_and_a_dispatcher(
+    corpus, prepared, tmp_path
+):
+    with pytest.raises(errors.InputError, match="tflm data prepare"):
+        fit.train(
+            _config(corpus, tmp_path / "a", data_service="grpc://localhost:1"),
+            verbose=0,
+        )
+    with pytest.raises(errors.InputError, match="cannot reach"):
+        fit.train(
+            _config(prepared, tmp_path / "b", data_service="localhost:1"),
+            verbose=0,
+        )
+    assert not os.path.exists(tmp_path / "a")
+    assert not os.path.exists(tmp_path / "b")

@@ -117,6 +117,8 @@ def make_dataset(
     cache_dir: str | None = None,
     exclude: Sequence[str | os.PathLike] = (),
     skip_batches: int = 0,
+    data_service: str | None = None,
+    job_name: str | None = None,
 ) -> tf.data.Dataset:
     """Builds the dataset of batches that `CausalLM.fit` consumes.
 
@@ -158,6 +160,9 @@ def make_dataset(
         exclude: folders never read, such as the model directory written.
         skip_batches: batches to drop from the start (a resumed run); from
             prepared shards they are not even read.
+        data_service: `grpc://HOST:PORT` of a tf.data service dispatcher
+            whose workers read prepared shards (`tflm.data.service`);
+            trainers that pass the same `job_name` share one job.
 
     Returns:
         A `tf.data.Dataset` of `(x, y, sample_weight)`: `x` is
@@ -183,6 +188,13 @@ def make_dataset(
             repeat=repeat,
             input_context=input_context,
             skip_batches=skip_batches,
+            data_service=data_service,
+            job_name=job_name,
+        )
+    if data_service:
+        raise errors.InputError(
+            "the tf.data service reads prepared data: run `tflm data prepare "
+            "--data ... --out DATA_DIR` and pass DATA_DIR as the data."
         )
     if drop_remainder is None:
         drop_remainder = split != "validation"

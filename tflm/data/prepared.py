@@ -306,13 +306,18 @@ def make_dataset(
     repeat: bool = False,
     input_context: tf.distribute.InputContext | None = None,
     skip_batches: int = 0,
+    data_service: str | None = None,
+    job_name: str | None = None,
 ) -> tf.data.Dataset:
     """`tflm.data.make_dataset` for a prepared folder: batches of
     `(x, y, sample_weight)` from its shards (see the module docstring).
 
     `split="validation"` reads the held-out shards; `"all"` reads every
     shard. `skip_batches` drops the batches a resumed run already used,
-    without reading them.
+    without reading them. With `data_service` (`grpc://HOST:PORT` of a
+    tf.data service dispatcher) the service's workers read and permute the
+    groups of shards (`tflm.data.service`) and the trainers that share
+    `job_name` share them; `input_context` then only sizes the batches.
     """
     prepared = load(directory, tokenizer)
     if drop_remainder is None:
@@ -338,6 +343,11 @@ def make_dataset(
             )
             + "."
         )
+    skip_windows = skip_batches * per_batch
+    if data_service:
+        # The service deals groups to its workers: windows are counted over
+        # every trainer of the job, and no pipeline filters its own.
+        skip_windows *= pipelines
     dataset = window_groups(
         prepared,
         split,
@@ -345,16 +355,20 @@ def make_dataset(
         shuffle=shuffle,
         seed=seed,
         repeat=repeat,
-        input_context=input_context,
-        skip_windows=skip_batches * per_batch,
+        input_context=None if data_service else input_context,
+        skip_windows=skip_windows,
     )
+    if data_service:
+        from tflm.data import service
+
+        dataset = service.distribute(dataset, data_service, job_name)
     dataset = dataset.rebatch(per_batch, drop_remainder=drop_remainder)
     dataset = dataset.map(tokens.to_inputs_and_labels, num_parallel_calls=2)
     options = tf.data.Options()
     # Each pipeline reads its own shards: nothing to shard again.
     options.experimental_distribute.auto_shard_policy = (
         tf.data.experimental.AutoShardPolicy.OFF
-        if input_context is not None
+        if input_context is not None or data_service
         else tf.data.experimental.AutoShardPolicy.DATA
     )
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)

@@ -117,6 +117,13 @@ class TrainConfig:
         metavar="SPEC",
         scope=TRAIN_ONLY,
     )
+    data_service: str | None = _option(
+        None,
+        "grpc://HOST:PORT of a tf.data service dispatcher: its workers read "
+        "the prepared --data (see the README)",
+        metavar="ADDRESS",
+        scope=TRAIN_ONLY,
+    )
     validation_data: tuple[str, ...] = _option(
         (),
         "held-out text; default: a share of --data's documents",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -46,6 +47,10 @@ def check_data(config: config_lib.TrainConfig) -> None:
                 f"{directory} is prepared text, not task examples: pass the "
                 ".jsonl task files as --data."
             )
+        if config.data_service:
+            from tflm.data import service
+
+            service.check_reachable(config.data_service)
         spec = config.tokenizer or ""
         if spec.startswith(_SENTENCEPIECE):
             raise errors.InputError(
@@ -53,6 +58,11 @@ def check_data(config: config_lib.TrainConfig) -> None:
                 f"--tokenizer {spec} (its own tokenizer is used)."
             )
         return
+    if config.data_service:
+        raise errors.InputError(
+            "--data-service reads prepared data: run `tflm data prepare "
+            "--data ... --out DATA_DIR` and train with --data DATA_DIR."
+        )
     if config.data_format == "task":
         return
     files = data.find_files(config.data, exclude=[config.out])
@@ -208,6 +218,14 @@ def train_dataset(
             input_context.num_input_pipelines, 1
         )
         skip_batches = skip * local
+    service = {}
+    if config.data_service:
+        # Every worker of this run (and of this resumption) shares one job.
+        digest = hashlib.sha256(os.path.realpath(config.out).encode())
+        service = dict(
+            data_service=config.data_service,
+            job_name=f"tflm-{digest.hexdigest()[:16]}-{skip}",
+        )
     return data.make_dataset(
         config.data,
         batch_size=config.batch_size,
@@ -217,6 +235,7 @@ def train_dataset(
         drop_remainder=True,
         skip_batches=skip_batches,
         input_context=input_context,
+        **service,
         **_train_split(config),
         **_common(config, tokenizer, sequence_length),
     )
