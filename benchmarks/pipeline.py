@@ -6,7 +6,13 @@ Measures, on Tiny Shakespeare and on 红楼梦 from `../shared/data`:
   SentencePiece tokenizer: the first epoch (tokenizing, packing, shuffling,
   batching from cold) and a second one, iterated from Python as `fit` would.
 
+With `--prepared`, prepared token shards instead (`prepared_data.py`):
+`tflm.data.prepare` speed and peak RSS on generated corpora of `--sizes`
+MB, batches read from the shards, and the in-memory pipeline beside them,
+as one JSON object with the targets next to each figure.
+
 Usage: python benchmarks/pipeline.py [--data-dir DIR] [--sequence-length N]
+       python benchmarks/pipeline.py --prepared [--sizes 100,1000]
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import os
 import time
 
 import hostinfo
+import prepared_data
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -100,7 +107,17 @@ def main() -> None:
     parser.add_argument("--sequence-length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--vocabulary-size", type=int, default=8192)
+    parser.add_argument(
+        "--prepared",
+        action="store_true",
+        help="measure prepared token shards (see prepared_data.py)",
+    )
+    prepared_data.add_arguments(parser)
     args = parser.parse_args()
+    if args.prepared:
+        # Each measurement runs in a fresh process (`prepared_child.py`).
+        prepared_data.run(args, hostinfo.describe())
+        return
     hostinfo.emit()
     for name, (file_name, formats) in CORPORA.items():
         path = os.path.abspath(os.path.join(args.data_dir, file_name))
