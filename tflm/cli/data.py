@@ -81,6 +81,44 @@ def add(subparsers) -> None:
         help="replace an --out that holds other files than prepared data",
     )
     prepare.set_defaults(func=run_prepare)
+    dispatcher = common.add_command(
+        commands,
+        "dispatcher",
+        help="run a tf.data service dispatcher (until Ctrl-C)",
+        description="Run a tf.data service dispatcher: it hands the groups "
+        "of prepared shards to the workers, and trainers started with "
+        "--data-service grpc://HOST:PORT receive the windows they read.",
+        example="tflm data dispatcher --port 5050",
+    )
+    dispatcher.add_argument(
+        "--port", type=int, default=5050, help="port to listen on (5050)"
+    )
+    dispatcher.set_defaults(func=run_dispatcher)
+    worker = common.add_command(
+        commands,
+        "worker",
+        help="run a tf.data service worker (until Ctrl-C)",
+        description="Run a tf.data service worker: it reads and shuffles "
+        "prepared shards for the trainers. It must see the prepared folder "
+        "at the same path as the trainers (a shared file system).",
+        example="tflm data worker --dispatcher grpc://input-host:5050 "
+        "--port 5051 --host input-host",
+    )
+    worker.add_argument(
+        "--dispatcher",
+        required=True,
+        metavar="ADDRESS",
+        help="the dispatcher, grpc://HOST:PORT",
+    )
+    worker.add_argument(
+        "--port", type=int, default=5051, help="port to listen on (5051)"
+    )
+    worker.add_argument(
+        "--host",
+        default="localhost",
+        help="this machine's name as the trainers reach it (localhost)",
+    )
+    worker.set_defaults(func=run_worker)
 
 
 def _tokenizer(spec: str, data: list[str]):
@@ -159,4 +197,55 @@ def run_prepare(args: argparse.Namespace) -> int:
     print(
         f"train with: tflm train --data {out} --preset PRESET --out MODEL_DIR"
     )
+    return 0
+
+
+def _check_port(port: int) -> None:
+    from tflm import errors
+
+    if not 0 < port < 65536:
+        raise errors.InputError(f"--port must be in 1-65535. Received: {port}.")
+
+
+def run_dispatcher(args: argparse.Namespace) -> int:
+    import tensorflow as tf
+
+    _check_port(args.port)
+    server = tf.data.experimental.service.DispatchServer(
+        tf.data.experimental.service.DispatcherConfig(port=args.port)
+    )
+    print(f"tf.data service dispatcher at {server.target}", flush=True)
+    return _serve(server)
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    import tensorflow as tf
+
+    from tflm.data import service
+
+    _check_port(args.port)
+    host, port = service.parse_address(args.dispatcher)
+    service.check_reachable(args.dispatcher)
+    server = tf.data.experimental.service.WorkerServer(
+        tf.data.experimental.service.WorkerConfig(
+            dispatcher_address=f"{host}:{port}",
+            worker_address=f"{args.host}:{args.port}",
+            port=args.port,
+        )
+    )
+    print(
+        f"tf.data service worker at {args.host}:{args.port}, dispatcher "
+        f"{args.dispatcher}",
+        flush=True,
+    )
+    return _serve(server)
+
+
+def _serve(server) -> int:
+    """Holds `server` and waits in Python (it runs on its own threads), so
+    that Ctrl-C or SIGINT ends the process at once."""
+    import time
+
+    while server is not None:
+        time.sleep(3600)
     return 0
