@@ -97,6 +97,24 @@ def test_shards_hold_the_ids_of_the_token_stream(
     )
 
 
+def test_a_text_with_nowhere_to_cut_is_read_whole_with_a_warning(
+    tokenizer_by_name, tmp_path, small_blocks, monkeypatch, caplog
+):
+    # Windows line ends: every newline touches other whitespace, so a
+    # byte-level BPE document has no place to cut.
+    monkeypatch.setattr(shards, "_WHOLE_WARNING_BYTES", 2_000)
+    crlf = tmp_path / "crlf.txt"
+    text = helpers.mixed_text(200, seed=3).replace("\n", "\r\n")
+    crlf.write_bytes(text.encode("utf-8"))
+    tokenizer = tokenizer_by_name["gpt2"]
+    with caplog.at_level("WARNING", logger=shards.__name__):
+        _prepare(str(crlf), tmp_path / "out", tokenizer)
+    said = [r.getMessage() for r in caplog.records]
+    assert any(str(crlf) in m and "dos2unix" in m for m in said), said
+    expected = helpers.stream_ids(str(crlf), tokenizer, str(tmp_path / "c"))
+    np.testing.assert_array_equal(helpers.shard_ids(tmp_path / "out"), expected)
+
+
 def test_validation_shards_are_spread_evenly(tmp_path):
     corpus = tmp_path / "book.txt"
     corpus.write_text(helpers.mixed_text(400, seed=5), encoding="utf-8")

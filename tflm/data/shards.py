@@ -200,6 +200,9 @@ def _text_blocks(
     match of `cut` in about `BLOCK_BYTES` (longer where none matches)."""
     size = os.path.getsize(path)
     document = text_format == "document"
+    if cut is None and size - offset >= _WHOLE_WARNING_BYTES:
+        _warn_whole(path, "this tokenizer cannot tokenize a text in pieces")
+    warned = False
     with open(path, "rb") as f:
         f.seek(offset)
         pending = b""
@@ -210,6 +213,9 @@ def _text_blocks(
             if not at_end:
                 last = _last_match(cut, data)
                 if last is None:  # No cut yet: read on.
+                    if not warned and len(data) >= _WHOLE_WARNING_BYTES:
+                        warned = True
+                        _warn_whole(path, _NO_CUT[text_format])
                     pending = data
                     continue
                 data, pending = data[: last.end()], data[last.end() :]
@@ -222,6 +228,25 @@ def _text_blocks(
             offset += len(data)
             if at_end:
                 return
+
+
+_WHOLE_WARNING_BYTES = 64 << 20
+_NO_CUT = {
+    "document": "none of its newlines has text on both sides (as in files "
+    "with Windows line ends), where this tokenizer allows a cut",
+    "paragraph": "it has no blank line",
+    "line": "it has no newline",
+}
+
+
+def _warn_whole(path: str, why: str) -> None:
+    logger.warning(
+        "%s is read as one piece of 64 MB or more, because %s: memory grows "
+        "with it. Convert Windows line ends (`dos2unix`), or prepare with "
+        "--text-format line or paragraph.",
+        path,
+        why,
+    )
 
 
 def _last_match(cut, data: bytes):
