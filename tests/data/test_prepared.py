@@ -215,3 +215,23 @@ def test_too_little_data_for_one_batch_says_what_to_change(
     # One window fewer per batch is enough.
     kwargs["batch_size"] = batch_size - 1
     assert _batches(data.make_dataset(folder, BYTE, **kwargs), 1)
+
+
+def test_a_shard_changed_in_place_is_named_when_read(folder, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    shard = copy / prepared.load(str(copy)).shards("train")[5]["file"]
+    content = bytearray(shard.read_bytes())
+    content[20] = (content[20] + 1) % 128  # Still a valid byte id.
+    shard.write_bytes(bytes(content))
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        list(prepared.windows(prepared.load(str(copy)), "train", 8))
+    found = prepared.damaged(info.value)
+    assert isinstance(found, errors.InputError)
+    assert str(shard) in str(found) and "tflm data prepare" in str(found)
+    # The original folder reads through.
+    original = prepared.load(folder, BYTE)
+    assert len(list(prepared.windows(original, "all", 8))) > 100
+    assert prepared.damaged(ValueError("other")) is None

@@ -151,8 +151,18 @@ def test_cli_prepares_then_trains_and_says_what_went_wrong(tmp_path):
     assert "tflm data prepare" in changed.stderr
     assert len(changed.stderr.strip().splitlines()) == 1
     train_helpers.write_corpus(tmp_path / "corpus.txt")  # As prepared.
-    # A damaged shard is named.
+    # A shard changed in place, then one cut short: each is named.
     first = data / manifest["shards"][0]["file"]
+    content = bytearray(first.read_bytes())
+    content[10:14] = bytes(4)
+    first.write_bytes(bytes(content))
+    changed = _tflm(
+        "train", "--data", str(data), "--preset", "tiny", "--steps", "4",
+        "--out", str(tmp_path / "fourth"),
+    )  # fmt: skip
+    assert changed.returncode == 2, changed.stderr
+    assert str(first) in changed.stderr and "do not match" in changed.stderr
+    assert len(changed.stderr.strip().splitlines()) == 1
     first.write_bytes(first.read_bytes()[:-3])
     damaged = _tflm(
         "train", "--data", str(data), "--preset", "tiny", "--steps", "4",

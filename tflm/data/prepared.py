@@ -27,6 +27,7 @@ before.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 from typing import NamedTuple
@@ -40,6 +41,8 @@ from tflm.data import tokens
 from tflm.tokenizers import base
 
 GROUP_SHARDS = 16
+DAMAGED = "tflm: damaged prepared shards:"
+DAMAGED_END = ":end of damaged shards"
 _SPLITS = ("train", "validation", "all")
 
 
@@ -149,6 +152,7 @@ class _Layout(NamedTuple):
 
     paths: np.ndarray
     windows: np.ndarray
+    hashes: np.ndarray  # -1: not recorded
     window: int
     group: int
     groups: int  # per epoch
@@ -160,9 +164,10 @@ def _layout(prepared: Prepared, split: str, window: int, pipelines: int):
         [os.path.join(prepared.directory, s["file"]) for s in shards]
     )
     windows = np.array([s["tokens"] // window for s in shards], np.int64)
+    hashes = np.array([s.get("hash", -1) for s in shards], np.int64)
     count = len(shards)
     group = max(1, min(GROUP_SHARDS, -(-count // max(pipelines, 1))))
-    return _Layout(paths, windows, window, group, -(-count // group))
+    return _Layout(paths, windows, hashes, window, group, -(-count // group))
 
 
 def _order(count: int, seed: int, epoch, shuffle: bool):
@@ -263,6 +268,7 @@ def _start(layout, seed, shuffle, pipeline, pipelines, skip):
 def _reader(layout: _Layout, dtype: str, seed, shuffle, first, within):
     paths = tf.constant(layout.paths)
     sizes = tf.constant(layout.windows)
+    hashes = tf.constant(layout.hashes)
     count = len(layout.paths)
     group, per_epoch, window = layout.group, layout.groups, layout.window
     width = np.dtype(dtype).itemsize
@@ -279,6 +285,7 @@ def _reader(layout: _Layout, dtype: str, seed, shuffle, first, within):
             fn_output_signature=tf.string,
             parallel_iterations=group,
         )
+        contents = _checked(contents, files, tf.gather(hashes, picked))
         used = tf.gather(sizes, picked) * window * width
         used = tf.cast(used, tf.int32)
         contents = tf.strings.substr(contents, tf.zeros_like(used), used)
@@ -294,6 +301,36 @@ def _reader(layout: _Layout, dtype: str, seed, shuffle, first, within):
         return ids[start:]
 
     return read
+
+
+def _checked(contents, files, expected):
+    """`contents`, once their hashes match the manifest's (an
+    `InvalidArgumentError` naming the damaged files otherwise)."""
+    found = tf.strings.to_hash_bucket_fast(contents, prepare_lib.HASH_BUCKETS)
+    bad = tf.logical_and(expected >= 0, tf.not_equal(found, expected))
+    named = tf.strings.reduce_join(tf.boolean_mask(files, bad), separator=",")
+    check = tf.debugging.Assert(
+        tf.logical_not(tf.reduce_any(bad)), [DAMAGED, named, DAMAGED_END]
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(contents)
+
+
+def damaged(err: BaseException) -> errors.InputError | None:
+    """The `InputError` for a read that found damaged shards, or None for
+    another error."""
+    found = re.search(
+        re.escape(DAMAGED) + r"\]\s*\[(.*?)\]\s*\[" + re.escape(DAMAGED_END),
+        str(err),
+        re.S,
+    )
+    if not found:
+        return None
+    return errors.InputError(
+        f"{found.group(1).replace(',', ', ')}: the shard's contents do not "
+        "match the prepared data's manifest (the file was changed or "
+        "damaged). Prepare the data again: `tflm data prepare ...`."
+    )
 
 
 def make_dataset(

@@ -11,7 +11,8 @@ tokens (the last one shorter): raw little-endian `uint16` ids (`int32` for
 vocabularies above 65,536), which `tf.io.decode_raw` reads without Python.
 
 DATA_DIR/
-    prepared.json          the manifest (`MANIFEST`)
+    prepared.json          the manifest (`MANIFEST`): settings, sources,
+                           each shard's tokens, split and content hash
     shard-00000.tokens     ...
     tokenizer/             the tokenizer the shards were made with
 
@@ -62,6 +63,7 @@ DEFAULT_SHARD_TOKENS = 1 << 20
 BLOCK_BYTES = 1 << 20
 _STAGING = "tflm-preparing"
 _STATE = "state.json"
+HASH_BUCKETS = (1 << 63) - 1
 _BLOCKS_IN_FLIGHT = 8
 _BLANK = re.compile(rb"[\t\n\f\r ]*")
 # Unicode White_Space in UTF-8 (what `\s` means to GPT-2's pattern).
@@ -77,6 +79,12 @@ _LONE_NEWLINE = re.compile(
     b"".join(rb"(?<!" + w + rb")" for w in _WHITE)
     + rb"\n(?=[\x00-\xff]{3})(?!" + rb"|".join(_WHITE) + rb")"
 )  # fmt: skip
+
+
+def content_hash(raw: bytes) -> int:
+    """A shard's FarmHash Fingerprint64 (modulo `HASH_BUCKETS`), the one
+    `tf.strings.to_hash_bucket_fast` computes in-graph when it is read."""
+    return int(tf.strings.to_hash_bucket_fast(raw, HASH_BUCKETS))
 
 
 def shard_name(index: int) -> str:
@@ -631,15 +639,21 @@ def _run(
         nonlocal tokens
         index = len(state["shards"])
         path = os.path.join(staging, shard_name(index))
+        raw = ids.astype(dtype).tobytes()
         with open(path, "wb") as f:
-            f.write(ids.astype(dtype).tobytes())
+            f.write(raw)
             f.flush()
             os.fsync(f.fileno())
         split = (
             "validation" if is_validation_shard(index, fraction) else "train"
         )
         state["shards"].append(
-            dict(file=shard_name(index), tokens=int(ids.size), split=split)
+            dict(
+                file=shard_name(index),
+                tokens=int(ids.size),
+                split=split,
+                hash=content_hash(raw),
+            )
         )
         tokens += int(ids.size)
         state["tokens"] = tokens

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from tflm import data
 from tflm import tokenizers
+from tflm.data import prepared as prepared_lib
 from tflm.models import causal_lm
 from tflm.train import strategy as strategy_lib
 from tflm.train import trainer as trainer_lib
@@ -133,9 +134,14 @@ def evaluate(
     with warnings.catch_warnings():
         # Keras warns when a dataset of unknown length ends; this one does.
         warnings.filterwarnings("ignore", "Your input ran out of data")
-        loss = float(
-            trainer.evaluate(dataset, verbose=0, return_dict=True)["loss"]
-        )
+        try:
+            logs = trainer.evaluate(dataset, verbose=0, return_dict=True)
+        except tf.errors.InvalidArgumentError as err:
+            found = prepared_lib.damaged(err)
+            if found is None:
+                raise
+            raise found from None
+        loss = float(logs["loss"])
     if data.prepared_directory(paths) is not None:
         # Shards hold ids, not text: no characters to count.
         tokens, characters = 0, 0

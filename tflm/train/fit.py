@@ -24,6 +24,7 @@ from tflm import atomic
 from tflm import data as data_lib
 from tflm import errors
 from tflm import tokenizers
+from tflm.data import prepared as prepared_lib
 from tflm.models import backbone as backbone_lib
 from tflm.models import causal_lm
 from tflm.models import model_dir
@@ -476,6 +477,12 @@ def _fit(run: _Run, lm, trainer, data, verbose, extra_callbacks) -> TrainResult:
     except atomic.NoSpaceError:
         progress.on_train_end()  # Ends the progress line.
         raise
+    except tf.errors.InvalidArgumentError as err:
+        progress.on_train_end()  # Ends the progress line.
+        found = prepared_lib.damaged(err)
+        if found is None:
+            raise
+        raise found from None
     except divergence.TrainingDiverged as err:
         progress.on_train_end()  # Flushes TensorBoard.
         kept = checkpointer.saved_step
