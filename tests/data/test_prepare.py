@@ -20,6 +20,7 @@ import pytest
 from tflm import data
 from tflm import errors
 from tflm import tokenizers
+from tflm.data import blocks
 from tflm.data import prepared
 from tflm.data import shards
 
@@ -48,7 +49,7 @@ def tokenizer_by_name(tmp_path_factory):
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    monkeypatch.setattr(shards, "BLOCK_BYTES", 300)
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", 300)
 
 
 def _prepare(paths, out, tokenizer=BYTE, **kwargs):
@@ -102,17 +103,50 @@ def test_a_text_with_nowhere_to_cut_is_read_whole_with_a_warning(
 ):
     # Windows line ends: every newline touches other whitespace, so a
     # byte-level BPE document has no place to cut.
-    monkeypatch.setattr(shards, "_WHOLE_WARNING_BYTES", 2_000)
+    monkeypatch.setattr(blocks, "_WHOLE_WARNING_BYTES", 2_000)
     crlf = tmp_path / "crlf.txt"
     text = helpers.mixed_text(200, seed=3).replace("\n", "\r\n")
     crlf.write_bytes(text.encode("utf-8"))
     tokenizer = tokenizer_by_name["gpt2"]
-    with caplog.at_level("WARNING", logger=shards.__name__):
+    with caplog.at_level("WARNING", logger=blocks.__name__):
         _prepare(str(crlf), tmp_path / "out", tokenizer)
     said = [r.getMessage() for r in caplog.records]
     assert any(str(crlf) in m and "dos2unix" in m for m in said), said
     expected = helpers.stream_ids(str(crlf), tokenizer, str(tmp_path / "c"))
     np.testing.assert_array_equal(helpers.shard_ids(tmp_path / "out"), expected)
+
+
+def test_a_blank_file_larger_than_a_block_is_no_document(
+    tmp_path, small_blocks
+):
+    (tmp_path / "blank.txt").write_text(" \n\t\n" * 500, encoding="utf-8")
+    (tmp_path / "text.txt").write_text("a line\n", encoding="utf-8")
+    _prepare(str(tmp_path), tmp_path / "out")
+    expected = helpers.stream_ids(str(tmp_path), BYTE, str(tmp_path / "c"))
+    got = helpers.shard_ids(tmp_path / "out")
+    np.testing.assert_array_equal(got, expected)
+    assert got.size == len("a line\n") + 1
+
+
+def test_a_source_inside_out_is_refused_even_with_overwrite(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    book = out / "book.txt"
+    book.write_text("a line\n", encoding="utf-8")
+    with pytest.raises(errors.InputError, match="lies inside --out"):
+        _prepare(str(book), out, overwrite=True)
+    assert book.read_text(encoding="utf-8") == "a line\n"
+
+
+def test_an_unreadable_manifest_is_prepared_again(tmp_path, caplog):
+    (tmp_path / "book.txt").write_text("a line\n" * 50, encoding="utf-8")
+    out = tmp_path / "out"
+    first = _prepare(str(tmp_path / "book.txt"), out)
+    (out / shards.MANIFEST).write_text("{not json", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="tflm.data.shards"):
+        again = _prepare(str(tmp_path / "book.txt"), out)
+    assert "Preparing it again" in caplog.text
+    assert again == first == prepared.load(out, BYTE).manifest
 
 
 def test_validation_shards_are_spread_evenly(tmp_path):
@@ -147,9 +181,10 @@ KILLED = textwrap.dedent(
     """
     import sys
     from tflm import tokenizers
+    from tflm.data import blocks
     from tflm.data import shards
 
-    shards.BLOCK_BYTES = 1 << 17
+    blocks.BLOCK_BYTES = 1 << 20
     shards.prepare(
         sys.argv[1], tokenizers.ByteTokenizer(), sys.argv[2],
         validation_fraction=0.1, shard_tokens=1 << 15, progress=False,
@@ -159,14 +194,18 @@ KILLED = textwrap.dedent(
 
 
 def _recorded_shards(staging) -> list:
+    """The shards the staging folder's log records as finished."""
     try:
-        with open(os.path.join(staging, "state.json")) as f:
-            return json.load(f)["shards"]
-    except (OSError, ValueError):
+        with open(os.path.join(staging, "shards.jsonl")) as f:
+            lines = f.read().split("\n")[:-1]  # The last may be cut.
+    except OSError:
         return []
+    return [json.loads(line) for line in lines]
 
 
-def test_a_killed_prepare_continues_to_the_same_shards(tmp_path, caplog):
+def test_a_killed_prepare_continues_to_the_same_shards(
+    tmp_path, caplog, monkeypatch
+):
     corpus = tmp_path / "corpus.txt"
     helpers.write_repeated(corpus, megabytes=6)
     out = tmp_path / "out"
@@ -193,8 +232,10 @@ def test_a_killed_prepare_continues_to_the_same_shards(tmp_path, caplog):
         for name, stat in helpers.shard_stats(staging).items()
         if name in {s["file"] for s in done}
     }
-    # The rerun reads blocks of another size: where it continues is a byte
-    # offset and the ids of the stream from there already in shards.
+    # The rerun reads smaller blocks: where it continues is a byte offset
+    # and the ids of the stream from there already in shards, which span
+    # several of its blocks.
+    monkeypatch.setattr(blocks, "BLOCK_BYTES", 1 << 14)
     with caplog.at_level(logging.INFO, logger="tflm.data.shards"):
         resumed = data.prepare(
             str(corpus), BYTE, str(out), validation_fraction=0.1,
@@ -291,7 +332,9 @@ def test_a_truncated_or_missing_shard_is_named(tmp_path):
         prepared.load(out)
 
 
-def test_an_out_folder_of_other_files_is_kept_without_overwrite(tmp_path):
+def test_an_out_folder_of_other_files_needs_overwrite_and_keeps_them(
+    tmp_path,
+):
     corpus = tmp_path / "book.txt"
     corpus.write_text(helpers.mixed_text(30, seed=10), encoding="utf-8")
     out = tmp_path / "out"
@@ -302,7 +345,7 @@ def test_an_out_folder_of_other_files_is_kept_without_overwrite(tmp_path):
     assert os.listdir(out) == ["notes.txt"]
     assert not [e for e in os.listdir(tmp_path) if e.startswith(".")]
     manifest = _prepare(str(corpus), out, overwrite=True)
-    assert not (out / "notes.txt").exists()
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
     assert prepared.load(out, BYTE).manifest == manifest
 
 

@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from tflm import errors
-from tflm.data import shards as prepare_lib
+from tflm.data import manifest as prepare_lib
 from tflm.data import tokens
 from tflm.tokenizers import base
 
@@ -252,7 +252,9 @@ def _start(layout, seed, shuffle, pipeline, pipelines, skip):
         return pipeline, 0
     count = len(layout.paths)
     g, epoch, sizes = pipeline, None, None
-    while True:
+    # Bounded: a pipeline may find no window in a group (a short last
+    # shard), but `make_dataset` checked that it finds some each epoch.
+    for _ in range(1 << 24):
         # Groups are numbered over all epochs, as the reader filters them.
         if g // layout.groups != epoch:
             epoch = g // layout.groups
@@ -263,6 +265,26 @@ def _start(layout, seed, shuffle, pipeline, pipelines, skip):
             return g, skip
         skip -= size
         g += pipelines
+    return g, 0
+
+
+def _check_pipelines(prepared, split, sequence_length, seed, shuffle, context):
+    """Raises unless this input pipeline's groups hold windows."""
+    pipelines = context.num_input_pipelines
+    layout = _layout(prepared, split, sequence_length + 1, pipelines)
+    order = _order(len(layout.paths), seed, 0, shuffle).numpy()
+    sizes = layout.windows[order]
+    mine = sum(
+        int(sizes[g * layout.group : (g + 1) * layout.group].sum())
+        for g in range(context.input_pipeline_id, layout.groups, pipelines)
+    )
+    if not mine:
+        raise errors.InputError(
+            f"{prepared.directory} has too few shards ({len(layout.paths)}) "
+            f"for {pipelines} input pipelines (workers) to each get windows "
+            f"of {sequence_length + 1} tokens. Prepare it again with a "
+            "smaller --shard-tokens."
+        )
 
 
 def _reader(layout: _Layout, dtype: str, seed, shuffle, first, within):
@@ -388,6 +410,10 @@ def make_dataset(
         # The service deals groups to its workers: windows are counted over
         # every trainer of the job, and no pipeline filters its own.
         skip_windows *= pipelines
+    if input_context is not None and not data_service:
+        _check_pipelines(
+            prepared, split, sequence_length, seed, shuffle, input_context
+        )
     dataset = window_groups(
         prepared,
         split,

@@ -29,374 +29,43 @@ with the same tokenizer and settings does nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import time
-from collections.abc import Iterator
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
 from tflm import atomic
 from tflm import errors
+from tflm.data import blocks as blocks_lib
 from tflm.data import corpus
 from tflm.data import files as files_lib
-from tflm.data import jsonl
-from tflm.data import tokens
+from tflm.data import manifest as manifest_lib
 from tflm.tokenizers import base
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "prepared.json"
-FORMAT = "tflm-prepared"
-FORMAT_VERSION = 1
-TOKENIZER_DIR = "tokenizer"
-SHARD_SUFFIX = ".tokens"
 DEFAULT_SHARD_TOKENS = 1 << 20
-BLOCK_BYTES = 1 << 20
+# A shard's bytes fit an int32 offset (int32 ids: 1 GiB).
+MAX_SHARD_TOKENS = 1 << 28
 _STAGING = "tflm-preparing"
 _STATE = "state.json"
-HASH_BUCKETS = (1 << 63) - 1
-_BLOCKS_IN_FLIGHT = 8
-_BLANK = re.compile(rb"[\t\n\f\r ]*")
-# Unicode White_Space in UTF-8 (what `\s` means to GPT-2's pattern).
-_WHITE = (
-    rb"[\t\n\x0b\f\r ]", rb"\xc2[\x85\xa0]", rb"\xe1\x9a\x80",
-    rb"\xe2\x80[\x80-\x8a\xa8\xa9\xaf]", rb"\xe2\x81\x9f", rb"\xe3\x80\x80",
-)  # fmt: skip
-# A newline with text on both sides (read far enough to see the next
-# character whole): a whitespace run around a newline pre-tokenizes
-# differently at the end of a piece than before text (GPT-2: "\n\n" is one
-# token at the end, two before a word).
-_LONE_NEWLINE = re.compile(
-    b"".join(rb"(?<!" + w + rb")" for w in _WHITE)
-    + rb"\n(?=[\x00-\xff]{3})(?!" + rb"|".join(_WHITE) + rb")"
-)  # fmt: skip
+_LOG = "shards.jsonl"
+# The entries of a prepared folder that tflm writes (shards aside).
+OWNED = frozenset({"prepared.json", "tokenizer", _STATE, _LOG})
 
-
-def content_hash(raw: bytes) -> int:
-    """A shard's FarmHash Fingerprint64 (modulo `HASH_BUCKETS`), the one
-    `tf.strings.to_hash_bucket_fast` computes in-graph when it is read."""
-    return int(tf.strings.to_hash_bucket_fast(raw, HASH_BUCKETS))
-
-
-def shard_name(index: int) -> str:
-    """`shard-00042.tokens`."""
-    return f"shard-{index:05d}{SHARD_SUFFIX}"
-
-
-def token_dtype(vocabulary_size: int) -> str:
-    """`"uint16"` when every id fits in 16 bits, else `"int32"`."""
-    return "uint16" if vocabulary_size <= 1 << 16 else "int32"
-
-
-def is_validation_shard(index: int, fraction: float) -> bool:
-    """Whether shard `index` is held out: evenly spaced, so that `fraction`
-    of the shards (in the long run) are, spread through the corpus.
-
-    Example:
-    >>> [i for i in range(30) if is_validation_shard(i, 0.1)]
-    [9, 19, 29]
-    """
-    return int((index + 1) * fraction + 1e-9) > int(index * fraction + 1e-9)
-
-
-def tokenizer_fingerprint(tokenizer: base.Tokenizer) -> str:
-    """A SHA-256 over the files the tokenizer saves: two tokenizers with
-    the same fingerprint give the same ids."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="tflm-tokenizer-") as directory:
-        tokenizer.write_files(directory)
-        return _tree_hash(directory)
-
-
-def _tree_hash(directory: str) -> str:
-    digest = hashlib.sha256()
-    for root, dirs, names in os.walk(directory):
-        dirs.sort()
-        for name in sorted(names):
-            path = os.path.join(root, name)
-            digest.update(os.path.relpath(path, directory).encode() + b"\0")
-            with open(path, "rb") as f:
-                digest.update(f.read())
-    return digest.hexdigest()
-
-
-def _file_hash(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def describe_sources(files: Sequence[str]) -> list[dict[str, Any]]:
-    """Path, size and modification time of each source file."""
-    described = []
-    for path in files:
-        stat = os.stat(path)
-        described.append(
-            dict(path=path, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
-        )
-    return described
-
-
-def changed_sources(sources: list[dict[str, Any]]) -> list[str]:
-    """The recorded source files whose size or content changed since (a
-    file whose time changed but whose hash did not is unchanged). Files
-    that are gone are not counted: shards do not need their text."""
-    changed = []
-    for source in sources:
-        path = source["path"]
-        try:
-            stat = os.stat(path)
-        except OSError:
-            continue
-        if (stat.st_size, stat.st_mtime_ns) == (
-            source["size"],
-            source["mtime_ns"],
-        ):
-            continue
-        if stat.st_size != source["size"] or (
-            source.get("sha256") and _file_hash(path) != source["sha256"]
-        ):
-            changed.append(path)
-    return changed
-
-
-class _Block:
-    """A piece of the corpus: where it starts, its texts, and which of them
-    end a document."""
-
-    __slots__ = ("file", "offset", "texts", "ends")
-
-    def __init__(self, file: int, offset: int, texts: list, ends: list):
-        self.file, self.offset, self.texts, self.ends = (
-            file,
-            offset,
-            texts,
-            ends,
-        )
-
-
-def _cut_pattern(text_format: str, tokenizer: base.Tokenizer):
-    """Where a text file may be cut: after the match."""
-    if text_format == "line":
-        return re.compile(rb"\n")
-    if text_format == "paragraph":
-        # A whole blank-line break, followed by text.
-        return re.compile(rb"\n[\t\n\f\r ]*\n(?=[^\t\n\f\r ])")
-    if tokenizer.newline_is_boundary:
-        return re.compile(rb"\n")
-    if tokenizer.line_start_is_boundary:
-        return _LONE_NEWLINE
-    return None  # Documents are tokenized whole.
-
-
-def _text_blocks(
-    index: int, path: str, offset: int, text_format: str, cut
-) -> Iterator[_Block]:
-    """Blocks of a text file from byte `offset`, each cut after the last
-    match of `cut` in about `BLOCK_BYTES` (longer where none matches)."""
-    size = os.path.getsize(path)
-    document = text_format == "document"
-    if cut is None and size - offset >= _WHOLE_WARNING_BYTES:
-        _warn_whole(path, "this tokenizer cannot tokenize a text in pieces")
-    warned = False
-    with open(path, "rb") as f:
-        f.seek(offset)
-        pending = b""
-        while True:
-            want = BLOCK_BYTES if cut is not None else size
-            data = pending + f.read(max(want - len(pending), len(pending)))
-            at_end = f.tell() >= size
-            if not at_end:
-                last = _last_match(cut, data)
-                if last is None:  # No cut yet: read on.
-                    if not warned and len(data) >= _WHOLE_WARNING_BYTES:
-                        warned = True
-                        _warn_whole(path, _NO_CUT[text_format])
-                    pending = data
-                    continue
-                data, pending = data[: last.end()], data[last.end() :]
-            whole = offset == 0 and at_end
-            if document and whole and _BLANK.fullmatch(data):
-                return  # A blank file is no document.
-            if data or (document and at_end):
-                ends = [at_end] if document else [True]
-                yield _Block(index, offset, [data], ends)
-            offset += len(data)
-            if at_end:
-                return
-
-
-_WHOLE_WARNING_BYTES = 64 << 20
-_NO_CUT = {
-    "document": "none of its newlines has text on both sides (as in files "
-    "with Windows line ends), where this tokenizer allows a cut",
-    "paragraph": "it has no blank line",
-    "line": "it has no newline",
-}
-
-
-def _warn_whole(path: str, why: str) -> None:
-    logger.warning(
-        "%s is read as one piece of 64 MB or more, because %s: memory grows "
-        "with it. Convert Windows line ends (`dos2unix`), or prepare with "
-        "--text-format line or paragraph.",
-        path,
-        why,
-    )
-
-
-def _last_match(cut, data: bytes):
-    """The last match of `cut` in `data` (looked for in its second half
-    first), or None."""
-    if cut is None:
-        return None
-    for start in (len(data) // 2, 0):
-        found = None
-        for found in cut.finditer(data, start):  # noqa: B007
-            pass
-        if found is not None:
-            return found
-    return None
-
-
-def _jsonl_blocks(
-    index: int, path: str, offset: int, field: str, text_format: str
-) -> Iterator[_Block]:
-    """Blocks of `.jsonl` records from byte `offset`, each record's text
-    one piece."""
-    with open(path, "rb") as f:
-        f.seek(offset)
-        line_number = _line_at(path, offset)
-        texts: list[bytes] = []
-        start, size = offset, 0
-        for raw in f:
-            line_number += 1
-            where = f"{path}:{line_number}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise files_lib.not_utf8(
-                    path, line_number, offset + err.start
-                ) from None
-            offset += len(raw)
-            if line.strip():
-                record = jsonl._parse(line, where)
-                text = jsonl._field_text(record, field, where).encode()
-                if text_format != "document" or not _BLANK.fullmatch(text):
-                    texts.append(text)
-                    size += len(text)
-            if size >= BLOCK_BYTES:
-                yield _Block(index, start, texts, [True] * len(texts))
-                texts, start, size = [], offset, 0
-        if texts:
-            yield _Block(index, start, texts, [True] * len(texts))
-
-
-def _line_at(path: str, offset: int) -> int:
-    """Lines before byte `offset` (for messages on resumed runs)."""
-    if not offset:
-        return 0
-    count = 0
-    with open(path, "rb") as f:
-        left = offset
-        while left > 0:
-            block = f.read(min(left, 1 << 22))
-            if not block:
-                break
-            count += block.count(b"\n")
-            left -= len(block)
-    return count
-
-
-def _blocks(
-    files: Sequence[str],
-    start: tuple[int, int],
-    text_format: str,
-    field: str,
-    tokenizer: base.Tokenizer,
-) -> Iterator[_Block]:
-    cut = _cut_pattern(text_format, tokenizer)
-    for index, path in enumerate(files):
-        if index < start[0]:
-            continue
-        offset = start[1] if index == start[0] else 0
-        if path.endswith(".jsonl"):
-            yield from _jsonl_blocks(index, path, offset, field, text_format)
-        else:
-            yield from _text_blocks(index, path, offset, text_format, cut)
-
-
-def _ordered(files: Sequence[str]) -> list[str]:
-    """Text files first, then `.jsonl` files, as the in-memory pipeline
-    reads them."""
-    texts = [f for f in files if not f.endswith(".jsonl")]
-    return texts + [f for f in files if f.endswith(".jsonl")]
-
-
-def _tokenized(
-    blocks: Iterator[_Block],
-    tokenizer: base.Tokenizer,
-    text_format: str,
-    threads: int | None = None,
-) -> Iterator[tuple[_Block, np.ndarray]]:
-    """Each block with its token ids, tokenized in parallel, in order."""
-    held: dict[int, _Block] = {}
-
-    failed: list[BaseException] = []
-
-    def numbered():
-        # An error here (a bad `.jsonl` line) would reach the caller as a
-        # TensorFlow error: it is kept and raised as itself below.
-        try:
-            for number, block in enumerate(blocks):
-                held[number] = block
-                yield number, block.texts, block.ends
-        except Exception as err:  # noqa: BLE001 - re-raised below.
-            failed.append(err)
-
-    dataset = tf.data.Dataset.from_generator(
-        numbered,
-        output_signature=(
-            tf.TensorSpec([], tf.int64),
-            tf.TensorSpec([None], tf.string),
-            tf.TensorSpec([None], tf.bool),
-        ),
-    )
-    document = text_format == "document"
-
-    def tokenize(number, texts, ends):
-        if not document:
-            # Each piece (a `.jsonl` record, or a block of whole lines or
-            # paragraphs) splits into documents, each ending in eos.
-            texts = corpus.split_texts(texts, text_format)
-            ends = tf.ones_like(texts, tf.bool)
-        return number, tokens.tokenize_pieces(texts, ends, tokenizer)
-
-    dataset = dataset.map(
-        tokenize,
-        num_parallel_calls=threads or tf.data.AUTOTUNE,
-        deterministic=True,
-    ).prefetch(_BLOCKS_IN_FLIGHT)
-    if threads:
-        options = tf.data.Options()
-        options.threading.private_threadpool_size = threads
-        dataset = dataset.with_options(options)
-    for number, ids in dataset.as_numpy_iterator():
-        yield held.pop(int(number)), ids
-    if failed:
-        raise failed[0]
+# The folder's names, for callers of this module.
+MANIFEST = manifest_lib.MANIFEST
+TOKENIZER_DIR = manifest_lib.TOKENIZER_DIR
+SHARD_SUFFIX = manifest_lib.SHARD_SUFFIX
+shard_name = manifest_lib.shard_name
+is_validation_shard = manifest_lib.is_validation_shard
+read_manifest = manifest_lib.read_manifest
 
 
 class _Progress:
@@ -451,43 +120,6 @@ class _Progress:
             self.line = False
 
 
-def _write_json(path: str, content: dict) -> None:
-    temp = path + ".tmp"
-    with open(temp, "w", encoding="utf-8") as f:
-        json.dump(content, f, indent=1)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temp, path)
-
-
-def read_manifest(directory: str) -> dict[str, Any] | None:
-    """The manifest of a prepared folder, or None if it holds none."""
-    path = os.path.join(directory, MANIFEST)
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as err:
-        raise errors.InputError(
-            f"{path} is not a readable manifest ({err}). Prepare the data "
-            "again with `tflm data prepare`."
-        ) from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise errors.InputError(
-            f"{path} is not a tflm prepared-data manifest. Prepare the data "
-            "again with `tflm data prepare`."
-        )
-    if manifest.get("format_version", 0) > FORMAT_VERSION:
-        raise errors.InputError(
-            f"{directory} was prepared by a newer tflm (format "
-            f"{manifest.get('format_version')}); upgrade tflm or prepare "
-            "the data again."
-        )
-    return manifest
-
-
 def prepare(
     paths: str | os.PathLike | Sequence[str],
     tokenizer: base.Tokenizer,
@@ -526,9 +158,10 @@ def prepare(
             `.jsonl` line, an `out` that holds other files, a full disk.
     """
     corpus.check_format(text_format)
-    if shard_tokens < 1:
+    if not 1 <= shard_tokens <= MAX_SHARD_TOKENS:
         raise errors.InputError(
-            f"shard_tokens must be positive. Received: {shard_tokens}"
+            f"shard_tokens must be in 1-{MAX_SHARD_TOKENS:,} (CLI: "
+            f"--shard-tokens). Received: {shard_tokens}"
         )
     if not 0 <= validation_fraction < 1:
         raise errors.InputError(
@@ -536,20 +169,22 @@ def prepare(
             f"validation_fraction={validation_fraction}"
         )
     target = atomic.resolve(out)
-    files = _ordered(files_lib.find_files(paths, exclude=[target]))
+    files = blocks_lib.ordered(files_lib.find_files(paths, exclude=[target]))
+    _check_outside(files, target)
     settings = dict(
-        tokenizer=tokenizer_fingerprint(tokenizer),
+        tokenizer=manifest_lib.tokenizer_fingerprint(tokenizer),
         text_format=text_format,
         jsonl_field=jsonl_field,
         validation_fraction=validation_fraction,
         shard_tokens=shard_tokens,
-        dtype=token_dtype(tokenizer.vocabulary_size),
+        dtype=manifest_lib.token_dtype(tokenizer.vocabulary_size),
     )
     parent, name = os.path.split(target)
     os.makedirs(parent, exist_ok=True)
     with atomic.lock(target):
-        existing = read_manifest(target) if os.path.isdir(target) else None
-        sources = describe_sources(files)
+        atomic.sweep(parent, name, OWNED)
+        existing = _existing(target)
+        sources = manifest_lib.describe_sources(files)
         if existing is not None and _up_to_date(existing, settings, sources):
             logger.info(
                 "%s is up to date (%s tokens): nothing to do.",
@@ -557,13 +192,15 @@ def prepare(
                 f"{existing['tokens']:,}",
             )
             return existing
-        if existing is None and atomic.existing_entries(target, None):
-            if not overwrite:
-                raise errors.InputError(
-                    f"--out {target} already holds files that are not "
-                    "prepared data. Name a new folder, or pass --overwrite "
-                    "to replace it."
-                )
+        clash = atomic.existing_entries(target, None)
+        ours = MANIFEST in clash  # Prepared once, if unreadable now.
+        if existing is None and clash and not ours and not overwrite:
+            raise errors.InputError(
+                f"--out {target} already holds {', '.join(clash[:3])}, "
+                "which is not prepared data. Name a new folder, or pass "
+                "--overwrite to write the shards there (the files there "
+                "are kept, but for a prepared.json, tokenizer/ or shards)."
+            )
         if existing is not None:
             logger.info(
                 "%s was prepared from another corpus, tokenizer or "
@@ -574,8 +211,8 @@ def prepare(
         for source in sources:
             if not source["path"].endswith(".jsonl"):
                 corpus.check_utf8(source["path"])
-            source["sha256"] = _file_hash(source["path"])
-        staging = os.path.join(parent, f".{name}.{_STAGING}")
+            source["sha256"] = manifest_lib.file_hash(source["path"])
+        staging = staging_dir(target)
         try:
             manifest = _run(
                 files, sources, settings, tokenizer, staging, progress, threads
@@ -590,6 +227,34 @@ def prepare(
     return manifest
 
 
+def staging_dir(target: str) -> str:
+    """Where a preparation of `target` is written until it is complete."""
+    parent, name = os.path.split(os.path.abspath(target))
+    return os.path.join(parent, f".{name}.{_STAGING}")
+
+
+def _check_outside(files: list[str], target: str) -> None:
+    """Refuses sources inside `target`: publishing replaces its entries."""
+    inside = [f for f in files if os.path.commonpath([f, target]) == target]
+    if inside:
+        raise errors.InputError(
+            f"--data {inside[0]} lies inside --out {target}, which preparing "
+            "replaces. Name an --out outside the corpus."
+        )
+
+
+def _existing(target: str) -> dict[str, Any] | None:
+    """`target`'s manifest; None where there is none or it cannot be read
+    (it is then prepared again)."""
+    if not os.path.isdir(target):
+        return None
+    try:
+        return manifest_lib.read_manifest(target)
+    except errors.InputError as err:
+        logger.warning("%s Preparing it again.", err)
+        return None
+
+
 def _up_to_date(existing, settings, sources) -> bool:
     recorded = existing.get("settings")
     if recorded != settings or not existing.get("complete"):
@@ -597,174 +262,205 @@ def _up_to_date(existing, settings, sources) -> bool:
     paths = [s["path"] for s in existing.get("sources", [])]
     if paths != [s["path"] for s in sources]:
         return False
-    return not changed_sources(existing["sources"])
+    return not manifest_lib.changed_sources(existing["sources"])
+
+
+class _Writer:
+    """Writes shards into the staging folder and logs each one, with the
+    stream position after it, in `shards.jsonl` (appended, not
+    rewritten: the log stays linear in the shards)."""
+
+    def __init__(self, staging: str, settings: dict, shards: list):
+        self.staging = staging
+        self.dtype = np.dtype(settings["dtype"]).newbyteorder("<")
+        self.fraction = settings["validation_fraction"]
+        self.shards = shards
+        self.tokens = sum(s["tokens"] for s in shards)
+
+    def write(self, ids: np.ndarray, position) -> None:
+        index = len(self.shards)
+        name = manifest_lib.shard_name(index)
+        raw = ids.astype(self.dtype).tobytes()
+        with open(os.path.join(self.staging, name), "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        held_out = manifest_lib.is_validation_shard(index, self.fraction)
+        shard = dict(
+            file=name,
+            tokens=int(ids.size),
+            split="validation" if held_out else "train",
+            hash=manifest_lib.content_hash(raw),
+            position=list(position),
+        )
+        with open(os.path.join(self.staging, _LOG), "a") as f:
+            f.write(json.dumps(shard) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.shards.append(shard)
+        self.tokens += shard["tokens"]
 
 
 def _run(
     files, sources, settings, tokenizer, staging, progress, threads
 ) -> dict:
-    state = _resume_state(staging, settings, sources)
-    if state is None:
+    shards = _resume(staging, settings, sources)
+    if shards is None:
         shutil.rmtree(staging, ignore_errors=True)
         os.makedirs(staging)
-        state = dict(
-            settings=settings,
-            sources=sources,
-            shards=[],
-            position=[0, 0, 0],
-            tokens=0,
-        )
-        _write_json(os.path.join(staging, _STATE), state)
+        tokenizer.write_files(os.path.join(staging, manifest_lib.TOKENIZER_DIR))
+        state = dict(settings=settings, sources=sources)
+        manifest_lib.write_json(os.path.join(staging, _STATE), state)
+        shards = []
     else:
         logger.info(
             "Continuing an interrupted preparation from shard %d.",
-            len(state["shards"]),
+            len(shards),
         )
-    shard_tokens = settings["shard_tokens"]
-    dtype = np.dtype(settings["dtype"]).newbyteorder("<")
-    fraction = settings["validation_fraction"]
-    file_index, offset, skip = state["position"]
-    total_bytes = sum(s["size"] for s in sources)
-    done_bytes = sum(s["size"] for s in sources[:file_index]) + offset
-    bar = (
-        _Progress(total_bytes, done_bytes, state["tokens"])
-        if progress
-        else None
-    )
-    buffer: list[np.ndarray] = []
-    buffered = 0
-    tokens = state["tokens"]
-
-    def write_shard(ids: np.ndarray, position) -> None:
-        nonlocal tokens
-        index = len(state["shards"])
-        path = os.path.join(staging, shard_name(index))
-        raw = ids.astype(dtype).tobytes()
-        with open(path, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        split = (
-            "validation" if is_validation_shard(index, fraction) else "train"
+    writer = _Writer(staging, settings, shards)
+    file_index, offset, skip = shards[-1]["position"] if shards else (0, 0, 0)
+    starts = np.cumsum([0] + [s["size"] for s in sources])
+    bar = None
+    if progress:
+        bar = _Progress(
+            int(starts[-1]), int(starts[file_index]) + offset, writer.tokens
         )
-        state["shards"].append(
-            dict(
-                file=shard_name(index),
-                tokens=int(ids.size),
-                split=split,
-                hash=content_hash(raw),
-            )
-        )
-        tokens += int(ids.size)
-        state["tokens"] = tokens
-        state["position"] = list(position)
-        _write_json(os.path.join(staging, _STATE), state)
-
-    blocks = _blocks(
-        files, (file_index, offset), settings["text_format"],
-        settings["jsonl_field"], tokenizer,
-    )  # fmt: skip
     try:
-        for block, ids in _tokenized(
-            blocks, tokenizer, settings["text_format"], threads
-        ):
-            base_skip = 0
-            if skip:
-                ids, base_skip, skip = ids[skip:], skip, 0
-            buffer.append(ids)
-            buffered += ids.size
-            while buffered >= shard_tokens:
-                flat = np.concatenate(buffer)
-                rest = flat[shard_tokens:]
-                # The rest is the end of this block: a rerun starts at the
-                # block and skips its ids that are already in shards.
-                written = base_skip + ids.size - rest.size
-                write_shard(
-                    flat[:shard_tokens], (block.file, block.offset, written)
-                )
-                buffer, buffered = [rest], rest.size
-            if bar is not None:
-                done = sum(s["size"] for s in sources[: block.file])
-                done += block.offset + sum(len(t) for t in block.texts)
-                bar.update(done, tokens + buffered)
-        if buffered:
-            write_shard(np.concatenate(buffer), (len(files), 0, 0))
+        buffered = _stream(
+            files, settings, tokenizer, threads, writer, (file_index, offset),
+            skip, bar, starts,
+        )  # fmt: skip
+        if buffered.size:
+            writer.write(buffered, (len(files), 0, 0))
         if bar is not None:
-            bar.update(total_bytes, tokens, final=True)
+            bar.update(int(starts[-1]), writer.tokens, final=True)
     finally:
         if bar is not None:
             bar.close()
-    if not state["shards"]:
+    if not shards:
         raise errors.InputError(
             f"the corpus is empty: {', '.join(files[:3])} hold no text. "
             "Point --data at non-empty files."
         )
-    held_out = [s for s in state["shards"] if s["split"] == "validation"]
-    if fraction > 0 and not held_out and len(state["shards"]) > 1:
+    entries = [{k: v for k, v in s.items() if k != "position"} for s in shards]
+    held_out = [s for s in entries if s["split"] == "validation"]
+    if (
+        settings["validation_fraction"] > 0
+        and not held_out
+        and len(entries) > 1
+    ):
         # Fewer shards than one in `fraction`: the last one is held out.
-        state["shards"][-1]["split"] = "validation"
-    tokenizer.write_files(os.path.join(staging, TOKENIZER_DIR))
-    manifest = _manifest(state)
-    _write_json(os.path.join(staging, MANIFEST), manifest)
-    os.remove(os.path.join(staging, _STATE))
+        entries[-1]["split"] = "validation"
+    manifest = manifest_lib.build(
+        dict(settings=settings, sources=sources, shards=entries,
+             tokens=writer.tokens)
+    )  # fmt: skip
+    manifest_lib.write_json(
+        os.path.join(staging, manifest_lib.MANIFEST), manifest
+    )
     return manifest
 
 
-def _manifest(state: dict) -> dict:
-    splits: dict[str, dict] = {}
-    for shard in state["shards"]:
-        side = splits.setdefault(shard["split"], dict(shards=[], tokens=0))
-        side["shards"].append(shard["file"])
-        side["tokens"] += shard["tokens"]
-    return dict(
-        format=FORMAT,
-        format_version=FORMAT_VERSION,
-        complete=True,
-        settings=state["settings"],
-        tokens=state["tokens"],
-        shards=state["shards"],
-        splits=splits,
-        sources=state["sources"],
+def _stream(
+    files, settings, tokenizer, threads, writer, start, skip, bar, starts
+) -> np.ndarray:
+    """Tokenizes from `start`, drops the first `skip` ids (already in
+    shards), writes every full shard; returns the ids left over."""
+    shard_tokens = settings["shard_tokens"]
+    text_format = settings["text_format"]
+    blocks = blocks_lib.read_blocks(
+        files, start, text_format, settings["jsonl_field"], tokenizer
     )
+    buffer: list[np.ndarray] = []
+    buffered = 0
+    for block, ids in blocks_lib.tokenized(
+        blocks, tokenizer, text_format, threads
+    ):
+        # A resumed run may cut its first blocks elsewhere than the run it
+        # continues; the ids from a block's start are the same either way.
+        dropped = min(skip, ids.size)
+        ids, skip = ids[dropped:], skip - dropped
+        buffer.append(ids)
+        buffered += ids.size
+        if buffered >= shard_tokens:
+            flat = np.concatenate(buffer) if len(buffer) > 1 else buffer[0]
+            used = 0
+            while flat.size - used >= shard_tokens:
+                rest = flat.size - used - shard_tokens
+                # The rest is the end of this block: a rerun starts at the
+                # block and skips its ids already in shards.
+                written = dropped + ids.size - rest
+                writer.write(
+                    flat[used : used + shard_tokens],
+                    (block.file, block.offset, written),
+                )
+                used += shard_tokens
+            buffer, buffered = [flat[used:]], flat.size - used
+        if bar is not None:
+            done = int(starts[block.file]) + block.offset
+            bar.update(done + sum(len(t) for t in block.texts), writer.tokens)
+    if not buffer:
+        return np.zeros([0], np.int32)
+    return np.concatenate(buffer) if len(buffer) > 1 else buffer[0]
 
 
-def _resume_state(staging, settings, sources) -> dict | None:
-    path = os.path.join(staging, _STATE)
-    if not os.path.isfile(path):
-        return None
+def _resume(staging, settings, sources) -> list | None:
+    """The shards an interrupted run of the same preparation finished, or
+    None to start over."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(os.path.join(staging, _STATE), encoding="utf-8") as f:
             state = json.load(f)
+        with open(os.path.join(staging, _LOG), encoding="utf-8") as f:
+            lines = f.read().split("\n")
     except (OSError, ValueError):
         return None
-    same = state.get("settings") == settings and [
-        {k: s[k] for k in ("path", "size", "mtime_ns", "sha256")}
-        for s in state.get("sources", [])
-    ] == [
-        {k: s[k] for k in ("path", "size", "mtime_ns", "sha256")}
-        for s in sources
-    ]
-    if not same:
+    keys = ("path", "size", "mtime_ns", "sha256")
+    recorded = [{k: s.get(k) for k in keys} for s in state.get("sources", [])]
+    if state.get("settings") != settings or recorded != [
+        {k: s[k] for k in keys} for s in sources
+    ]:
         return None
-    # Shards past the last recorded one were half-written: remove them.
-    known = {s["file"] for s in state["shards"]}
-    for entry in os.listdir(staging):
-        if entry.endswith(SHARD_SUFFIX) and entry not in known:
-            os.remove(os.path.join(staging, entry))
-    for shard in state["shards"]:
-        size = os.path.getsize(os.path.join(staging, shard["file"]))
-        width = np.dtype(settings["dtype"]).itemsize
+    shards = []
+    width = np.dtype(settings["dtype"]).itemsize
+    for line in lines[:-1]:  # The last is empty, or cut by a kill.
+        try:
+            shard = json.loads(line)
+            size = os.path.getsize(os.path.join(staging, shard["file"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            break
         if size != shard["tokens"] * width:
-            return None
-    return state
+            break
+        shards.append(shard)
+    # Shards not logged were half-written: remove them.
+    known = {s["file"] for s in shards}
+    for entry in os.listdir(staging):
+        if entry.endswith(manifest_lib.SHARD_SUFFIX) and entry not in known:
+            os.remove(os.path.join(staging, entry))
+    with open(os.path.join(staging, _LOG), "w") as f:
+        f.writelines(json.dumps(s) + "\n" for s in shards)
+    return shards
 
 
 def _publish(staging: str, target: str) -> None:
-    """Moves the finished staging folder to `target`, replacing old
-    prepared data in one step."""
+    """Moves the finished staging folder to `target` in one step; entries
+    of an old `target` that tflm did not write are kept."""
     parent, name = os.path.split(target)
     with atomic.staged(parent, name) as temp:
-        for entry in os.listdir(staging):
-            os.rename(os.path.join(staging, entry), os.path.join(temp, entry))
-        atomic.publish(temp, target, replace=True)
-    os.rmdir(staging)
+        os.rmdir(temp)
+        os.rename(staging, temp)
+        for entry in (_STATE, _LOG):
+            os.remove(os.path.join(temp, entry))
+        owned = OWNED | set(atomic.existing_entries(target, None)) & _shards(
+            target
+        )
+        atomic.publish(temp, target, replace=True, owned=owned)
+
+
+def _shards(directory: str) -> set[str]:
+    if not os.path.isdir(directory):
+        return set()
+    return {
+        e
+        for e in os.listdir(directory)
+        if e.endswith(manifest_lib.SHARD_SUFFIX)
+    }
