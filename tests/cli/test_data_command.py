@@ -84,3 +84,28 @@ def test_bad_flags_get_one_line_and_exit_2(argv, message):
     assert process.returncode == 2
     assert message in stderr
     assert len(stderr.strip().splitlines()) == 1
+
+
+def test_a_port_in_use_gets_one_line_and_exit_2():
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = _start("dispatcher", "--port", str(port))
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2, stderr
+    assert f"cannot listen on port {port}" in stderr
+    assert len(stderr.strip().splitlines()) == 1
+
+
+def test_prepare_trains_sentencepiece_once(tmp_path):
+    corpus = tmp_path / "book.txt"
+    corpus.write_text("the quick brown fox jumps\n" * 400, encoding="utf-8")
+    argv = (
+        "prepare", "--data", str(corpus), "--out", str(tmp_path / "data"),
+        "--tokenizer", "sentencepiece:300",
+    )  # fmt: skip
+    first, again = (_start(*argv).communicate(timeout=120) for _ in range(2))
+    assert "training a SentencePiece tokenizer of 300 ids" in first[0]
+    assert "using the SentencePiece tokenizer of 300 ids" in again[0]
+    assert "training" not in again[0]

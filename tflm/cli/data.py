@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 
 from tflm.cli import common
@@ -63,8 +64,8 @@ def add(subparsers) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="tokens per shard (default: 1048576, 2 MB of uint16 ids); "
-        "lower it for a small corpus to get validation shards",
+        help="tokens per shard, up to 268435456 (default: 1048576, 2 MB of "
+        "uint16 ids); lower it for a small corpus to get validation shards",
     )
     prepare.add_argument(
         "--text-format",
@@ -116,12 +117,36 @@ def add(subparsers) -> None:
     worker.add_argument(
         "--host",
         default="localhost",
-        help="this machine's name as the trainers reach it (localhost)",
+        help="this machine's name or address as the trainers reach it "
+        "(default: localhost, which only trainers on this machine reach)",
     )
     worker.set_defaults(func=run_worker)
 
 
-def _tokenizer(spec: str, data: list[str]):
+def _trained_before(out: str, size: int):
+    """A SentencePiece tokenizer of `size` ids that an earlier prepare of
+    `out` trained on the same corpus (finished or interrupted), or None."""
+    from tflm import tokenizers
+    from tflm.data import manifest
+    from tflm.data import shards
+
+    found = []
+    complete = manifest.read_manifest(out) if os.path.isdir(out) else None
+    if complete and not manifest.changed_sources(complete["sources"]):
+        found.append(os.path.join(out, manifest.TOKENIZER_DIR))
+    found.append(os.path.join(shards.staging_dir(out), manifest.TOKENIZER_DIR))
+    for directory in found:
+        if tokenizers.is_tokenizer_directory(directory):
+            tokenizer = tokenizers.load_tokenizer(directory)
+            if (tokenizer.type_name, tokenizer.vocabulary_size) == (
+                "sentencepiece",
+                size,
+            ):
+                return tokenizer
+    return None
+
+
+def _tokenizer(spec: str, args: argparse.Namespace):
     from tflm import errors
     from tflm import tokenizers
     from tflm.data import tokenizer_corpus
@@ -135,9 +160,20 @@ def _tokenizer(spec: str, data: list[str]):
                 "--tokenizer 'sentencepiece:N' needs an integer N. "
                 f"Received: {spec!r}."
             )
+        earlier = _trained_before(os.path.abspath(args.out), int(size))
+        if earlier is not None:
+            print(
+                f"using the SentencePiece tokenizer of {size} ids an earlier "
+                f"run trained on this corpus (pass its folder, or delete "
+                f"{args.out}, to change it)"
+            )
+            return earlier
         print(f"training a SentencePiece tokenizer of {size} ids on --data")
         return tokenizer_corpus.train_sentencepiece(
-            data, vocabulary_size=int(size)
+            args.data,
+            vocabulary_size=int(size),
+            text_format=args.text_format,
+            jsonl_field=args.jsonl_field,
         )
     if os.path.isdir(spec):
         inner = os.path.join(spec, "tokenizer")
@@ -168,7 +204,7 @@ def run_prepare(args: argparse.Namespace) -> int:
         raise errors.InputError(
             f"--shard-tokens must be positive. Received: {args.shard_tokens}."
         )
-    tokenizer = _tokenizer(args.tokenizer, args.data)
+    tokenizer = _tokenizer(args.tokenizer, args)
     start = time.perf_counter()
     manifest = shards.prepare(
         args.data,
@@ -200,6 +236,23 @@ def run_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _listening(port: int):
+    """A server that cannot listen on `port` (in use, not allowed) is bad
+    input, not a bug."""
+    import tensorflow as tf
+
+    from tflm import errors
+
+    try:
+        yield
+    except (tf.errors.OpError, RuntimeError) as err:
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise errors.InputError(
+            f"cannot listen on port {port} ({first}). Choose a free --port."
+        ) from None
+
+
 def _check_port(port: int) -> None:
     from tflm import errors
 
@@ -211,9 +264,10 @@ def run_dispatcher(args: argparse.Namespace) -> int:
     import tensorflow as tf
 
     _check_port(args.port)
-    server = tf.data.experimental.service.DispatchServer(
-        tf.data.experimental.service.DispatcherConfig(port=args.port)
-    )
+    with _listening(args.port):
+        server = tf.data.experimental.service.DispatchServer(
+            tf.data.experimental.service.DispatcherConfig(port=args.port)
+        )
     print(f"tf.data service dispatcher at {server.target}", flush=True)
     return _serve(server)
 
@@ -226,13 +280,14 @@ def run_worker(args: argparse.Namespace) -> int:
     _check_port(args.port)
     host, port = service.parse_address(args.dispatcher)
     service.check_reachable(args.dispatcher)
-    server = tf.data.experimental.service.WorkerServer(
-        tf.data.experimental.service.WorkerConfig(
-            dispatcher_address=f"{host}:{port}",
-            worker_address=f"{args.host}:{args.port}",
-            port=args.port,
+    with _listening(args.port):
+        server = tf.data.experimental.service.WorkerServer(
+            tf.data.experimental.service.WorkerConfig(
+                dispatcher_address=f"{host}:{port}",
+                worker_address=f"{args.host}:{args.port}",
+                port=args.port,
+            )
         )
-    )
     print(
         f"tf.data service worker at {args.host}:{args.port}, dispatcher "
         f"{args.dispatcher}",
