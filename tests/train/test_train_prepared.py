@@ -1,5 +1,6 @@
 """Training from prepared token shards (`tflm data prepare`)."""
 
+import dataclasses
 import json
 import os
 import socket
@@ -235,3 +236,12 @@ def test_data_service_needs_prepared_data_and_a_dispatcher(
         )
     assert not os.path.exists(tmp_path / "a")
     assert not os.path.exists(tmp_path / "b")
+
+
+def test_options_settled_when_preparing_are_refused(prepared, tmp_path):
+    config = dataclasses.replace(
+        _config(prepared, tmp_path / "m"), text_format="line"
+    )
+    with pytest.raises(errors.InputError, match="drop --text-format"):
+        fit.train(config, verbose=0)
+    assert not os.path.exists(tmp_path / "m")

@@ -57,6 +57,20 @@ def check_data(config: config_lib.TrainConfig) -> None:
                 f"{directory} was tokenized when it was prepared: drop "
                 f"--tokenizer {spec} (its own tokenizer is used)."
             )
+        settled = [
+            flag
+            for flag, value, default in (
+                ("--text-format", config.text_format, "document"),
+                ("--jsonl-field", config.jsonl_field, "text"),
+            )
+            if value != default
+        ]
+        if settled:
+            raise errors.InputError(
+                f"{directory} was split into documents when it was "
+                f"prepared: drop {' and '.join(settled)}, or prepare the "
+                "text again with them (tflm data prepare)."
+            )
         return
     if config.data_service:
         raise errors.InputError(
@@ -220,12 +234,12 @@ def train_dataset(
         skip_batches = skip * local
     service = {}
     if config.data_service:
-        # Every worker of this run (and of this resumption) shares one job.
-        digest = hashlib.sha256(os.path.realpath(config.out).encode())
-        service = dict(
-            data_service=config.data_service,
-            job_name=f"tflm-{digest.hexdigest()[:16]}-{skip}",
-        )
+        service = dict(data_service=config.data_service)
+        if input_context is not None:
+            # The workers of this run (and of this resumption) share one
+            # job; a lone trainer's job is its own.
+            digest = hashlib.sha256(os.path.realpath(config.out).encode())
+            service["job_name"] = f"tflm-{digest.hexdigest()[:16]}-{skip}"
     return data.make_dataset(
         config.data,
         batch_size=config.batch_size,
@@ -309,10 +323,15 @@ def validation_dataset(
 
         windows = prepared.count_windows(found, "validation", sequence_length)
         if not windows:
+            why = (
+                "it was prepared with --validation-fraction 0"
+                if not found.settings["validation_fraction"]
+                else "its held-out shards hold no window of the sequence "
+                "length (prepare with a smaller --shard-tokens to hold out "
+                "more)"
+            )
             logger.info(
-                "%s holds no validation shard: training without validation "
-                "(prepare with a smaller --shard-tokens to hold some out).",
-                found.directory,
+                "%s: training without validation: %s.", found.directory, why
             )
             return None, 0
         once = data.make_dataset(paths, **kwargs)
