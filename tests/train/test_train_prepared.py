@@ -245,3 +245,21 @@ def test_options_settled_when_preparing_are_refused(prepared, tmp_path):
     with pytest.raises(errors.InputError, match="drop --text-format"):
         fit.train(config, verbose=0)
     assert not os.path.exists(tmp_path / "m")
+
+
+def test_validation_of_large_prepared_data_is_a_fixed_sample(
+    prepared, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(inputs, "VALIDATION_TOKENS", 3 * 8 * 17)
+    config = _config(prepared, tmp_path / "m")
+    tokenizer = tokenizers.ByteTokenizer()
+    dataset, steps = inputs.validation_dataset(config, tokenizer, 16)
+    assert steps == 3
+    batches = [b[0]["token_ids"].numpy() for b in dataset.take(2 * steps)]
+    # Every validation scores the same batches.
+    for first, again in zip(batches[:steps], batches[steps:], strict=True):
+        np.testing.assert_array_equal(first, again)
+    full, _ = inputs.validation_dataset(
+        dataclasses.replace(config, eval_batches=100), tokenizer, 16
+    )
+    assert len(list(full.take(100))) == 100

@@ -182,7 +182,9 @@ class TrainConfig:
         500, "steps between validations (0: only at the end)"
     )
     eval_batches: int = _option(
-        0, "validation batches per validation (0: the whole split)"
+        0,
+        "validation batches per validation (0: the whole split; from "
+        "prepared data, about 1M tokens drawn from all of it)",
     )
     seed: int = _option(0, "seed for initialization and data order")
     jit_compile: str = _option(

@@ -20,6 +20,8 @@ logger = logging.getLogger(__name__)
 _SENTENCEPIECE = "sentencepiece:"
 # Plain corpora above this size are refused: `tflm data prepare` first.
 PREPARE_ABOVE_BYTES = 256 << 20
+# Tokens a validation of prepared data scores unless --eval-batches says.
+VALIDATION_TOKENS = 1 << 20
 
 
 def prepared_data(config: config_lib.TrainConfig):
@@ -334,9 +336,22 @@ def validation_dataset(
                 "%s: training without validation: %s.", found.directory, why
             )
             return None, 0
-        once = data.make_dataset(paths, **kwargs)
         steps = config.eval_batches or -(-windows // config.batch_size)
-        return once.repeat(), steps
+        window = (sequence_length + 1) * config.batch_size
+        if not config.eval_batches and steps * window > VALIDATION_TOKENS:
+            steps = max(1, VALIDATION_TOKENS // window)
+            logger.info(
+                "Validating on %d batches (%s tokens) drawn from all of %s's "
+                "held-out shards; --eval-batches sets how many.",
+                steps,
+                f"{steps * window:,}",
+                found.directory,
+            )
+        # Drawn over all held-out shards (a fixed seed), and the same
+        # batches at every validation.
+        kwargs.update(shuffle=True, seed=0)
+        once = data.make_dataset(paths, **kwargs)
+        return once.take(steps).repeat(), steps
     once = data.make_dataset(paths, **kwargs)
     steps = config.eval_batches or int(once.reduce(0, lambda n, _: n + 1))
     # Repeated after batching: every pass has the same batches.
