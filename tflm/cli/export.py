@@ -61,7 +61,42 @@ def add(subparsers) -> None:
         action="store_true",
         help="skip assets.extra/tf_serving_warmup_requests and its replay",
     )
+    parser.add_argument(
+        "--format",
+        choices=("saved_model", "huggingface"),
+        default="saved_model",
+        help="saved_model (default): BASE/<version>/ for TF Serving; "
+        "huggingface: --out becomes a folder that transformers loads "
+        "(config.json, model.safetensors, the tokenizer); GPT-2 models "
+        "with a GPT-2 BPE tokenizer so far",
+    )
     parser.set_defaults(func=run)
+
+
+def _to_huggingface(model, args: argparse.Namespace) -> int:
+    from tflm import errors
+    from tflm.export import huggingface
+
+    if (
+        args.version is not None
+        or args.xla
+        or args.weights
+        not in (
+            None,
+            "float32",
+        )
+    ):
+        raise errors.InputError(
+            "--version, --xla and --weights bfloat16/int8 are for the "
+            "SavedModel; drop them with --format huggingface."
+        )
+    path = huggingface.to_huggingface(model, args.out, overwrite=args.overwrite)
+    print(f"exported: {path} ({common.size_mb(path):.1f} MB)")
+    print(
+        "load it: transformers.AutoModelForCausalLM.from_pretrained"
+        f"({path!r}) and AutoTokenizer.from_pretrained({path!r})"
+    )
+    return 0
 
 
 def serve_commands(
@@ -107,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
     from tflm.models import model_dir
 
     model = model_dir.load_model(causal_lm.CausalLM, args.model_dir)
+    if args.format == "huggingface":
+        return _to_huggingface(model, args)
     path = export.export(
         model,
         args.out,
