@@ -116,3 +116,25 @@ def test_cli_writes_the_layout_and_refuses_what_does_not_map(hf_dir, tmp_path):
         "--out", str(tmp_path / "i"),
     )  # fmt: skip
     assert bad.returncode == 2 and "drop them" in bad.stderr
+
+
+def test_lora_adapters_are_merged_into_the_export(hf_dir, tmp_path):
+    from tflm.models import lora
+
+    lm = CausalLM.from_preset(
+        importers.import_checkpoint(hf_dir, str(tmp_path / "tflm"))
+    )
+    lora.enable_lora(lm, rank=2, targets=("query", "value", "mlp_in"))
+    rng = np.random.default_rng(0)
+    for variable in lora.adapter_variables(lm).values():
+        variable.assign(rng.normal(0, 0.3, variable.shape).astype("float32"))
+    out = huggingface.to_huggingface(lm, tmp_path / "hf")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = [[5, 17, 42, 99, 3, 250]]
+    ours = lm(
+        {"token_ids": np.array(ids), "padding_mask": np.ones([1, 6], bool)}
+    )
+    with torch.no_grad():
+        theirs = hf(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4)
+    assert lora.lora_config(lm) is not None  # The model itself is kept.

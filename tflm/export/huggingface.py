@@ -25,6 +25,7 @@ import numpy as np
 from tflm import atomic
 from tflm import errors
 from tflm.importers import gpt2 as gpt2_lib
+from tflm.models import lora as lora_lib
 from tflm.models import presets
 from tflm.tokenizers import gpt2_bpe
 
@@ -52,7 +53,8 @@ def to_huggingface(
     layout.
 
     Args:
-        model: a `tflm.CausalLM` whose `tokenizer` is set.
+        model: a `tflm.CausalLM` whose `tokenizer` is set; LoRA adapters
+            are merged into the written weights (`model` is kept).
         directory: the folder to write, atomically.
         overwrite: replace the files of an earlier export there.
 
@@ -64,6 +66,7 @@ def to_huggingface(
             counterpart (naming the field), or a folder that holds an
             earlier export and no `overwrite`.
     """
+    model = lora_lib.merged(model)  # Adapters folded into the weights.
     config = hf_config(model)
     tokenizer = model.tokenizer
     tensors = {
