@@ -11,7 +11,6 @@ DATA_DIR/
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from tflm import digests
 from tflm import errors
 from tflm.tokenizers import base
 
@@ -64,19 +64,7 @@ def tokenizer_fingerprint(tokenizer: base.Tokenizer) -> str:
 
     with tempfile.TemporaryDirectory(prefix="tflm-tokenizer-") as directory:
         tokenizer.write_files(directory)
-        return _tree_hash(directory)
-
-
-def _tree_hash(directory: str) -> str:
-    digest = hashlib.sha256()
-    for root, dirs, names in os.walk(directory):
-        dirs.sort()
-        for name in sorted(names):
-            path = os.path.join(root, name)
-            digest.update(os.path.relpath(path, directory).encode() + b"\0")
-            with open(path, "rb") as f:
-                digest.update(f.read())
-    return digest.hexdigest()
+        return digests.tree_sha256(directory)
 
 
 def file_hash(path: str) -> str:
@@ -89,11 +77,7 @@ def file_hash(path: str) -> str:
 @functools.lru_cache(maxsize=4096)
 def _file_hash(path: str, size: int, mtime_ns: int) -> str:
     del size, mtime_ns  # The cache key.
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
+    return digests.file_sha256(path)
 
 
 def describe_sources(files: Sequence[str]) -> list[dict[str, Any]]:

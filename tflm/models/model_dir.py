@@ -25,6 +25,7 @@ from typing import Any
 
 import tflm
 from tflm import atomic
+from tflm import digests
 from tflm import errors
 from tflm import tokenizers
 from tflm.models import backbone as backbone_lib
@@ -276,7 +277,10 @@ def fingerprint_record(
     """
     path = os.fspath(path)
     if not is_model_dir(path):
-        return {"sha256": _tree_sha256(path), "files": {}}
+        return {
+            "sha256": digests.tree_sha256(path, skip_dirs=(TRAIN_DIR, "logs")),
+            "files": {},
+        }
     config = read_config(path)
     fields = {k: config[k] for k in FINGERPRINT_FIELDS if k in config}
     parent = lora_storage.base_parent(config, os.path.join(path, CONFIG_FILE))
@@ -297,7 +301,7 @@ def fingerprint_record(
         ):
             sha256 = entry[-1]
         else:
-            sha256 = _file_sha256(os.path.join(path, name))
+            sha256 = digests.file_sha256(os.path.join(path, name))
         files[name] = [stat.st_size, stat.st_mtime_ns, sha256]
         digest.update(f"\0{name}\0{sha256}".encode())
     return {"sha256": digest.hexdigest(), "files": files}
@@ -317,29 +321,6 @@ def _model_files(directory: str) -> list[str]:
             full = os.path.join(root, name)
             names.append(os.path.relpath(full, directory))
     return names
-
-
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _tree_sha256(path: str) -> str:
-    """SHA-256 over the relative names and contents of the files under
-    `path` (its `train/` and `logs/` left out)."""
-    digest = hashlib.sha256()
-    for root, dirs, files in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if d not in (TRAIN_DIR, "logs"))
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            digest.update(os.path.relpath(full, path).encode() + b"\0")
-            with open(full, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-    return digest.hexdigest()
 
 
 def is_model_dir(directory: str | os.PathLike) -> bool:
