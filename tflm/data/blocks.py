@@ -17,6 +17,7 @@ import os
 import re
 from collections.abc import Iterator
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -48,19 +49,14 @@ _LONE_NEWLINE = re.compile(
 )  # fmt: skip
 
 
-class Block:
-    """A piece of the corpus: where it starts, its texts, and which of them
-    end a document."""
+class Block(NamedTuple):
+    """A piece of the corpus: the index of its file, the byte offset where
+    it starts, its texts, and which of them end a document."""
 
-    __slots__ = ("file", "offset", "texts", "ends")
-
-    def __init__(self, file: int, offset: int, texts: list, ends: list):
-        self.file, self.offset, self.texts, self.ends = (
-            file,
-            offset,
-            texts,
-            ends,
-        )
+    file: int
+    offset: int
+    texts: list
+    ends: list
 
 
 def cut_pattern(text_format: str, tokenizer: base.Tokenizer):
@@ -87,7 +83,9 @@ def _text_blocks(
     if document and offset == 0 and _blank_file(path):
         return  # A blank file is no document.
     if cut is None and size - offset >= _WHOLE_WARNING_BYTES:
-        _warn_whole(path, "this tokenizer cannot tokenize a text in pieces")
+        _warn_whole(
+            path, "this tokenizer cannot tokenize a text in pieces. Prepare"
+        )
     warned = False
     with open(path, "rb") as f:
         f.seek(offset)
@@ -116,22 +114,20 @@ def _text_blocks(
 _WHOLE_WARNING_BYTES = 64 << 20
 _NO_CUT = {
     "document": "none of its newlines has text on both sides (as in files "
-    "with Windows line ends), where this tokenizer allows a cut",
-    "paragraph": "it has no blank line",
-    "line": "it has no newline",
+    "with Windows line ends), where this tokenizer allows a cut. Convert "
+    "Windows line ends (`dos2unix`), or prepare",
+    "paragraph": "it has no blank line. Prepare",
+    "line": "it has no newline. Prepare",
 }
 
 
 def _warn_whole(path: str, why: str) -> None:
     logger.warning(
-        "%s is read as one piece of 64 MB or more, because %s: memory grows "
-        "with it. %sPrepare with --text-format line or paragraph where the "
-        "text allows.",
+        "%s is read as one piece of 64 MB or more, because %s with "
+        "--text-format line or paragraph where the text allows: memory "
+        "grows with the piece.",
         path,
         why,
-        "Convert Windows line ends (`dos2unix`), or: "
-        if "Windows" in why
-        else "",
     )
 
 
@@ -269,6 +265,8 @@ def tokenized(
             # paragraphs) splits into documents, each ending in eos.
             texts = corpus.split_texts(texts, text_format)
             ends = tf.ones_like(texts, tf.bool)
+        if tokenizer.newline_is_boundary:
+            texts, ends = tokens.split_lines(texts, ends)
         return number, tokens.tokenize_pieces(texts, ends, tokenizer)
 
     dataset = dataset.map(

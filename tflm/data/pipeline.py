@@ -50,7 +50,9 @@ def token_stream(
         which is much faster on long documents and gives the same ids.
     """
     if tokenizer.newline_is_boundary:
-        pieces = doc_batches.map(_lines_and_ends)
+        pieces = doc_batches.map(
+            lambda docs: tokens.split_lines(docs, tf.ones_like(docs, tf.bool))
+        )
         pieces = pieces.rebatch(_LINES_PER_CALL)
     else:
         pieces = doc_batches.map(
@@ -59,20 +61,9 @@ def token_stream(
         pieces = pieces.rebatch(_DOCS_PER_CALL)
 
     def tokenize(texts, ends):
-        return tokens.tokenize_pieces(texts, ends, tokenizer, lines=False)
+        return tokens.tokenize_pieces(texts, ends, tokenizer)
 
     return pieces.map(tokenize, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def _lines_and_ends(docs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Lines of documents `[n]` that keep their newline, and which line ends
-    a document."""
-    lines = tf.strings.split(docs, "\n")
-    lengths = lines.row_lengths()
-    index = tf.ragged.range(lengths).flat_values
-    ends = tf.equal(index, tf.repeat(lengths - 1, lengths))
-    newline = tf.where(ends, "", "\n")
-    return tf.strings.join([lines.flat_values, newline]), ends
 
 
 def pack_windows(chunks: tf.data.Dataset, window: int) -> tf.data.Dataset:

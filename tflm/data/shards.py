@@ -450,9 +450,8 @@ def _publish(staging: str, target: str) -> None:
         os.rename(staging, temp)
         for entry in (_STATE, _LOG):
             os.remove(os.path.join(temp, entry))
-        owned = OWNED | set(atomic.existing_entries(target, None)) & _shards(
-            target
-        )
+        # The old shards go too: the new folder supersedes them.
+        owned = OWNED | _shards(target)
         atomic.publish(temp, target, replace=True, owned=owned)
 
 

@@ -9,11 +9,26 @@ import tensorflow as tf
 from tflm.tokenizers import base
 
 
+def split_lines(
+    texts: tf.Tensor, ends: tf.Tensor
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Pieces of text `[n]` cut into their lines, each keeping its newline,
+    and which line ends a document (the last line of a piece that does).
+
+    Tokenizers whose tokens never span a newline (`newline_is_boundary`)
+    give the lines the ids of the whole, and many short texts tokenize
+    faster than a long one.
+    """
+    lines = tf.strings.split(texts, "\n")
+    lengths = lines.row_lengths()
+    index = tf.ragged.range(lengths).flat_values
+    last = tf.equal(index, tf.repeat(lengths - 1, lengths))
+    texts = tf.strings.join([lines.flat_values, tf.where(last, "", "\n")])
+    return texts, tf.logical_and(last, tf.repeat(ends, lengths))
+
+
 def tokenize_pieces(
-    texts: tf.Tensor,
-    ends: tf.Tensor,
-    tokenizer: base.Tokenizer,
-    lines: bool = True,
+    texts: tf.Tensor, ends: tf.Tensor, tokenizer: base.Tokenizer
 ) -> tf.Tensor:
     """The ids of consecutive pieces of text, `eos_id` after each piece
     that ends a document.
@@ -21,27 +36,13 @@ def tokenize_pieces(
     Args:
         texts: string `[n]`, pieces of documents in order; a piece that
             does not end its document is cut where the tokenizer gives the
-            same ids to the parts as to the whole (`tflm.data.prepare`).
+            same ids to the parts as to the whole (`tflm.data.blocks`).
         ends: bool `[n]`, whether each piece ends its document.
         tokenizer: the tokenizer.
-        lines: tokenize line by line where that gives the same ids
-            (`newline_is_boundary`); the texts are then cut into lines here.
 
     Returns:
         int32 `[m]`: the ids, concatenated.
     """
-    if lines and tokenizer.newline_is_boundary:
-        # Line by line: many short texts tokenize faster than a long one.
-        lines = tf.strings.split(texts, "\n")
-        lengths = lines.row_lengths()
-        index = tf.ragged.range(lengths).flat_values
-        last = tf.equal(index, tf.repeat(lengths - 1, lengths))
-        texts = tf.strings.join([lines.flat_values, tf.where(last, "", "\n")])
-        ends = tf.logical_and(last, tf.repeat(ends, lengths))
-    return _tokenize_with_eos(texts, ends, tokenizer)
-
-
-def _tokenize_with_eos(texts, ends, tokenizer) -> tf.Tensor:
     ids = tokenizer.tokenize(texts)
     ends = tf.cast(ends, tf.int64)
     eos = tf.fill([tf.reduce_sum(ends)], tokenizer.eos_id)
