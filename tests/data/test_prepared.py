@@ -226,12 +226,14 @@ def test_a_shard_changed_in_place_is_named_when_read(folder, tmp_path):
     content = bytearray(shard.read_bytes())
     content[20] = (content[20] + 1) % 128  # Still a valid byte id.
     shard.write_bytes(bytes(content))
-    with pytest.raises(tf.errors.InvalidArgumentError) as info:
-        list(prepared.windows(prepared.load(str(copy)), "train", 8))
-    found = prepared.damaged(info.value)
-    assert isinstance(found, errors.InputError)
-    assert str(shard) in str(found) and "tflm data prepare" in str(found)
+    with pytest.raises(errors.InputError) as info:
+        with prepared.damaged_shards_refused():
+            list(prepared.windows(prepared.load(str(copy)), "train", 8))
+    found = str(info.value)
+    assert str(shard) in found and "tflm data prepare" in found
     # The original folder reads through.
     original = prepared.load(folder, BYTE)
     assert len(list(prepared.windows(original, "all", 8))) > 100
-    assert prepared.damaged(ValueError("other")) is None
+    with pytest.raises(ValueError, match="other"):
+        with prepared.damaged_shards_refused():
+            raise ValueError("other")

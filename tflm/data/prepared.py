@@ -26,6 +26,7 @@ before.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Sequence
@@ -245,12 +246,20 @@ def window_groups(
     return groups.map(read).prefetch(1)
 
 
+def _group_windows(layout: _Layout, seed, epoch: int, shuffle) -> np.ndarray:
+    """Windows in each group of an epoch, in the reader's order."""
+    order = _order(len(layout.paths), seed, epoch, shuffle).numpy()
+    sizes = layout.windows[order]
+    padded = np.zeros(layout.groups * layout.group, np.int64)
+    padded[: sizes.size] = sizes
+    return padded.reshape(layout.groups, layout.group).sum(axis=1)
+
+
 def _start(layout, seed, shuffle, pipeline, pipelines, skip):
     """The first group this pipeline reads and the windows of it to skip,
     for a pipeline that already used `skip` windows."""
     if not skip or not layout.windows.sum():
         return pipeline, 0
-    count = len(layout.paths)
     g, epoch, sizes = pipeline, None, None
     # Bounded: a pipeline may find no window in a group (a short last
     # shard), but `make_dataset` checked that it finds some each epoch.
@@ -258,9 +267,8 @@ def _start(layout, seed, shuffle, pipeline, pipelines, skip):
         # Groups are numbered over all epochs, as the reader filters them.
         if g // layout.groups != epoch:
             epoch = g // layout.groups
-            sizes = layout.windows[_order(count, seed, epoch, shuffle).numpy()]
-        start = g % layout.groups * layout.group
-        size = int(sizes[start : start + layout.group].sum())
+            sizes = _group_windows(layout, seed, epoch, shuffle)
+        size = int(sizes[g % layout.groups])
         if skip < size:
             return g, skip
         skip -= size
@@ -272,13 +280,8 @@ def _check_pipelines(prepared, split, sequence_length, seed, shuffle, context):
     """Raises unless this input pipeline's groups hold windows."""
     pipelines = context.num_input_pipelines
     layout = _layout(prepared, split, sequence_length + 1, pipelines)
-    order = _order(len(layout.paths), seed, 0, shuffle).numpy()
-    sizes = layout.windows[order]
-    mine = sum(
-        int(sizes[g * layout.group : (g + 1) * layout.group].sum())
-        for g in range(context.input_pipeline_id, layout.groups, pipelines)
-    )
-    if not mine:
+    sizes = _group_windows(layout, seed, 0, shuffle)
+    if not sizes[context.input_pipeline_id :: pipelines].sum():
         raise errors.InputError(
             f"{prepared.directory} has too few shards ({len(layout.paths)}) "
             f"for {pipelines} input pipelines (workers) to each get windows "
@@ -338,21 +341,28 @@ def _checked(contents, files, expected):
         return tf.identity(contents)
 
 
-def damaged(err: BaseException) -> errors.InputError | None:
-    """The `InputError` for a read that found damaged shards, or None for
-    another error."""
-    found = re.search(
-        re.escape(DAMAGED) + r"\]\s*\[(.*?)\]\s*\[" + re.escape(DAMAGED_END),
-        str(err),
-        re.S,
-    )
-    if not found:
-        return None
-    return errors.InputError(
-        f"{found.group(1).replace(',', ', ')}: the shard's contents do not "
-        "match the prepared data's manifest (the file was changed or "
-        "damaged). Prepare the data again: `tflm data prepare ...`."
-    )
+@contextlib.contextmanager
+def damaged_shards_refused():
+    """Turns the in-graph check of `_checked`, failing inside `fit` or
+    `evaluate`, into an `InputError` naming the damaged shards; other
+    errors pass through."""
+    try:
+        yield
+    except tf.errors.InvalidArgumentError as err:
+        found = re.search(
+            re.escape(DAMAGED)
+            + r"\]\s*\[(.*?)\]\s*\["
+            + re.escape(DAMAGED_END),
+            str(err),
+            re.S,
+        )
+        if not found:
+            raise
+        raise errors.InputError(
+            f"{found.group(1).replace(',', ', ')}: the shard's contents do "
+            "not match the prepared data's manifest (the file was changed "
+            "or damaged). Prepare the data again: `tflm data prepare ...`."
+        ) from None
 
 
 def make_dataset(

@@ -134,13 +134,8 @@ def evaluate(
     with warnings.catch_warnings():
         # Keras warns when a dataset of unknown length ends; this one does.
         warnings.filterwarnings("ignore", "Your input ran out of data")
-        try:
+        with prepared_lib.damaged_shards_refused():
             logs = trainer.evaluate(dataset, verbose=0, return_dict=True)
-        except tf.errors.InvalidArgumentError as err:
-            found = prepared_lib.damaged(err)
-            if found is None:
-                raise
-            raise found from None
         loss = float(logs["loss"])
     if data.prepared_directory(paths) is not None:
         # Shards hold ids, not text: no characters to count.

@@ -451,49 +451,45 @@ def _fit(run: _Run, lm, trainer, data, verbose, extra_callbacks) -> TrainResult:
     checkpointer = _checkpointer(run, lm, trainer, length, keeper)
     validate = val_data is not None and config.validate_every > 0
     try:
-        trainer.fit(
-            train_data,
-            epochs=math.ceil(run.total_steps / length),
-            initial_epoch=start // length,
-            steps_per_epoch=length,
-            validation_data=val_data if validate else None,
-            validation_steps=val_steps or None,
-            validation_freq=max(config.validate_every // length, 1),
-            callbacks=[
-                # First, so that nothing after it sees a non-finite step.
-                callbacks_lib.NonFiniteLossGuard(length),
-                progress,
-                *([keeper] if keeper is not None else []),
-                checkpointer,
-                callbacks_lib.StopAtStep(run.total_steps, length),
-                *extra_callbacks,
-            ],
-            verbose=0,  # `progress` shows tflm's own line.
-            shuffle=False,  # The dataset is shuffled, seeded.
-        )
+        with prepared_lib.damaged_shards_refused():
+            trainer.fit(
+                train_data,
+                epochs=math.ceil(run.total_steps / length),
+                initial_epoch=start // length,
+                steps_per_epoch=length,
+                validation_data=val_data if validate else None,
+                validation_steps=val_steps or None,
+                validation_freq=max(config.validate_every // length, 1),
+                callbacks=[
+                    # First, so that nothing after it sees a non-finite step.
+                    callbacks_lib.NonFiniteLossGuard(length),
+                    progress,
+                    *([keeper] if keeper is not None else []),
+                    checkpointer,
+                    callbacks_lib.StopAtStep(run.total_steps, length),
+                    *extra_callbacks,
+                ],
+                verbose=0,  # `progress` shows tflm's own line.
+                shuffle=False,  # The dataset is shuffled, seeded.
+            )
     except KeyboardInterrupt:
         progress.on_train_end()  # Ends the progress line.
         raise _interrupted(run, checkpointer) from None
-    except atomic.NoSpaceError:
-        progress.on_train_end()  # Ends the progress line.
-        raise
-    except tf.errors.InvalidArgumentError as err:
-        progress.on_train_end()  # Ends the progress line.
-        found = prepared_lib.damaged(err)
-        if found is None:
-            raise
-        raise found from None
     except divergence.TrainingDiverged as err:
         progress.on_train_end()  # Flushes TensorBoard.
         kept = checkpointer.saved_step
         raise errors.InputError(
             divergence.message(err, run.out, kept, config)
         ) from None
+    except errors.InputError:  # A full disk, damaged shards.
+        progress.on_train_end()  # Ends the progress line.
+        raise
     step = checkpointer.last_step
     if val_data is not None and progress.validated_step != step:
-        logs = trainer.evaluate(
-            val_data, steps=val_steps, verbose=0, return_dict=True
-        )
+        with prepared_lib.damaged_shards_refused():
+            logs = trainer.evaluate(
+                val_data, steps=val_steps, verbose=0, return_dict=True
+            )
         progress.log_validation(step, float(logs["loss"]))
         if keeper is not None:
             keeper.observe(step, float(logs["loss"]))
