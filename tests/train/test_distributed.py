@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -16,16 +15,6 @@ corpus = train_helpers.corpus
 # A small clip norm, so that clipping is active: it must see the gradient
 # summed over replicas, as a single device does.
 CLIP = dict(clip_norm=0.05)
-
-
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +56,7 @@ def test_mirrored_over_two_cpus_matches_the_default_strategy(
 
 
 def test_two_workers_end_with_identical_weights(corpus, tmp_path, single):
-    ports = _free_ports(2)
+    ports = train_helpers.free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     workers = []
     for index in range(2):

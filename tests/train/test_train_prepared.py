@@ -3,7 +3,6 @@
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -173,18 +172,8 @@ def test_cli_prepares_then_trains_and_says_what_went_wrong(tmp_path):
     assert str(first) in damaged.stderr and "truncated" in damaged.stderr
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def test_two_workers_train_from_their_own_shards(prepared, tmp_path):
-    ports = _free_ports(2)
+    ports = train_helpers.free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{port}" for port in ports]}
     workers = []
     for index in range(2):

@@ -7,6 +7,7 @@ No `conftest.py` here: a second module named `conftest` would shadow
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 
@@ -154,3 +155,14 @@ def step_losses(directory):
     return {
         r["step"]: r["loss"] for r in state.read_log(directory) if "loss" in r
     }
+
+
+def free_ports(count):
+    """`count` loopback ports free right now (for workers to listen on)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
