@@ -171,3 +171,65 @@ def load_hf_gpt2(
         checkpoint.close()
     model.tokenizer = tokenizer
     return model, tokenizer
+
+
+def hf_config(backbone: dict[str, Any], biases: dict[str, bool]) -> dict:
+    """The Hugging Face `config.json` fields of a GPT-2-block backbone (the
+    inverse of `backbone_args`), without the token ids.
+
+    Raises:
+        InputError: naming the first field without a GPT-2 counterpart.
+    """
+    for field, value in presets.GPT2_BLOCK.items():
+        if (
+            field not in ("layer_norm_epsilon",)
+            and backbone.get(field) != value
+        ):
+            raise errors.InputError(
+                f"the model's {field} is {backbone.get(field)!r}: a Hugging "
+                f"Face GPT-2 has {field} {value!r}."
+            )
+    hidden, heads = backbone["hidden_dim"], backbone["num_heads"]
+    same = dict(
+        num_key_value_heads=(None, heads),
+        head_dim=(None, hidden // heads),
+        rope_scaling=(None,),
+    )
+    for field, allowed in same.items():
+        if backbone.get(field) not in allowed:
+            raise errors.InputError(
+                f"the model's {field} is {backbone.get(field)!r}: a Hugging "
+                f"Face GPT-2 has {field} {allowed[-1]!r}."
+            )
+    unbiased = [name for name, on in biases.items() if not on]
+    if unbiased:
+        raise errors.InputError(
+            f"the model's {unbiased[0]} projection has no bias: every "
+            "projection of a Hugging Face GPT-2 has one."
+        )
+    context, dropout = backbone["max_sequence_length"], backbone["dropout"]
+    return dict(
+        model_type="gpt2",
+        architectures=["GPT2LMHeadModel"],
+        vocab_size=backbone["vocabulary_size"],
+        n_positions=context,
+        n_ctx=context,
+        n_embd=hidden,
+        n_layer=backbone["num_layers"],
+        n_head=heads,
+        n_inner=backbone["intermediate_dim"],
+        activation_function="gelu_new",
+        layer_norm_epsilon=backbone["layer_norm_epsilon"],
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
+        tie_word_embeddings=True,
+    )
+
+
+def targets(backbone) -> dict[str, checkpoint_lib.Target]:
+    """`hf_variables` as export targets (no prefix, nothing transposed)."""
+    return {
+        name: checkpoint_lib.Target(variable)
+        for name, variable in hf_variables(backbone).items()
+    }

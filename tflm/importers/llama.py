@@ -150,8 +150,43 @@ def backbone_args(
     )
 
 
+def _attention_targets(attention, prefix: str) -> dict:
+    """q/k/v/o projections, from separate layers or slices of the fused
+    `query_key_value` (`[q | k | v]`, as tflm's own Llama-style presets
+    build it)."""
+    target = checkpoint_lib.Target
+    out = {}
+    if attention.fused_qkv:
+        fused = attention.query_key_value
+        q = attention.num_heads * attention.head_dim
+        kv = attention.num_key_value_heads * attention.head_dim
+        slices = {"q_proj": (0, q), "k_proj": (q, kv), "v_proj": (q + kv, kv)}
+        for name, (column, width) in slices.items():
+            out[f"{prefix}{name}.weight"] = target(
+                fused.kernel, True, column, width
+            )
+            if fused.use_bias:
+                out[f"{prefix}{name}.bias"] = target(
+                    fused.bias, False, column, width
+                )
+        layers = {"o_proj": attention.output_dense}
+    else:
+        layers = {
+            "q_proj": attention.query,
+            "k_proj": attention.key,
+            "v_proj": attention.value,
+            "o_proj": attention.output_dense,
+        }
+    for name, layer in layers.items():
+        out[f"{prefix}{name}.weight"] = target(layer.kernel, True)
+        if layer.use_bias:
+            out[f"{prefix}{name}.bias"] = target(layer.bias)
+    return out
+
+
 def targets(backbone) -> dict[str, checkpoint_lib.Target]:
-    """Hugging Face tensor names to the backbone's variables."""
+    """Hugging Face tensor names to the backbone's variables (both ways:
+    the importer copies into them, the export reads them out)."""
     target = checkpoint_lib.Target
     out = {
         "model.embed_tokens.weight": target(
@@ -165,18 +200,12 @@ def targets(backbone) -> dict[str, checkpoint_lib.Target]:
         )
     for i, block in enumerate(backbone.blocks):
         prefix = f"model.layers.{i}."
-        attention = block.attention
-        dense = {
-            "self_attn.q_proj": attention.query,
-            "self_attn.k_proj": attention.key,
-            "self_attn.v_proj": attention.value,
-            "self_attn.o_proj": attention.output_dense,
-            "mlp.down_proj": block.mlp_out,
-        }
-        for name, layer in dense.items():
-            out[prefix + name + ".weight"] = target(layer.kernel, True)
-            if layer.use_bias:
-                out[prefix + name + ".bias"] = target(layer.bias)
+        out.update(_attention_targets(block.attention, prefix + "self_attn."))
+        out[prefix + "mlp.down_proj.weight"] = target(
+            block.mlp_out.kernel, True
+        )
+        if block.mlp_out.use_bias:
+            out[prefix + "mlp.down_proj.bias"] = target(block.mlp_out.bias)
         width = block.intermediate_dim
         for half, name in enumerate(("gate_proj", "up_proj")):
             out[f"{prefix}mlp.{name}.weight"] = target(
@@ -193,3 +222,98 @@ def targets(backbone) -> dict[str, checkpoint_lib.Target]:
             block.mlp_norm.scale
         )
     return out
+
+
+def hf_config(
+    backbone: dict[str, Any],
+    biases: dict[str, bool],
+    model_type: str | None = None,
+) -> dict[str, Any]:
+    """The Hugging Face `config.json` fields of a Llama-style backbone
+    (the inverse of `backbone_args`), without the token ids.
+
+    Args:
+        backbone: the backbone's `get_config()`.
+        biases: whether the `qkv`, `output` and `mlp` projections have
+            biases (as built).
+        model_type: `llama`, `qwen2` or `mistral`; defaults to `qwen2` for
+            biases on q/k/v only (which only Qwen2 has), else `llama`.
+
+    Raises:
+        InputError: naming the first field without a counterpart.
+    """
+    for field, value in dict(
+        norm="rmsnorm", activation="swiglu", position_embedding="rotary"
+    ).items():
+        if backbone.get(field) != value:
+            raise errors.InputError(
+                f"the model's {field} is {backbone.get(field)!r}: a "
+                f"Hugging Face Llama-family model has {field} {value!r}."
+            )
+    qwen = biases["qkv"] and not biases["output"] and not biases["mlp"]
+    model_type = model_type or ("qwen2" if qwen else "llama")
+    if model_type not in MODEL_TYPES:
+        raise errors.InputError(
+            f"model_type {model_type!r} is not a Llama-family type "
+            f"({', '.join(MODEL_TYPES)})."
+        )
+    same = biases["qkv"] == biases["output"]
+    allowed = {
+        "llama": same,
+        "qwen2": qwen,
+        "mistral": not any(biases.values()),
+    }
+    if not allowed[model_type]:
+        raise errors.InputError(
+            f"the model's projection biases ({biases}) have no {model_type} "
+            "counterpart: Llama has the same bias on q, k, v and o, Qwen2 "
+            "biases on q, k and v only, Mistral none."
+        )
+    theta = float(backbone.get("rope_max_wavelength", 10000.0))
+    scaling = backbone.get("rope_scaling")
+    rope = {"rope_type": "default", "rope_theta": theta}
+    if scaling:
+        rope = dict(
+            rope_type=scaling["type"],
+            rope_theta=theta,
+            **{k: v for k, v in scaling.items() if k != "type"},
+        )
+    if isinstance(rope.get("original_max_position_embeddings"), float):
+        rope["original_max_position_embeddings"] = int(
+            rope["original_max_position_embeddings"]
+        )
+    layers = backbone["num_layers"]
+    config = dict(
+        model_type=model_type,
+        architectures=[MODEL_TYPES[model_type]],
+        vocab_size=backbone["vocabulary_size"],
+        hidden_size=backbone["hidden_dim"],
+        intermediate_size=backbone["intermediate_dim"],
+        num_hidden_layers=layers,
+        num_attention_heads=backbone["num_heads"],
+        num_key_value_heads=backbone.get("num_key_value_heads")
+        or backbone["num_heads"],
+        head_dim=backbone.get("head_dim")
+        or backbone["hidden_dim"] // backbone["num_heads"],
+        hidden_act="silu",
+        max_position_embeddings=backbone["max_sequence_length"],
+        rms_norm_eps=backbone["layer_norm_epsilon"],
+        # transformers 5.x reads `rope_parameters`; 4.x, vLLM and
+        # llama.cpp's converter read `rope_theta` and `rope_scaling`.
+        rope_theta=theta,
+        rope_scaling=dict(rope) if scaling else None,
+        rope_parameters=rope,
+        tie_word_embeddings=bool(backbone.get("tie_embeddings")),
+        attention_dropout=0.0,
+    )
+    if model_type == "llama":
+        config.update(attention_bias=biases["qkv"], mlp_bias=biases["mlp"])
+    elif model_type == "qwen2":
+        config.update(
+            use_sliding_window=False,
+            sliding_window=None,
+            max_window_layers=layers,
+        )
+    else:
+        config.update(sliding_window=None)
+    return config
