@@ -1,0 +1,356 @@
+"""A tflm tokenizer written as the files `transformers` loads it from.
+
+`write(tokenizer, folder)` writes what `transformers.AutoTokenizer` (5.x)
+reads offline to give tflm's `tokenize` ids, and `check(tokenizer)` refuses,
+before anything is written, what it cannot load exactly. Each kind:
+
+- `GPT2BPETokenizer`: `vocab.json` and `merges.txt`, `GPT2Tokenizer`.
+- `BPETokenizer` (Llama 3, Qwen2, SmolLM2 files): a `tokenizer.json`
+  written by hand (BPE model, the same pre-tokenizer, normalizer and added
+  tokens, a `TemplateProcessing` start token when `add_bos`),
+  `PreTrainedTokenizerFast`.
+- `ByteTokenizer`: a `tokenizer.json` with a BPE model of the 256
+  byte-level characters (byte `b` is id `b + 3`) and no merges, after a
+  `ByteLevel` pre-tokenizer without regex; `<pad>`, `<s>` and `</s>` are
+  ids 0, 1 and 2. `PreTrainedTokenizerFast`.
+- `SentencePieceTokenizer` with a `prepend_scheme` (imported from Llama 2,
+  Mistral, TinyLlama): `tokenizer.model` with `LlamaTokenizer` and the
+  `legacy` / `add_prefix_space` that give that scheme.
+- `SentencePieceTokenizer` without one (tflm-trained, or run as
+  `sentencepiece` runs it): `tokenizer.model` with
+  `PreTrainedTokenizerFast`, which transformers 5.x builds from the
+  model's own settings (normalizer, dummy prefix, user-defined pieces such
+  as tflm's `"\\n"`, byte fallback).
+
+Unigram SentencePiece models are refused: transformers' Unigram breaks
+ties between splits of equal score (`"▁▁" "▁"` or `"▁" "▁▁"` for three
+spaces) otherwise than SentencePiece, so some ids would differ.
+
+Bos, eos, pad, unk and every `special_tokens` entry are special added
+tokens named in `tokenizer_config.json`, so text a chat template renders
+with their text gets their ids. That is also the one way transformers
+differs from tflm's `tokenize`, which reads such text as plain text. A
+tflm-trained SentencePiece model also escapes a literal U+2581 or U+E000
+in text before the model sees it; transformers cannot, so text holding
+those characters gets other ids there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+from sentencepiece import sentencepiece_model_pb2
+
+from tflm import errors
+from tflm import tokenizers
+from tflm.tokenizers import bpe_pretokenize
+from tflm.tokenizers import gpt2_bpe
+from tflm.tokenizers import gpt2_bpe_ops
+from tflm.tokenizers import hf_files
+
+CONFIG_FILE = hf_files.TOKENIZER_CONFIG_FILE
+TOKENIZER_FILE = hf_files.TOKENIZER_FILE
+SENTENCEPIECE_FILE = hf_files.SENTENCEPIECE_FILE
+# Every file `write` may create, and the legacy ones transformers would
+# read over its config: an export replaces them all, and keeps the rest.
+FILES = (
+    CONFIG_FILE,
+    TOKENIZER_FILE,
+    SENTENCEPIECE_FILE,
+    gpt2_bpe.VOCABULARY_FILE,
+    gpt2_bpe.MERGES_FILE,
+    "special_tokens_map.json",
+    "added_tokens.json",
+)
+FAST = "PreTrainedTokenizerFast"
+BYTE_NAMES = ("<pad>", "<s>", "</s>")  # ByteTokenizer's ids 0, 1 and 2.
+_PIECE = sentencepiece_model_pb2.ModelProto.SentencePiece
+_BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False}
+_BYTE_LEVEL.update(trim_offsets=True, use_regex=True)
+
+
+def check(tokenizer) -> None:
+    """Refuses a tokenizer transformers cannot load to give its ids.
+
+    Raises:
+        InputError: naming the tokenizer and what has no counterpart.
+    """
+    _texts(tokenizer)
+
+
+def write(tokenizer, folder: str, *, model_max_length: int) -> dict:
+    """Writes the tokenizer's files and `tokenizer_config.json` (no chat
+    template) into `folder`, which exists.
+
+    Args:
+        tokenizer: a tflm tokenizer that `check` accepts.
+        folder: the folder to write into.
+        model_max_length: the model's context, for the config.
+
+    Returns:
+        `generation_config.json`'s `bos_token_id`, `eos_token_id` and
+        `pad_token_id` (tflm's ids).
+
+    Raises:
+        InputError: as `check`.
+    """
+    texts = _texts(tokenizer)
+    config = _write_model(tokenizer, folder, texts)
+    names = {i: texts[i] for i in _named_ids(tokenizer)}
+    config.update(
+        bos_token=names[tokenizer.bos_id],
+        eos_token=names[tokenizer.eos_id],
+        pad_token=names[tokenizer.pad_id],
+        add_bos_token=bool(tokenizer.add_bos),
+        add_eos_token=bool(getattr(tokenizer, "add_eos", False)),
+        clean_up_tokenization_spaces=False,
+        model_max_length=model_max_length,
+    )
+    config.setdefault("added_tokens_decoder", {})
+    for index in sorted(_special_ids(tokenizer)):
+        config["added_tokens_decoder"].setdefault(
+            str(index), _added_token(texts[index], special=True)
+        )
+    _write_json(os.path.join(folder, CONFIG_FILE), config)
+    return dict(
+        bos_token_id=tokenizer.bos_id,
+        eos_token_id=tokenizer.eos_id,
+        pad_token_id=tokenizer.pad_id,
+    )
+
+
+def _named_ids(tokenizer) -> list[int]:
+    return [tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id]
+
+
+def _special_ids(tokenizer) -> set[int]:
+    ids = set(_named_ids(tokenizer)) | set(tokenizer.special_tokens.values())
+    if isinstance(tokenizer, tokenizers.SentencePieceTokenizer):
+        ids.add(tokenizer.unk_id)
+    return ids
+
+
+def _texts(tokenizer) -> dict[int, str]:
+    """The text of each special id, checking the tokenizer on the way."""
+    name = type(tokenizer).__name__
+    if isinstance(tokenizer, tokenizers.ByteTokenizer):
+        return dict(enumerate(BYTE_NAMES))
+    if isinstance(tokenizer, tokenizers.SentencePieceTokenizer):
+        proto = _proto(tokenizer)
+        known = {i: p.piece for i, p in enumerate(proto.pieces)}
+    elif isinstance(tokenizer, tokenizers.GPT2BPETokenizer):
+        known = {i: t for t, i in tokenizer.vocabulary.items()}
+    elif isinstance(tokenizer, tokenizers.BPETokenizer):
+        known = {i: t for t, i in tokenizer.vocabulary.items()}
+        added = tokenizer.get_config()["added_tokens"]
+        known.update((t["id"], t["content"]) for t in added)
+    else:
+        raise errors.InputError(
+            f"a {name} has no transformers counterpart: only byte, GPT-2, "
+            "byte-level BPE and SentencePiece tokenizers export."
+        )
+    texts = {}
+    for index in _special_ids(tokenizer):
+        if index not in known:
+            raise errors.InputError(
+                f"the {name}'s special id {index} has no token text, so "
+                "transformers cannot name it; give it a token in the "
+                "vocabulary."
+            )
+        texts[index] = known[index]
+    for text, index in tokenizer.special_tokens.items():
+        if known[index] != text:
+            raise errors.InputError(
+                f"the {name}'s special token {text!r} is id {index}, whose "
+                f"token is {known[index]!r}; transformers names an id by "
+                "its token, so rename the special token."
+            )
+    return texts
+
+
+def _proto(tokenizer):
+    """The SentencePiece model proto, checked for a transformers reading."""
+    proto = sentencepiece_model_pb2.ModelProto.FromString(tokenizer.model_proto)
+    spec, what = proto.trainer_spec, None
+    if not spec.byte_fallback:
+        what = (
+            "has no byte fallback: transformers drops characters outside "
+            "its vocabulary where SentencePiece gives unk"
+        )
+    elif spec.model_type != sentencepiece_model_pb2.TrainerSpec.BPE:
+        what = (
+            "is not BPE: transformers breaks ties between equally scored "
+            "unigram splits (a run of spaces) otherwise than SentencePiece"
+        )
+    elif tokenizer.prepend_scheme is not None and any(
+        p.type == _PIECE.USER_DEFINED for p in proto.pieces
+    ):
+        what = "has user-defined pieces, which LlamaTokenizer splits anew"
+    if what is not None:
+        raise errors.InputError(
+            f"the SentencePieceTokenizer's model {what}, so its ids cannot "
+            "be written exactly; export a BPE model (model_type='bpe')."
+        )
+    return proto
+
+
+def _write_model(tokenizer, folder: str, texts: dict[int, str]) -> dict:
+    """Writes the model files; the config's model-specific entries."""
+    if isinstance(tokenizer, tokenizers.SentencePieceTokenizer):
+        path = os.path.join(folder, SENTENCEPIECE_FILE)
+        with open(path, "wb") as f:
+            f.write(tokenizer.model_proto)
+        scheme = tokenizer.prepend_scheme
+        if scheme is None:  # The model's own rules.
+            return dict(tokenizer_class=FAST, unk_token=texts[tokenizer.unk_id])
+        return dict(
+            tokenizer_class="LlamaTokenizer",
+            unk_token=texts[tokenizer.unk_id],
+            legacy=scheme == "always",
+            add_prefix_space=scheme != "never",
+        )
+    if isinstance(tokenizer, tokenizers.GPT2BPETokenizer):
+        for name, content in _asset_files(tokenizer).items():
+            with open(os.path.join(folder, name), "wb") as f:
+                f.write(content)
+        eos = texts[tokenizer.eos_id]
+        return dict(
+            tokenizer_class="GPT2Tokenizer",
+            unk_token=eos,
+            add_prefix_space=False,
+        )
+    if isinstance(tokenizer, tokenizers.ByteTokenizer):
+        spec = _byte_json()
+    else:
+        spec = _bpe_json(tokenizer)
+    _write_json(os.path.join(folder, TOKENIZER_FILE), spec)
+    decoder = {
+        str(t["id"]): _added_token(t["content"], t["special"], t["normalized"])
+        for t in spec["added_tokens"]
+    }
+    return dict(tokenizer_class=FAST, added_tokens_decoder=decoder)
+
+
+def _asset_files(tokenizer) -> dict[str, bytes]:
+    """The tokenizer's own files (`tokenizer.files`) by name, as its
+    `write_files` writes them."""
+    with tempfile.TemporaryDirectory() as temp:
+        tokenizer.write_files(temp)
+        out = {}
+        for name in tokenizer.files:
+            with open(os.path.join(temp, name), "rb") as f:
+                out[name] = f.read()
+        return out
+
+
+def _bpe_json(tokenizer) -> dict[str, Any]:
+    """`tokenizer.json` of a `BPETokenizer`."""
+    config = tokenizer.get_config()
+    merges = _asset_files(tokenizer)[config["merges_file"]].decode()
+    added = {t["id"]: t for t in config["added_tokens"]}
+    vocabulary = {i: t for t, i in tokenizer.vocabulary.items()}
+    for index in sorted(_special_ids(tokenizer) - set(added)):
+        added[index] = dict(
+            id=index, content=vocabulary[index], special=True, normalized=False
+        )
+    steps = [_BYTE_LEVEL]
+    if config["pretokenizer"] == "gpt2_digits":
+        steps = [{"type": "Digits", "individual_digits": True}, _BYTE_LEVEL]
+    elif config["pretokenizer"] != "gpt2":
+        pattern = bpe_pretokenize.LLAMA3_PATTERN
+        if config["pretokenizer"] == "qwen2":
+            pattern = bpe_pretokenize.QWEN2_PATTERN
+        split = dict(type="Split", pattern={"Regex": pattern})
+        split.update(behavior="Isolated", invert=False)
+        steps = [split, dict(_BYTE_LEVEL, use_regex=False)]
+    normalizer = config["normalizer"]
+    model = dict(type="BPE", dropout=None, unk_token=None)
+    model.update(continuing_subword_prefix=None, end_of_word_suffix=None)
+    model.update(fuse_unk=False, byte_fallback=False)
+    model.update(ignore_merges=config["ignore_merges"])
+    model.update(
+        vocab=tokenizer.vocabulary,
+        merges=[m.split(" ", 1) for m in merges.splitlines() if m],
+    )
+    return _tokenizer_json(
+        [added[i] for i in sorted(added)],
+        {"type": normalizer.upper()} if normalizer else None,
+        {"type": "Sequence", "pretokenizers": steps},
+        model,
+        _start(tokenizer.bos_id, added[tokenizer.bos_id]["content"])
+        if tokenizer.add_bos
+        else None,
+    )
+
+
+def _byte_json() -> dict[str, Any]:
+    """`tokenizer.json` of a `ByteTokenizer`: one id per UTF-8 byte."""
+    vocabulary = {name: i for i, name in enumerate(BYTE_NAMES)}
+    for byte, char in gpt2_bpe_ops.bytes_to_unicode().items():
+        vocabulary[char] = byte + len(BYTE_NAMES)
+    model = dict(type="BPE", dropout=None, unk_token=None)
+    model.update(fuse_unk=False, byte_fallback=False, ignore_merges=False)
+    model.update(vocab=vocabulary, merges=[])
+    added = [
+        dict(id=i, content=name, special=True, normalized=False)
+        for i, name in enumerate(BYTE_NAMES)
+    ]
+    return _tokenizer_json(
+        added, None, dict(_BYTE_LEVEL, use_regex=False), model, None
+    )
+
+
+def _tokenizer_json(added, normalizer, pre_tokenizer, model, post):
+    return dict(
+        version="1.0",
+        truncation=None,
+        padding=None,
+        added_tokens=[
+            dict(t, single_word=False, lstrip=False, rstrip=False)
+            for t in added
+        ],
+        normalizer=normalizer,
+        pre_tokenizer=pre_tokenizer,
+        post_processor=post,
+        decoder=_BYTE_LEVEL,
+        model=model,
+    )
+
+
+def _start(index: int, text: str) -> dict[str, Any]:
+    """A post-processor that puts `text` (id `index`) before a text."""
+    start = {"SpecialToken": {"id": text, "type_id": 0}}
+    return dict(
+        type="TemplateProcessing",
+        single=[start, {"Sequence": {"id": "A", "type_id": 0}}],
+        pair=[
+            start,
+            {"Sequence": {"id": "A", "type_id": 0}},
+            {"SpecialToken": {"id": text, "type_id": 1}},
+            {"Sequence": {"id": "B", "type_id": 1}},
+        ],
+        special_tokens={text: {"id": text, "ids": [index], "tokens": [text]}},
+    )
+
+
+def _added_token(
+    content: str, special: bool, normalized: bool = False
+) -> dict[str, Any]:
+    """An `added_tokens_decoder` entry of `tokenizer_config.json`."""
+    return dict(
+        content=content,
+        lstrip=False,
+        normalized=normalized,
+        rstrip=False,
+        single_word=False,
+        special=special,
+    )
+
+
+def _write_json(path: str, content: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(content, f, indent=2, ensure_ascii=False)
+        f.write("\n")
