@@ -35,11 +35,14 @@ TEXTS = [
 MAX_LENGTH = 64
 # Kinds whose tflm `detokenize` gives every text of TEXTS back.
 ROUND_TRIPS = {"byte", "trained", "gpt2"}
-ROUND_TRIPS |= {"llama3", "qwen2", "smollm2"}
+ROUND_TRIPS |= {"llama3", "qwen2", "smollm2", "plain_bpe", "gapped_bpe"}
 IMPORTED = ("gpt2", "llama3", "qwen2", "smollm2", "first", "always", "never")
-KINDS = ("byte", "trained", *IMPORTED)
+# "plain_bpe": bos, eos and pad in the vocabulary, not added tokens;
+# "gapped_bpe": an added token's id is not the one after the vocabulary's;
+# "generic": a Mistral model, run as `sentencepiece` runs it.
+KINDS = ("byte", "trained", "plain_bpe", "gapped_bpe", "generic", *IMPORTED)
 # Whether each kind starts a text with bos (`add_special_tokens=True`).
-ADD_BOS = {"llama3": True, "first": True, "always": True, "never": True}
+ADD_BOS = dict(llama3=True, first=True, always=True, never=True, generic=True)
 
 
 def _source(kind: str, folder: str):
@@ -49,15 +52,32 @@ def _source(kind: str, folder: str):
         return tokenizers.ByteTokenizer()
     if kind == "trained":
         return _trained("bpe")
+    if kind in ("plain_bpe", "gapped_bpe"):
+        vocabulary, merges = gpt2_files.train_bpe()
+        end = vocabulary["<|endoftext|>"]
+        start = dict(content="<|im_start|>", id=len(vocabulary) + 5)
+        return tokenizers.BPETokenizer(
+            vocabulary,
+            merges,
+            bos_id=end,
+            eos_id=end,
+            pad_id=end,
+            added_tokens=[dict(start, special=True)] * (kind == "gapped_bpe"),
+        )
     if kind == "gpt2":
         gpt2_files.write_tokenizer(folder)
     elif kind in ("llama3", "qwen2", "smollm2"):
         llama_files.write_bpe(folder, kind)
     else:
         style = {"first": "llama2", "always": "mistral"}.get(kind, "zephyr")
+        style = "mistral" if kind == "generic" else style
         llama_files.write_sentencepiece(
             folder, llama_files.sentencepiece_model(), style
         )
+        if kind == "generic":
+            llama_files.write_json(
+                folder, "config.json", {"model_type": "mistral"}
+            )
         if kind == "never":
             config = llama_files.read_json(folder, "tokenizer_config.json")
             config["add_prefix_space"] = False
@@ -95,8 +115,9 @@ def _ids(tokenizer, text: str) -> list[int]:
 
 def test_transformers_gives_tflm_ids_and_text(exported):
     kind, tokenizer, hf, _, _ = exported
-    if kind == "trained":  # tflm's own rules, not transformers'.
-        assert tokenizer.prepend_scheme is None and tokenizer.escape
+    if kind in ("trained", "generic"):  # Run as `sentencepiece` runs it.
+        assert tokenizer.prepend_scheme is None
+        assert tokenizer.escape is (kind == "trained")
     for text in TEXTS:
         ids = _ids(tokenizer, text)
         assert hf(text, add_special_tokens=False)["input_ids"] == ids, text

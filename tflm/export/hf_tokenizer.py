@@ -145,8 +145,16 @@ def _texts(tokenizer) -> dict[int, str]:
         known = {i: t for t, i in tokenizer.vocabulary.items()}
     elif isinstance(tokenizer, tokenizers.BPETokenizer):
         known = {i: t for t, i in tokenizer.vocabulary.items()}
-        added = tokenizer.get_config()["added_tokens"]
-        known.update((t["id"], t["content"]) for t in added)
+        vocabulary = tokenizer.vocabulary
+        for token in tokenizer.get_config()["added_tokens"]:
+            text, index = token["content"], token["id"]
+            if vocabulary.get(text, index) != index:
+                raise errors.InputError(
+                    f"the BPETokenizer's added token {text!r} is id {index} "
+                    f"but {vocabulary[text]} in the vocabulary; transformers "
+                    "gives one id per text, so drop one of them."
+                )
+            known[index] = text
     else:
         raise errors.InputError(
             f"a {name} has no transformers counterpart: only byte, GPT-2, "
@@ -272,7 +280,7 @@ def _bpe_json(tokenizer) -> dict[str, Any]:
     model.update(fuse_unk=False, byte_fallback=False)
     model.update(ignore_merges=config["ignore_merges"])
     model.update(
-        vocab=tokenizer.vocabulary,
+        vocab=_model_vocabulary(tokenizer.vocabulary, added),
         merges=[m.split(" ", 1) for m in merges.splitlines() if m],
     )
     return _tokenizer_json(
@@ -284,6 +292,15 @@ def _bpe_json(tokenizer) -> dict[str, Any]:
         if tokenizer.add_bos
         else None,
     )
+
+
+def _model_vocabulary(vocabulary: dict[str, int], added: dict) -> dict:
+    """`vocabulary`, with the added tokens it lacks when `tokenizers` would
+    not give them their ids: it numbers those from the vocabulary's size."""
+    extra = sorted(set(added) - set(vocabulary.values()))
+    if extra == list(range(len(vocabulary), len(vocabulary) + len(extra))):
+        return vocabulary
+    return {**vocabulary, **{added[i]["content"]: i for i in extra}}
 
 
 def _byte_json() -> dict[str, Any]:
