@@ -1,38 +1,33 @@
 """A tflm tokenizer written as the files `transformers` loads it from.
 
 `write(tokenizer, folder)` writes what `transformers.AutoTokenizer` (5.x)
-reads offline to give tflm's `tokenize` ids, and `check(tokenizer)` refuses,
+reads offline to give tflm's `tokenize` ids; `check(tokenizer)` refuses,
 before anything is written, what it cannot load exactly. Each kind:
 
 - `GPT2BPETokenizer`: `vocab.json` and `merges.txt`, `GPT2Tokenizer`.
-- `BPETokenizer` (Llama 3, Qwen2, SmolLM2 files): a `tokenizer.json`
-  written by hand (BPE model, the same pre-tokenizer, normalizer and added
-  tokens, a `TemplateProcessing` start token when `add_bos`),
-  `PreTrainedTokenizerFast`.
-- `ByteTokenizer`: a `tokenizer.json` with a BPE model of the 256
+- `BPETokenizer` (Llama 3, Qwen2, SmolLM2): a `tokenizer.json` written by
+  hand (the BPE model, pre-tokenizer, normalizer and added tokens, and a
+  start token post-processor when `add_bos`), `PreTrainedTokenizerFast`.
+- `ByteTokenizer`: a `tokenizer.json` whose BPE model has the 256
   byte-level characters (byte `b` is id `b + 3`) and no merges, after a
   `ByteLevel` pre-tokenizer without regex; `<pad>`, `<s>` and `</s>` are
   ids 0, 1 and 2. `PreTrainedTokenizerFast`.
-- `SentencePieceTokenizer` with a `prepend_scheme` (imported from Llama 2,
-  Mistral, TinyLlama): `tokenizer.model` with `LlamaTokenizer` and the
-  `legacy` / `add_prefix_space` that give that scheme.
-- `SentencePieceTokenizer` without one (tflm-trained, or run as
-  `sentencepiece` runs it): `tokenizer.model` with
+- `SentencePieceTokenizer` with a `prepend_scheme` (Llama 2, Mistral,
+  TinyLlama): `tokenizer.model`, `LlamaTokenizer`, with the `legacy` and
+  `add_prefix_space` that give the scheme.
+- `SentencePieceTokenizer` without one (tflm-trained): `tokenizer.model`,
   `PreTrainedTokenizerFast`, which transformers 5.x builds from the
   model's own settings (normalizer, dummy prefix, user-defined pieces such
-  as tflm's `"\\n"`, byte fallback).
+  as tflm's `"\\n"`, byte fallback). Unigram models are refused:
+  transformers breaks ties between splits of equal score (`"▁▁" "▁"` or
+  `"▁" "▁▁"` for three spaces) otherwise than SentencePiece.
 
-Unigram SentencePiece models are refused: transformers' Unigram breaks
-ties between splits of equal score (`"▁▁" "▁"` or `"▁" "▁▁"` for three
-spaces) otherwise than SentencePiece, so some ids would differ.
-
-Bos, eos, pad, unk and every `special_tokens` entry are special added
-tokens named in `tokenizer_config.json`, so text a chat template renders
-with their text gets their ids. That is also the one way transformers
-differs from tflm's `tokenize`, which reads such text as plain text. A
-tflm-trained SentencePiece model also escapes a literal U+2581 or U+E000
-in text before the model sees it; transformers cannot, so text holding
-those characters gets other ids there.
+Bos, eos, pad, unk and `special_tokens` are special added tokens named in
+`tokenizer_config.json`, so text a chat template renders with their text
+gets their ids. There alone transformers differs from tflm's `tokenize`,
+which reads such text as plain text; and a tflm-trained SentencePiece
+model escapes a literal U+2581 or U+E000 in text, which transformers
+cannot, so text holding those characters gets other ids there.
 """
 
 from __future__ import annotations
@@ -56,20 +51,17 @@ TOKENIZER_FILE = hf_files.TOKENIZER_FILE
 SENTENCEPIECE_FILE = hf_files.SENTENCEPIECE_FILE
 # Every file `write` may create, and the legacy ones transformers would
 # read over its config: an export replaces them all, and keeps the rest.
-FILES = (
-    CONFIG_FILE,
-    TOKENIZER_FILE,
-    SENTENCEPIECE_FILE,
-    gpt2_bpe.VOCABULARY_FILE,
-    gpt2_bpe.MERGES_FILE,
-    "special_tokens_map.json",
-    "added_tokens.json",
-)
+FILES = (CONFIG_FILE, TOKENIZER_FILE, SENTENCEPIECE_FILE)
+FILES += (gpt2_bpe.VOCABULARY_FILE, gpt2_bpe.MERGES_FILE)
+FILES += ("special_tokens_map.json", "added_tokens.json")
 FAST = "PreTrainedTokenizerFast"
 BYTE_NAMES = ("<pad>", "<s>", "</s>")  # ByteTokenizer's ids 0, 1 and 2.
 _PIECE = sentencepiece_model_pb2.ModelProto.SentencePiece
 _BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False}
 _BYTE_LEVEL.update(trim_offsets=True, use_regex=True)
+_PATTERNS = dict(
+    llama3=bpe_pretokenize.LLAMA3_PATTERN, qwen2=bpe_pretokenize.QWEN2_PATTERN
+)
 
 
 def check(tokenizer) -> None:
@@ -99,11 +91,10 @@ def write(tokenizer, folder: str, *, model_max_length: int) -> dict:
     """
     texts = _texts(tokenizer)
     config = _write_model(tokenizer, folder, texts)
-    names = {i: texts[i] for i in _named_ids(tokenizer)}
     config.update(
-        bos_token=names[tokenizer.bos_id],
-        eos_token=names[tokenizer.eos_id],
-        pad_token=names[tokenizer.pad_id],
+        bos_token=texts[tokenizer.bos_id],
+        eos_token=texts[tokenizer.eos_id],
+        pad_token=texts[tokenizer.pad_id],
         add_bos_token=bool(tokenizer.add_bos),
         add_eos_token=bool(getattr(tokenizer, "add_eos", False)),
         clean_up_tokenization_spaces=False,
@@ -122,12 +113,9 @@ def write(tokenizer, folder: str, *, model_max_length: int) -> dict:
     )
 
 
-def _named_ids(tokenizer) -> list[int]:
-    return [tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id]
-
-
 def _special_ids(tokenizer) -> set[int]:
-    ids = set(_named_ids(tokenizer)) | set(tokenizer.special_tokens.values())
+    ids = {tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id}
+    ids |= set(tokenizer.special_tokens.values())
     if isinstance(tokenizer, tokenizers.SentencePieceTokenizer):
         ids.add(tokenizer.unk_id)
     return ids
@@ -135,31 +123,7 @@ def _special_ids(tokenizer) -> set[int]:
 
 def _texts(tokenizer) -> dict[int, str]:
     """The text of each special id, checking the tokenizer on the way."""
-    name = type(tokenizer).__name__
-    if isinstance(tokenizer, tokenizers.ByteTokenizer):
-        return dict(enumerate(BYTE_NAMES))
-    if isinstance(tokenizer, tokenizers.SentencePieceTokenizer):
-        proto = _proto(tokenizer)
-        known = {i: p.piece for i, p in enumerate(proto.pieces)}
-    elif isinstance(tokenizer, tokenizers.GPT2BPETokenizer):
-        known = {i: t for t, i in tokenizer.vocabulary.items()}
-    elif isinstance(tokenizer, tokenizers.BPETokenizer):
-        known = {i: t for t, i in tokenizer.vocabulary.items()}
-        vocabulary = tokenizer.vocabulary
-        for token in tokenizer.get_config()["added_tokens"]:
-            text, index = token["content"], token["id"]
-            if vocabulary.get(text, index) != index:
-                raise errors.InputError(
-                    f"the BPETokenizer's added token {text!r} is id {index} "
-                    f"but {vocabulary[text]} in the vocabulary; transformers "
-                    "gives one id per text, so drop one of them."
-                )
-            known[index] = text
-    else:
-        raise errors.InputError(
-            f"a {name} has no transformers counterpart: only byte, GPT-2, "
-            "byte-level BPE and SentencePiece tokenizers export."
-        )
+    name, known = type(tokenizer).__name__, _known_texts(tokenizer)
     texts = {}
     for index in _special_ids(tokenizer):
         if index not in known:
@@ -177,6 +141,34 @@ def _texts(tokenizer) -> dict[int, str]:
                 "its token, so rename the special token."
             )
     return texts
+
+
+def _known_texts(tokenizer) -> dict[int, str]:
+    """Each id's token text, where the tokenizer has one."""
+    if isinstance(tokenizer, tokenizers.ByteTokenizer):
+        return dict(enumerate(BYTE_NAMES))
+    if isinstance(tokenizer, tokenizers.SentencePieceTokenizer):
+        return {i: p.piece for i, p in enumerate(_proto(tokenizer).pieces)}
+    if not isinstance(
+        tokenizer, tokenizers.GPT2BPETokenizer | tokenizers.BPETokenizer
+    ):
+        raise errors.InputError(
+            f"a {type(tokenizer).__name__} has no transformers counterpart: "
+            "only byte, GPT-2, byte-level BPE and SentencePiece tokenizers "
+            "export."
+        )
+    vocabulary = tokenizer.vocabulary
+    known = {i: t for t, i in vocabulary.items()}
+    for token in tokenizer.get_config().get("added_tokens", []):
+        text, index = token["content"], token["id"]
+        if vocabulary.get(text, index) != index:
+            raise errors.InputError(
+                f"the BPETokenizer's added token {text!r} is id {index} but "
+                f"{vocabulary[text]} in the vocabulary; transformers gives "
+                "one id per text, so drop one of them."
+            )
+        known[index] = text
+    return known
 
 
 def _proto(tokenizer):
@@ -225,11 +217,7 @@ def _write_model(tokenizer, folder: str, texts: dict[int, str]) -> dict:
             with open(os.path.join(folder, name), "wb") as f:
                 f.write(content)
         eos = texts[tokenizer.eos_id]
-        return dict(
-            tokenizer_class="GPT2Tokenizer",
-            unk_token=eos,
-            add_prefix_space=False,
-        )
+        return dict(tokenizer_class="GPT2Tokenizer", unk_token=eos)
     if isinstance(tokenizer, tokenizers.ByteTokenizer):
         spec = _byte_json()
     else:
@@ -259,48 +247,35 @@ def _bpe_json(tokenizer) -> dict[str, Any]:
     config = tokenizer.get_config()
     merges = _asset_files(tokenizer)[config["merges_file"]].decode()
     added = {t["id"]: t for t in config["added_tokens"]}
-    vocabulary = {i: t for t, i in tokenizer.vocabulary.items()}
-    for index in sorted(_special_ids(tokenizer) - set(added)):
-        added[index] = dict(
-            id=index, content=vocabulary[index], special=True, normalized=False
-        )
-    steps = [_BYTE_LEVEL]
-    if config["pretokenizer"] == "gpt2_digits":
+    vocabulary = tokenizer.vocabulary
+    texts = {i: t for t, i in vocabulary.items()}
+    for i in _special_ids(tokenizer) - set(added):
+        added[i] = dict(id=i, content=texts[i], special=True, normalized=False)
+    steps, name = [_BYTE_LEVEL], config["pretokenizer"]
+    if name == "gpt2_digits":
         steps = [{"type": "Digits", "individual_digits": True}, _BYTE_LEVEL]
-    elif config["pretokenizer"] != "gpt2":
-        pattern = bpe_pretokenize.LLAMA3_PATTERN
-        if config["pretokenizer"] == "qwen2":
-            pattern = bpe_pretokenize.QWEN2_PATTERN
-        split = dict(type="Split", pattern={"Regex": pattern})
-        split.update(behavior="Isolated", invert=False)
-        steps = [split, dict(_BYTE_LEVEL, use_regex=False)]
+    elif name in ("llama3", "qwen2"):
+        pattern = {"Regex": _PATTERNS[name]}
+        split = dict(type="Split", pattern=pattern, behavior="Isolated")
+        steps = [dict(split, invert=False), dict(_BYTE_LEVEL, use_regex=False)]
+    extra = sorted(set(added) - set(vocabulary.values()))
+    if extra != list(range(len(vocabulary), len(vocabulary) + len(extra))):
+        # `tokenizers` numbers added tokens missing from the model's
+        # vocabulary from its size on, so these go in the vocabulary.
+        vocabulary.update((added[i]["content"], i) for i in extra)
     normalizer = config["normalizer"]
-    model = dict(type="BPE", dropout=None, unk_token=None)
-    model.update(continuing_subword_prefix=None, end_of_word_suffix=None)
-    model.update(fuse_unk=False, byte_fallback=False)
-    model.update(ignore_merges=config["ignore_merges"])
-    model.update(
-        vocab=_model_vocabulary(tokenizer.vocabulary, added),
-        merges=[m.split(" ", 1) for m in merges.splitlines() if m],
-    )
+    start = added[tokenizer.bos_id]["content"]
     return _tokenizer_json(
         [added[i] for i in sorted(added)],
         {"type": normalizer.upper()} if normalizer else None,
         {"type": "Sequence", "pretokenizers": steps},
-        model,
-        _start(tokenizer.bos_id, added[tokenizer.bos_id]["content"])
-        if tokenizer.add_bos
-        else None,
+        dict(
+            vocab=vocabulary,
+            merges=[m.split(" ", 1) for m in merges.splitlines() if m],
+            ignore_merges=config["ignore_merges"],
+        ),
+        _start(tokenizer.bos_id, start) if tokenizer.add_bos else None,
     )
-
-
-def _model_vocabulary(vocabulary: dict[str, int], added: dict) -> dict:
-    """`vocabulary`, with the added tokens it lacks when `tokenizers` would
-    not give them their ids: it numbers those from the vocabulary's size."""
-    extra = sorted(set(added) - set(vocabulary.values()))
-    if extra == list(range(len(vocabulary), len(vocabulary) + len(extra))):
-        return vocabulary
-    return {**vocabulary, **{added[i]["content"]: i for i in extra}}
 
 
 def _byte_json() -> dict[str, Any]:
@@ -308,27 +283,27 @@ def _byte_json() -> dict[str, Any]:
     vocabulary = {name: i for i, name in enumerate(BYTE_NAMES)}
     for byte, char in gpt2_bpe_ops.bytes_to_unicode().items():
         vocabulary[char] = byte + len(BYTE_NAMES)
-    model = dict(type="BPE", dropout=None, unk_token=None)
-    model.update(fuse_unk=False, byte_fallback=False, ignore_merges=False)
-    model.update(vocab=vocabulary, merges=[])
     added = [
         dict(id=i, content=name, special=True, normalized=False)
         for i, name in enumerate(BYTE_NAMES)
     ]
+    model = dict(vocab=vocabulary, merges=[], ignore_merges=False)
     return _tokenizer_json(
         added, None, dict(_BYTE_LEVEL, use_regex=False), model, None
     )
 
 
 def _tokenizer_json(added, normalizer, pre_tokenizer, model, post):
+    """A `tokenizers` byte-level BPE; `model`: vocab, merges, ignore_merges."""
+    unset = ("dropout", "unk_token", "continuing_subword_prefix")
+    model = dict(dict.fromkeys(unset), type="BPE", **model)
+    model.update(end_of_word_suffix=None, fuse_unk=False, byte_fallback=False)
+    flags = dict(single_word=False, lstrip=False, rstrip=False)
     return dict(
         version="1.0",
         truncation=None,
         padding=None,
-        added_tokens=[
-            dict(t, single_word=False, lstrip=False, rstrip=False)
-            for t in added
-        ],
+        added_tokens=[dict(t, **flags) for t in added],
         normalizer=normalizer,
         pre_tokenizer=pre_tokenizer,
         post_processor=post,
@@ -339,32 +314,22 @@ def _tokenizer_json(added, normalizer, pre_tokenizer, model, post):
 
 def _start(index: int, text: str) -> dict[str, Any]:
     """A post-processor that puts `text` (id `index`) before a text."""
-    start = {"SpecialToken": {"id": text, "type_id": 0}}
+    first, second = (
+        {"SpecialToken": {"id": text, "type_id": i}} for i in (0, 1)
+    )
+    a, b = ({"Sequence": {"id": n, "type_id": i}} for i, n in enumerate("AB"))
     return dict(
         type="TemplateProcessing",
-        single=[start, {"Sequence": {"id": "A", "type_id": 0}}],
-        pair=[
-            start,
-            {"Sequence": {"id": "A", "type_id": 0}},
-            {"SpecialToken": {"id": text, "type_id": 1}},
-            {"Sequence": {"id": "B", "type_id": 1}},
-        ],
+        single=[first, a],
+        pair=[first, a, second, b],
         special_tokens={text: {"id": text, "ids": [index], "tokens": [text]}},
     )
 
 
-def _added_token(
-    content: str, special: bool, normalized: bool = False
-) -> dict[str, Any]:
+def _added_token(content: str, special: bool, normalized: bool = False):
     """An `added_tokens_decoder` entry of `tokenizer_config.json`."""
-    return dict(
-        content=content,
-        lstrip=False,
-        normalized=normalized,
-        rstrip=False,
-        single_word=False,
-        special=special,
-    )
+    token = dict(content=content, lstrip=False, normalized=normalized)
+    return dict(token, rstrip=False, single_word=False, special=special)
 
 
 def _write_json(path: str, content: dict) -> None:
