@@ -79,15 +79,14 @@ def test_import_of_the_export_is_the_same_model(exported, tmp_path):
 def test_what_has_no_counterpart_is_refused(tmp_path):
     from tflm import tokenizers
 
-    byte = CausalLM.from_preset("tiny")
-    byte.tokenizer = tokenizers.ByteTokenizer()
-    with pytest.raises(errors.InputError, match="tokenizer is 'byte'"):
-        huggingface.to_huggingface(byte, tmp_path / "a")
-    llama = CausalLM.from_preset("tiny", norm="rmsnorm")
-    llama.tokenizer = tokenizers.ByteTokenizer()
+    lm = CausalLM.from_preset("tiny", norm="rmsnorm")
+    lm.tokenizer = tokenizers.ByteTokenizer()
     with pytest.raises(errors.InputError, match="norm is 'rmsnorm'"):
-        huggingface.to_huggingface(llama, tmp_path / "b")
-    assert not os.path.exists(tmp_path / "a")
+        huggingface.to_huggingface(lm, tmp_path / "b")
+    unbiased = CausalLM.from_preset("tiny", qkv_bias=False)
+    unbiased.tokenizer = tokenizers.ByteTokenizer()
+    with pytest.raises(errors.InputError, match="qkv projection has no bias"):
+        huggingface.to_huggingface(unbiased, tmp_path / "b")
     assert not os.path.exists(tmp_path / "b")
 
 
@@ -115,7 +114,10 @@ def test_cli_writes_the_layout_and_refuses_what_does_not_map(hf_dir, tmp_path):
         model, "--format", "huggingface", "--weights", "int8",
         "--out", str(tmp_path / "i"),
     )  # fmt: skip
-    assert bad.returncode == 2 and "drop them" in bad.stderr
+    assert bad.returncode == 2
+    assert "--weights int8 does not apply to --format huggingface" in (
+        bad.stderr
+    )
 
 
 def test_lora_adapters_are_merged_into_the_export(hf_dir, tmp_path):

@@ -63,39 +63,128 @@ def add(subparsers) -> None:
     )
     parser.add_argument(
         "--format",
-        choices=("saved_model", "huggingface"),
+        choices=("saved_model", "huggingface", "gguf"),
         default="saved_model",
         help="saved_model (default): BASE/<version>/ for TF Serving; "
-        "huggingface: --out becomes a folder that transformers loads "
-        "(config.json, model.safetensors, the tokenizer); GPT-2 models "
-        "with a GPT-2 BPE tokenizer so far",
+        "huggingface: --out becomes a folder that transformers, vLLM and "
+        "llama.cpp's converter load (config.json, safetensors, tokenizer, "
+        "chat template); gguf: --out becomes one .gguf file for llama.cpp",
+    )
+    parser.add_argument(
+        "--adapters-only",
+        action="store_true",
+        help="with --format huggingface: write a LoRA fine-tune's adapters "
+        "as PEFT's adapter_model.safetensors + adapter_config.json, for the "
+        "base model exported on its own",
+    )
+    parser.add_argument(
+        "--model-type",
+        choices=("gpt2", "llama", "qwen2", "mistral"),
+        default=None,
+        help="with --format huggingface: the model_type to write (default: "
+        "by the architecture; mistral may be asked for a bias-free Llama)",
     )
     parser.set_defaults(func=run)
 
 
-def _to_huggingface(model, args: argparse.Namespace) -> int:
+# The --weights each format writes (the first is the default).
+_FORMAT_WEIGHTS = {
+    "saved_model": (None, "float32", "bfloat16", "int8"),
+    "huggingface": ("float32", "bfloat16"),
+    "gguf": ("float32", "float16"),
+}
+
+
+def _check_flags(args: argparse.Namespace) -> None:
     from tflm import errors
+
+    allowed = _FORMAT_WEIGHTS[args.format]
+    if args.weights is not None and args.weights not in allowed:
+        raise errors.InputError(
+            f"--weights {args.weights} does not apply to --format "
+            f"{args.format}; it writes {' or '.join(filter(None, allowed))}."
+        )
+    if args.format == "saved_model":
+        given = [
+            flag
+            for flag, value in (
+                ("--adapters-only", args.adapters_only),
+                ("--model-type", args.model_type),
+            )
+            if value
+        ]
+    else:
+        given = [
+            flag
+            for flag, value in (
+                ("--version", args.version is not None),
+                ("--xla", args.xla),
+                ("--no-warmup", args.no_warmup),
+            )
+            if value
+        ]
+        if args.format == "gguf" and args.adapters_only:
+            given.append("--adapters-only")
+        if args.adapters_only and args.model_type:
+            given.append("--model-type")
+    if given:
+        raise errors.InputError(
+            f"{', '.join(given)} does not apply to --format {args.format}; "
+            "drop it."
+        )
+
+
+def _to_huggingface(model, args: argparse.Namespace) -> int:
     from tflm.export import huggingface
 
-    if (
-        args.version is not None
-        or args.xla
-        or args.weights
-        not in (
-            None,
-            "float32",
+    if args.adapters_only:
+        from tflm.export import peft
+
+        path = peft.to_peft(model, args.out, overwrite=args.overwrite)
+        print(f"exported adapters: {path} ({common.size_mb(path):.1f} MB)")
+        print(
+            "load them: peft.PeftModel.from_pretrained(<the base model in "
+            f"transformers>, {path!r})"
         )
-    ):
-        raise errors.InputError(
-            "--version, --xla and --weights bfloat16/int8 are for the "
-            "SavedModel; drop them with --format huggingface."
-        )
-    path = huggingface.to_huggingface(model, args.out, overwrite=args.overwrite)
+        return 0
+    path = huggingface.to_huggingface(
+        model,
+        args.out,
+        overwrite=args.overwrite,
+        weights=args.weights or "float32",
+        model_type=args.model_type or _recorded_model_type(args.model_dir),
+    )
     print(f"exported: {path} ({common.size_mb(path):.1f} MB)")
     print(
         "load it: transformers.AutoModelForCausalLM.from_pretrained"
         f"({path!r}) and AutoTokenizer.from_pretrained({path!r})"
     )
+    return 0
+
+
+def _recorded_model_type(directory: str) -> str | None:
+    """The Hugging Face `model_type` an imported model came from, when the
+    architecture alone does not tell it (Mistral is a bias-free Llama)."""
+    import json
+
+    from tflm.models import model_dir
+
+    with open(os.path.join(directory, model_dir.CONFIG_FILE)) as f:
+        recorded = json.load(f).get(model_dir.HF_MODEL_TYPE)
+    return recorded if recorded == "mistral" else None
+
+
+def _to_gguf(model, args: argparse.Namespace) -> int:
+    from tflm.export import gguf
+
+    path = gguf.to_gguf(
+        model,
+        args.out,
+        overwrite=args.overwrite,
+        dtype=args.weights or "float32",
+    )
+    print(f"exported: {path} ({os.path.getsize(path) / 2**20:.1f} MB)")
+    print(f"run it: llama-cli -m {path}")
     return 0
 
 
@@ -141,9 +230,17 @@ def run(args: argparse.Namespace) -> int:
     from tflm.models import causal_lm
     from tflm.models import model_dir
 
-    model = model_dir.load_model(causal_lm.CausalLM, args.model_dir)
-    if args.format == "huggingface":
+    _check_flags(args)
+    if args.format != "saved_model":
+        # Weights stored in bfloat16 or int8 are read back as float32 (int8
+        # dequantized); the file is then written in the asked dtype.
+        model = model_dir.load_model(
+            causal_lm.CausalLM, args.model_dir, weights="float32"
+        )
+        if args.format == "gguf":
+            return _to_gguf(model, args)
         return _to_huggingface(model, args)
+    model = model_dir.load_model(causal_lm.CausalLM, args.model_dir)
     path = export.export(
         model,
         args.out,

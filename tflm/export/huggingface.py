@@ -1,53 +1,70 @@
 """The way out: a tflm model written in the Hugging Face layout.
 
-`to_huggingface(model, directory)` writes what `transformers`'
+`to_huggingface(model, directory)` writes what transformers'
 `AutoModelForCausalLM.from_pretrained` and `AutoTokenizer.from_pretrained`
-read offline: `config.json`, `generation_config.json`,
-`model.safetensors` (float32), and the tokenizer's own files. The tensors
-are the importer's mapping (`tflm.importers.gpt2.hf_variables`) read the
+read offline (and vLLM and llama.cpp's converter with them):
+`config.json`, `generation_config.json`, `model.safetensors` (sharded
+above 2 GiB, with its index; float32 or bfloat16), the tokenizer's files
+and `chat_template.jinja`. The tensors are the importers' mappings
+(`tflm.importers.gpt2.targets`, `tflm.importers.llama.targets`) read the
 other way, so importing the result gives the same model back.
 
-Mapped so far: GPT-2 blocks (LayerNorm, tanh GELU, learned positions,
-fused biased projections, tied embeddings) with a GPT-2 byte-level BPE
-tokenizer. Anything else is refused, naming what has no counterpart; it
-is never approximated.
+Families: GPT-2 blocks (LayerNorm, tanh GELU, learned positions, biased
+projections, tied embeddings) as `gpt2`; RMSNorm, SwiGLU, rotary blocks as
+`llama` (`qwen2` for biases on q/k/v only, `mistral` on request). Anything
+else is refused, naming the field that has no counterpart; nothing is
+approximated.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import struct
+import re
 from typing import Any
 
 import numpy as np
 
 from tflm import atomic
 from tflm import errors
+from tflm.export import hf_chat_template
+from tflm.export import hf_tokenizer
+from tflm.export import safetensors
+from tflm.importers import checkpoint as checkpoint_lib
 from tflm.importers import gpt2 as gpt2_lib
+from tflm.importers import llama as llama_lib
 from tflm.models import lora as lora_lib
-from tflm.models import presets
-from tflm.tokenizers import gpt2_bpe
+from tflm.models import weights as weights_lib
 
-WEIGHTS_FILE = "model.safetensors"
+logger = logging.getLogger(__name__)
+
 CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
-# What every file `to_huggingface` writes is called: an existing folder
-# keeps its other entries.
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+WEIGHTS = ("float32", "bfloat16")
+MODEL_TYPES = ("gpt2", *llama_lib.MODEL_TYPES)
+# What `to_huggingface` writes: an existing folder keeps its other files.
 OWNED = (
     CONFIG_FILE,
     GENERATION_CONFIG_FILE,
-    WEIGHTS_FILE,
-    TOKENIZER_CONFIG_FILE,
-    gpt2_bpe.VOCABULARY_FILE,
-    gpt2_bpe.MERGES_FILE,
+    CHAT_TEMPLATE_FILE,
+    safetensors.WEIGHTS_FILE,
+    safetensors.INDEX_FILE,
     "special_tokens_map.json",
+    *hf_tokenizer.FILES,
 )
+_SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 
 
 def to_huggingface(
-    model, directory: str | os.PathLike, *, overwrite: bool = False
+    model,
+    directory: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    weights: str = "float32",
+    model_type: str | None = None,
+    max_shard_bytes: int = safetensors.MAX_SHARD_BYTES,
 ) -> str:
     """Writes `model` (a `CausalLM` with its tokenizer) in the Hugging Face
     layout.
@@ -57,146 +74,153 @@ def to_huggingface(
             are merged into the written weights (`model` is kept).
         directory: the folder to write, atomically.
         overwrite: replace the files of an earlier export there.
+        weights: `float32` or `bfloat16` (rounded to nearest even).
+        model_type: the Hugging Face `model_type` to write; defaults to
+            `gpt2` or `llama` by the architecture (`qwen2` for q/k/v
+            biases). `mistral` may be asked for a Llama-style model
+            without biases.
+        max_shard_bytes: the most bytes of one safetensors file.
 
     Returns:
         The folder's real path.
 
     Raises:
         InputError: an architecture or tokenizer without a transformers
-            counterpart (naming the field), or a folder that holds an
-            earlier export and no `overwrite`.
+            counterpart (naming the field), an int8 model, or a folder that
+            holds an earlier export and no `overwrite`.
     """
+    if weights not in WEIGHTS:
+        raise errors.InputError(
+            f"weights must be one of {', '.join(WEIGHTS)}. Received: "
+            f"{weights!r}."
+        )
+    if weights_lib.weights_of(model) == "int8":
+        raise errors.InputError(
+            "the model's weights are int8, which transformers does not "
+            "load as they are: export the float32 or bfloat16 model."
+        )
     model = lora_lib.merged(model)  # Adapters folded into the weights.
-    config = hf_config(model)
     tokenizer = model.tokenizer
-    tensors = {
-        name: np.asarray(variable.numpy(), np.float32)
-        for name, variable in gpt2_lib.hf_variables(model.backbone).items()
-    }
+    hf_tokenizer.check(tokenizer)
+    config, tensors = hf_tensors(model, model_type)
+    template = getattr(model, "template", None)
+    jinja = hf_chat_template.jinja(template, tokenizer) if template else None
+    config.update(torch_dtype=weights, dtype=weights)
+    directory = atomic.resolve(directory)
+    owned = OWNED + tuple(_shards(directory))
 
     def write(folder: str) -> None:
+        special = hf_tokenizer.write(
+            tokenizer, folder, model_max_length=_context(model)
+        )
+        eos = [special["eos_token_id"], *getattr(model, "eos_ids", ())]
+        eos = list(dict.fromkeys(eos))
+        config.update(
+            bos_token_id=special.get("bos_token_id"),
+            eos_token_id=eos[0] if len(eos) == 1 else eos,
+            pad_token_id=special.get("pad_token_id"),
+        )
         _write_json(os.path.join(folder, CONFIG_FILE), config)
-        _write_json(
-            os.path.join(folder, GENERATION_CONFIG_FILE),
-            dict(
-                bos_token_id=config["bos_token_id"],
-                eos_token_id=config["eos_token_id"],
-            ),
-        )
-        write_safetensors(os.path.join(folder, WEIGHTS_FILE), tensors)
-        tokenizer._save_assets(folder)
-        end = _token(tokenizer, tokenizer.eos_id)
-        _write_json(
-            os.path.join(folder, TOKENIZER_CONFIG_FILE),
-            dict(
-                tokenizer_class="GPT2Tokenizer",
-                bos_token=_token(tokenizer, tokenizer.bos_id),
-                eos_token=end,
-                unk_token=end,
-                add_prefix_space=False,
-                model_max_length=config["n_positions"],
-            ),
-        )
+        generation = {
+            k: config[k]
+            for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+        }
+        _write_json(os.path.join(folder, GENERATION_CONFIG_FILE), generation)
+        if jinja is not None:
+            with open(
+                os.path.join(folder, CHAT_TEMPLATE_FILE), "w", encoding="utf-8"
+            ) as f:
+                f.write(jinja)
+        safetensors.write(folder, tensors, weights, max_shard_bytes)
 
-    return atomic.write_directory(
-        directory, write, overwrite=overwrite, owned=OWNED
+    path = atomic.write_directory(
+        directory, write, overwrite=overwrite, owned=owned
     )
+    logger.info("Wrote %s (%s, %s).", path, config["model_type"], weights)
+    return path
 
 
-def hf_config(model) -> dict[str, Any]:
-    """The `config.json` of `model` as a Hugging Face GPT-2.
+def hf_config(model, model_type: str | None = None):
+    """`(config fields, {tensor name: Target})` of `model` as a Hugging
+    Face model of its family (token ids and dtype not included).
 
     Raises:
         InputError: naming the first field without a counterpart.
     """
-    backbone = model.backbone.get_config()
-    block = dict(presets.GPT2_BLOCK)
-    for field, value in block.items():
-        if field in ("dropout", "layer_norm_epsilon"):
-            continue
-        if backbone.get(field) != value:
-            raise errors.InputError(
-                f"the model's {field} is {backbone.get(field)!r}: only GPT-2 "
-                f"blocks ({field}={value!r}) export to the Hugging Face "
-                "layout so far (Llama-family export is not written yet)."
-            )
-    hidden, heads = backbone["hidden_dim"], backbone["num_heads"]
-    same = dict(
-        num_key_value_heads=(None, heads),
-        head_dim=(None, hidden // heads),
-        qkv_bias=(None, True),
-        output_bias=(None, True),
-        mlp_bias=(None, True),
-        rope_scaling=(None,),
-    )
-    for field, allowed in same.items():
-        if backbone.get(field) not in allowed:
-            raise errors.InputError(
-                f"the model's {field} is {backbone.get(field)!r}: a Hugging "
-                f"Face GPT-2 has {field} {allowed[-1]!r}."
-            )
-    tokenizer = model.tokenizer
-    if not isinstance(tokenizer, gpt2_bpe.GPT2BPETokenizer):
-        name = getattr(tokenizer, "type_name", type(tokenizer).__name__)
+    if model_type is not None and model_type not in MODEL_TYPES:
         raise errors.InputError(
-            f"the model's tokenizer is {name!r}: only a GPT-2 byte-level BPE "
-            "tokenizer exports to the Hugging Face layout so far."
+            f"model_type must be one of {', '.join(MODEL_TYPES)}. Received: "
+            f"{model_type!r}."
+        )
+    backbone = model.backbone.get_config()
+    biases = _biases(model.backbone)
+    learned = backbone.get("position_embedding") == "learned"
+    if model_type == "gpt2" or (model_type is None and learned):
+        config = gpt2_lib.hf_config(backbone, biases)
+        return config, gpt2_lib.targets(model.backbone)
+    config = llama_lib.hf_config(backbone, biases, model_type)
+    return config, llama_lib.targets(model.backbone)
+
+
+def hf_tensors(model, model_type: str | None = None):
+    """`(config fields, [safetensors.Tensor])`: `hf_config` with each
+    tensor's name, shape and reader, in the order to write them (the
+    tensors are read when written, one at a time)."""
+    config, targets = hf_config(model, model_type)
+    return config, [
+        safetensors.Tensor(name, _shape(target), _reader(target))
+        for name, target in targets.items()
+    ]
+
+
+def _biases(backbone) -> dict[str, bool]:
+    """Whether each kind of projection has a bias, as built."""
+    block = backbone.blocks[0]
+    attention = block.attention
+    qkv = attention.query_key_value if attention.fused_qkv else attention.query
+    if block.mlp_in.use_bias != block.mlp_out.use_bias:
+        raise errors.InputError(
+            f"the model's mlp_in bias is {block.mlp_in.use_bias} but its "
+            f"mlp_out bias {block.mlp_out.use_bias}: Hugging Face models "
+            "have both or neither."
         )
     return dict(
-        model_type="gpt2",
-        architectures=["GPT2LMHeadModel"],
-        vocab_size=backbone["vocabulary_size"],
-        n_positions=backbone["max_sequence_length"],
-        n_ctx=backbone["max_sequence_length"],
-        n_embd=hidden,
-        n_layer=backbone["num_layers"],
-        n_head=backbone["num_heads"],
-        n_inner=backbone["intermediate_dim"],
-        activation_function="gelu_new",
-        layer_norm_epsilon=backbone["layer_norm_epsilon"],
-        resid_pdrop=backbone["dropout"],
-        embd_pdrop=backbone["dropout"],
-        attn_pdrop=backbone["dropout"],
-        bos_token_id=tokenizer.bos_id,
-        eos_token_id=tokenizer.eos_id,
-        tie_word_embeddings=True,
+        qkv=qkv.use_bias,
+        output=attention.output_dense.use_bias,
+        mlp=block.mlp_in.use_bias,
     )
 
 
-def _token(tokenizer: gpt2_bpe.GPT2BPETokenizer, token_id: int) -> str:
-    for token, index in tokenizer.vocabulary.items():
-        if index == token_id:
-            return token
-    raise errors.InputError(
-        f"the tokenizer has no token for id {token_id}; it cannot be "
-        "written as a Hugging Face tokenizer."
-    )
+def _context(model) -> int:
+    return int(model.backbone.max_sequence_length)
 
 
-def _write_json(path: str, content: dict) -> None:
+def _shape(target: checkpoint_lib.Target) -> tuple[int, ...]:
+    shape = list(target.variable.shape)
+    if target.width is not None:
+        shape[-1 if len(shape) > 1 else 0] = target.width
+    return tuple(reversed(shape)) if target.transpose else tuple(shape)
+
+
+def _reader(target: checkpoint_lib.Target):
+    def read() -> np.ndarray:
+        value = np.asarray(target.variable.numpy())
+        if target.width is not None:
+            columns = slice(target.column, target.column + target.width)
+            value = value[..., columns]
+        return value.T if target.transpose else value
+
+    return read
+
+
+def _shards(directory: str) -> list[str]:
+    """Shard files of an earlier export in `directory` (superseded too)."""
+    if not os.path.isdir(directory):
+        return []
+    return [name for name in os.listdir(directory) if _SHARD.match(name)]
+
+
+def _write_json(path: str, content: dict[str, Any]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump(content, f, indent=2, ensure_ascii=False)
         f.write("\n")
-
-
-def write_safetensors(path: str, tensors: dict[str, np.ndarray]) -> None:
-    """Writes float32 `tensors` as one `.safetensors` file, a tensor at a
-    time (the format: an 8-byte little-endian header length, a JSON
-    header of names, dtypes, shapes and byte ranges, then the bytes)."""
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, array in tensors.items():
-        size = array.size * 4
-        header[name] = dict(
-            dtype="F32",
-            shape=list(array.shape),
-            data_offsets=[offset, offset + size],
-        )
-        offset += size
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for array in tensors.values():
-            f.write(np.ascontiguousarray(array, "<f4").tobytes())

@@ -109,9 +109,8 @@ def to_peft(
             )
 
     def write(folder: str) -> None:
-        (name,) = safetensors.write(folder, tensors, max_shard_bytes=2**62)
-        os.replace(
-            os.path.join(folder, name), os.path.join(folder, ADAPTER_FILE)
+        safetensors.write(
+            folder, tensors, max_shard_bytes=2**62, filename=ADAPTER_FILE
         )
         with open(os.path.join(folder, CONFIG_FILE), "w") as f:
             json.dump(config, f, indent=2, sort_keys=True)

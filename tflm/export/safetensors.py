@@ -67,6 +67,7 @@ def write(
     tensors: Sequence[Tensor],
     dtype: str = "float32",
     max_shard_bytes: int = MAX_SHARD_BYTES,
+    filename: str = WEIGHTS_FILE,
 ) -> list[str]:
     """Writes `tensors` in `dtype` into `folder`; returns the file names.
 
@@ -77,10 +78,12 @@ def write(
             `float16`.
         max_shard_bytes: the most bytes of tensors in one file; a single
             larger tensor gets a file of its own.
+        filename: the name of an unsharded file (PEFT's adapters are
+            `adapter_model.safetensors`).
     """
     code, numpy_dtype = DTYPES[dtype]
     groups = _groups(tensors, numpy_dtype.itemsize, max_shard_bytes)
-    names = shard_names(len(groups))
+    names = shard_names(len(groups)) if len(groups) > 1 else [filename]
     weight_map, total = {}, 0
     for name, group in zip(names, groups, strict=True):
         total += _write_file(os.path.join(folder, name), group, code,

@@ -114,7 +114,11 @@ def import_checkpoint(
     model, tokenizer = load_checkpoint(
         path, max_context=max_context, chat_template=chat_template, **overrides
     )
-    metadata = {"template": model.template} if model.template else None
+    metadata = {"template": model.template} if model.template else {}
+    if detect_format(path) == HUGGING_FACE:
+        # What `tflm export --format huggingface` writes back by default.
+        model_type = huggingface.read_config(os.fspath(path))[0]["model_type"]
+        metadata[model_dir.HF_MODEL_TYPE] = model_type
     model_dir.save(
         model, tokenizer, out_dir, overwrite=overwrite, metadata=metadata
     )

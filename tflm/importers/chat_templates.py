@@ -85,15 +85,17 @@ def recognise(source: str, bos: str, eos: str, where: str) -> dict:
         failure = ""
     except Exception as err:  # noqa: BLE001 - reported, not raised
         failure = f" (rendering it failed: {type(err).__name__}: {err})"
-    for name in ("chatml", "llama3", "zephyr", "mistral"):
+    # tflm's own comes back from `tflm export --format huggingface`.
+    for name in ("chatml", "llama3", "zephyr", "mistral", templates.NAME):
         record = _match(source, name, bos, eos)
         if record is not None:
             return record
     raise errors.InputError(
         f"{where}: the chat template matches none of the formats tflm "
-        f"renders (ChatML, Llama 3, Mistral [INST], Zephyr){failure}. Choose "
-        "one with --chat-template chatml|llama3|mistral|zephyr|tflm, or "
-        "--chat-template none for plain-text prompts."
+        "renders (ChatML, Llama 3, Mistral [INST], Zephyr, tflm's ### User:)"
+        f"{failure}. Choose one with --chat-template "
+        "chatml|llama3|mistral|zephyr|tflm, or --chat-template none for "
+        "plain-text prompts."
     )
 
 

@@ -293,8 +293,6 @@ def hf_config(
         num_attention_heads=backbone["num_heads"],
         num_key_value_heads=backbone.get("num_key_value_heads")
         or backbone["num_heads"],
-        head_dim=backbone.get("head_dim")
-        or backbone["hidden_dim"] // backbone["num_heads"],
         hidden_act="silu",
         max_position_embeddings=backbone["max_sequence_length"],
         rms_norm_eps=backbone["layer_norm_epsilon"],
@@ -306,6 +304,8 @@ def hf_config(
         tie_word_embeddings=bool(backbone.get("tie_embeddings")),
         attention_dropout=0.0,
     )
+    if backbone.get("head_dim"):  # Else hidden_size / heads, both ways.
+        config["head_dim"] = backbone["head_dim"]
     if model_type == "llama":
         config.update(attention_bias=biases["qkv"], mlp_bias=biases["mlp"])
     elif model_type == "qwen2":

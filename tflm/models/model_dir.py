@@ -224,6 +224,11 @@ def recover(directory: str | os.PathLike) -> None:
     atomic.sweep(*os.path.split(directory), MANAGED)
 
 
+# The `config.json` entry naming the Hugging Face `model_type` an imported
+# model came from (carried to its fine-tunes); the default of
+# `tflm export --format huggingface`.
+HF_MODEL_TYPE = "hf_model_type"
+
 # What `fingerprint` reads of a model directory: the `config.json` fields
 # that describe the model (not `tflm_version`, `best_step` or the record of
 # where it came from), and the files of the weights and the tokenizer.

@@ -114,8 +114,10 @@ class _Run:
             entries["parent"] = self.parent.record()
         if self.config.data_format == "task":
             entries["template"] = self.template
-        if self.parent is not None and self.parent.config.get("eos_ids"):
-            entries["eos_ids"] = self.parent.config["eos_ids"]
+        parent = self.parent.config if self.parent is not None else {}
+        for key in ("eos_ids", model_dir.HF_MODEL_TYPE):  # Carried over.
+            if parent.get(key):
+                entries[key] = parent[key]
         if keeper is not None and keeper.best_step is not None:
             entries["best_step"] = keeper.best_step
         if self.config.lora_rank is not None:
