@@ -157,27 +157,29 @@ def gguf_tensors(config: dict, hf: list, dtype: str) -> list[Tensor]:
             "counterpart in llama.cpp; export a model without it."
         )
     for tensor in hf:
-        value = _layout(config, tensor.name, tensor.value)
+        shape, value = _layout(
+            config, tensor.name, tuple(tensor.shape), tensor.value
+        )
         name = names.get_name(tensor.name, try_suffixes=(".weight", ".bias"))
-        shape = tuple(tensor.shape)
         out.append(Tensor(name, shape, _storage(name, shape, dtype), value))
         if arch == "gpt2" and name == "token_embd.weight":  # The tied head.
             out.append(Tensor("output.weight", shape, out[-1].dtype, value))
     return out
 
 
-def _layout(config: dict, name: str, read):
-    """The reader of `name` in llama.cpp's layout."""
+def _layout(config: dict, name: str, shape: tuple, read):
+    """`(shape, reader)` of `name` in llama.cpp's layout."""
     if config["model_type"] == "gpt2":
         conv = (".c_attn.weight", ".c_proj.weight", ".c_fc.weight")
-        return (lambda: read().T) if name.endswith(conv) else read
+        if name.endswith(conv):
+            return shape[::-1], lambda: read().T
     if config["model_type"] in ("llama", "mistral"):
         q_heads = config["num_attention_heads"]
         heads = {"q_proj": q_heads, "k_proj": config["num_key_value_heads"]}
         for projection, count in heads.items():
             if name.endswith((f"{projection}.weight", f"{projection}.bias")):
-                return lambda: permute(read(), count)
-    return read
+                return shape, lambda n=count: permute(read(), n)
+    return shape, read
 
 
 def _storage(name: str, shape: tuple[int, ...], dtype: str) -> str:
@@ -269,7 +271,8 @@ def _array(tensor: Tensor) -> np.ndarray:
     """The tensor's values in its storage dtype, checked."""
     value = tensor.value() if callable(tensor.value) else tensor.value
     value = np.asarray(value, dtype=np.float32)
-    out = np.ascontiguousarray(value.astype(tensor.dtype))
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(value.astype(tensor.dtype))
     if not np.isfinite(out).all() and np.isfinite(value).all():
         raise errors.InputError(
             f"{tensor.name} has values beyond float16's range (65504): "
