@@ -350,6 +350,13 @@ def test_refusals_leave_nothing_behind(sentencepiece, tmp_path):
     ):
         gguf_export.to_gguf(lm, path, overwrite=True)
     lm.tokenizer = sentencepiece
+    llama3 = dict(
+        type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+        original_max_position_embeddings=16,
+    )  # fmt: skip
+    qwen2 = _lm(sentencepiece, qkv_bias=True, rope_scaling=llama3)
+    with pytest.raises(errors.InputError, match="llama3 rope scaling has no"):
+        gguf_export.to_gguf(qwen2, path, overwrite=True)
     lm.backbone.token_embedding.embeddings.assign(
         np.full(lm.backbone.token_embedding.embeddings.shape, 1e6, "float32")
     )
