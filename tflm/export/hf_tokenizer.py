@@ -100,6 +100,17 @@ def write(tokenizer, folder: str, *, model_max_length: int) -> dict:
         clean_up_tokenization_spaces=False,
         model_max_length=model_max_length,
     )
+    if isinstance(
+        tokenizer, tokenizers.ByteTokenizer | tokenizers.SentencePieceTokenizer
+    ):
+        # transformers runs these through other classes; `tflm import`
+        # builds the same tflm tokenizer back from its own record.
+        config[hf_files.TFLM_TOKENIZER_KEY] = dict(
+            tokenizers.base.tokenizer_config(tokenizer),
+            model_file=SENTENCEPIECE_FILE,
+        )
+        if isinstance(tokenizer, tokenizers.ByteTokenizer):
+            del config[hf_files.TFLM_TOKENIZER_KEY]["model_file"]
     config.setdefault("added_tokens_decoder", {})
     for index in sorted(_special_ids(tokenizer)):
         config["added_tokens_decoder"].setdefault(

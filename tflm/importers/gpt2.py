@@ -17,6 +17,7 @@ from typing import Any
 from tflm import errors
 from tflm import tokenizers
 from tflm.importers import checkpoint as checkpoint_lib
+from tflm.importers import hf_tokenizer
 from tflm.importers import weights
 from tflm.models import backbone as backbone_lib
 from tflm.models import causal_lm
@@ -157,7 +158,9 @@ def load_hf_gpt2(
     config_path = os.path.join(path, CONFIG_FILE)
     args = backbone_args(hf_files.read_json(config_path), config_path)
     weights.log_architecture(args, config_path)
-    tokenizer = gpt2_bpe.GPT2BPETokenizer.from_directory(path)
+    tokenizer = hf_tokenizer.recorded(
+        path
+    ) or gpt2_bpe.GPT2BPETokenizer.from_directory(path)
     weights.check_vocabulary(tokenizer, args["vocabulary_size"], config_path)
     checkpoint = checkpoint_lib.Checkpoint(path)
     try:

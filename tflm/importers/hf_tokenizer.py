@@ -31,6 +31,9 @@ def load(directory: str) -> tokenizers.Tokenizer:
         InputError: no tokenizer file tflm reads, or one of a kind tflm
             cannot run (named).
     """
+    own = recorded(directory)
+    if own is not None:
+        return own
     hf_path = os.path.join(directory, HF_TOKENIZER_FILE)
     spm_path = os.path.join(directory, SENTENCEPIECE_FILE)
     if os.path.isfile(hf_path):
@@ -46,3 +49,16 @@ def load(directory: str) -> tokenizers.Tokenizer:
         f"(byte-level BPE), {SENTENCEPIECE_FILE} (SentencePiece) or "
         "vocab.json + merges.txt. Download the checkpoint's tokenizer files."
     )
+
+
+def recorded(directory: str) -> tokenizers.Tokenizer | None:
+    """The tokenizer `tflm export` recorded in `tokenizer_config.json`
+    (byte and SentencePiece tokenizers, which transformers runs through
+    other classes), built back exactly; `None` for any other checkpoint."""
+    path = os.path.join(directory, hf_files.TOKENIZER_CONFIG_FILE)
+    if not os.path.isfile(path):
+        return None
+    record = hf_files.read_json(path).get(hf_files.TFLM_TOKENIZER_KEY)
+    if record is None:
+        return None
+    return tokenizers.base.from_config(directory, record, path)

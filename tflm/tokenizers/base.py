@@ -271,10 +271,22 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
             f"{path} is not valid JSON ({err}). Restore it, or train or "
             "import the tokenizer again."
         ) from None
+    return from_config(directory, config, path)
+
+
+def from_config(
+    directory: str, config: dict[str, Any], source: str
+) -> Tokenizer:
+    """The tokenizer a `tokenizer_config` record describes, its files read
+    from `directory`.
+
+    Raises:
+        InputError: naming `source`, for an unknown type or missing file.
+    """
     kind = config.get("type") if isinstance(config, dict) else None
     if kind not in _REGISTRY:
         raise errors.InputError(
-            f"{path}: unknown tokenizer type {kind!r}; expected one of "
+            f"{source}: unknown tokenizer type {kind!r}; expected one of "
             f"{sorted(_REGISTRY)}."
         )
     return _REGISTRY[kind]._from_directory(directory, config)

@@ -17,6 +17,10 @@ MODEL_CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SENTENCEPIECE_FILE = "tokenizer.model"
+# The `tokenizer_config.json` entry where `tflm export --format huggingface`
+# keeps tflm's own record of a tokenizer that transformers runs through
+# another class (byte, SentencePiece), so `tflm import` builds it back.
+TFLM_TOKENIZER_KEY = "tflm_tokenizer"
 
 
 def read_text(path: str, parse: Any) -> Any:
