@@ -51,10 +51,12 @@ def add(subparsers) -> None:
     )
     parser.add_argument(
         "--weights",
-        choices=("float32", "bfloat16", "int8"),
+        choices=("float32", "bfloat16", "float16", "int8"),
         default=None,
-        help="store and run the weights in this type (default: as saved); "
-        "bfloat16 pays only on a CPU with AVX-512 BF16 or AMX-BF16",
+        help="store the weights in this type: for a SavedModel float32, "
+        "bfloat16 or int8 (default: as saved; bfloat16 pays only on a CPU "
+        "with AVX-512 BF16 or AMX-BF16); huggingface float32 (default) or "
+        "bfloat16; gguf float32 (default) or float16",
     )
     parser.add_argument(
         "--no-warmup",
@@ -140,7 +142,12 @@ def _to_huggingface(model, args: argparse.Namespace) -> int:
     if args.adapters_only:
         from tflm.export import peft
 
-        path = peft.to_peft(model, args.out, overwrite=args.overwrite)
+        path = peft.to_peft(
+            model,
+            args.out,
+            overwrite=args.overwrite,
+            model_type=_recorded_model_type(args.model_dir),
+        )
         print(f"exported adapters: {path} ({common.size_mb(path):.1f} MB)")
         print(
             "load them: peft.PeftModel.from_pretrained(<the base model in "
