@@ -121,6 +121,7 @@ def _write_file(path: str, tensors, code: str, dtype: np.dtype) -> int:
                     f"tensor {tensor.name!r} has shape {array.shape}, not "
                     f"{tensor.shape}."
                 )
-            array = np.asarray(array, np.float32).astype(dtype)
-            f.write(np.ascontiguousarray(array).tobytes())
+            # At most one copy of a tensor: the cast (none for float32).
+            array = np.asarray(array, np.float32).astype(dtype, copy=False)
+            f.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
     return offset
