@@ -77,7 +77,8 @@ def test_gguf_file_in_float16(tmp_path, capsys):
 def test_gguf_refuses_a_byte_tokenizer(lora_dir, tmp_path, capsys):
     out = str(tmp_path / "model.gguf")
     code, _, stderr = _run(capsys, lora_dir, "--format", "gguf", "--out", out)
-    assert code == 2 and "byte" in stderr.lower()
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "byte" in lines[0].lower()
     assert not os.path.exists(out)
 
 
@@ -90,6 +91,8 @@ def test_gguf_refuses_a_byte_tokenizer(lora_dir, tmp_path, capsys):
          "--weights float16 does not apply to --format huggingface"),
         (["--format", "gguf", "--weights", "int8"], "--weights int8"),
         (["--format", "huggingface", "--xla"], "--xla does not apply"),
+        (["--format", "huggingface", "--adapters-only", "--weights",
+          "bfloat16"], "--weights bfloat16 does not apply"),
         (["--format", "huggingface", "--model-type", "llama"],
          "norm is 'layernorm'"),
     ],

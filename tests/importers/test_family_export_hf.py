@@ -186,8 +186,15 @@ def test_the_model_type_comes_from_the_architecture_or_the_record(
 ):
     # Mistral is a bias-free Llama: only the record tells them apart.
     mistral = exported["mistral"]
-    assert _config(mistral.out)["model_type"] == "mistral"
-    out = huggingface.to_huggingface(mistral.lm, tmp_path / "plain")
+    config = _config(mistral.out)
+    assert config["model_type"] == "mistral"
+    assert config["sliding_window"] == config["max_position_embeddings"]
+    assert mistral.lm.hf_model_type == "mistral"
+    out = huggingface.to_huggingface(mistral.lm, tmp_path / "m")
+    assert _config(out)["model_type"] == "mistral"
+    out = huggingface.to_huggingface(
+        mistral.lm, tmp_path / "plain", model_type="llama"
+    )
     assert _config(out)["model_type"] == "llama"
     # Qwen2's biases on q/k/v only are Qwen2's alone.
     qwen = huggingface.to_huggingface(exported["qwen2"].lm, tmp_path / "q")

@@ -1,4 +1,5 @@
-"""The one crash-safe directory writer: model directories, exports, tokenizers.
+"""The one crash-safe writer: model directories, exports, tokenizers, and
+single files (`write_file`: a GGUF export).
 
 `write_directory(target, write)` fills a hidden temporary folder beside
 `target` (`.NAME.tflm-tmp-OWNER-XXXX`), flushes every file and folder to
@@ -33,6 +34,7 @@ from tflm.atomic.writer import resolve
 from tflm.atomic.writer import staged
 from tflm.atomic.writer import sweep
 from tflm.atomic.writer import write_directory
+from tflm.atomic.writer import write_file
 
 __all__ = [
     "NoSpaceError",
@@ -49,4 +51,5 @@ __all__ = [
     "sweep",
     "tree_size",
     "write_directory",
+    "write_file",
 ]

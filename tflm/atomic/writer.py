@@ -101,6 +101,51 @@ def existing_entries(target: str, owned: Collection[str] | None) -> list:
     return [e for e in entries if owned is None or e in owned]
 
 
+def write_file(
+    target: str | os.PathLike,
+    write: Callable[[str], None],
+    *,
+    overwrite: bool = False,
+    what: str = "--out",
+) -> str:
+    """Writes one file atomically and returns its absolute path.
+
+    `write(path)` fills a file inside a `staged` folder beside `target`,
+    which is then renamed into place: a kill leaves the old file or the new
+    one, and the next write sweeps the leftover.
+
+    Raises:
+        InputError: the target is a folder, exists without `overwrite`,
+            another process writes it, or the disk is full.
+    """
+    target = os.path.abspath(os.fspath(target))
+    if os.path.isdir(target):
+        raise errors.InputError(
+            f"{what} {target} is a folder; name the file to write."
+        )
+    parent, name = os.path.split(target)
+    os.makedirs(parent, exist_ok=True)
+    exists = errors.InputError(
+        f"{what} {target} already exists. Pass --overwrite (overwrite=True) "
+        "to replace it, or name a new file."
+    )
+    with locking.lock(target):
+        sweep(parent, name, None)
+        if os.path.lexists(target) and not overwrite:
+            raise exists
+        with staged(parent, name) as temp:
+            path = os.path.join(temp, name)
+            write(path)
+            fs.sync(path)
+            if overwrite:
+                os.replace(path, target)
+            elif not fs.rename_noreplace(path, target):
+                raise exists
+            fs.sync(parent)
+            os.rmdir(temp)
+    return target
+
+
 @contextlib.contextmanager
 def staged(parent: str, stem: str) -> Iterator[str]:
     """Yields a new hidden temporary folder in `parent`; removes it on error.

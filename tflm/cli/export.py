@@ -129,6 +129,8 @@ def _check_flags(args: argparse.Namespace) -> None:
             given.append("--adapters-only")
         if args.adapters_only and args.model_type:
             given.append("--model-type")
+        if args.adapters_only and args.weights not in (None, "float32"):
+            given.append(f"--weights {args.weights}")
     if given:
         raise errors.InputError(
             f"{', '.join(given)} does not apply to --format {args.format}; "
@@ -146,7 +148,7 @@ def _to_huggingface(model, args: argparse.Namespace) -> int:
             model,
             args.out,
             overwrite=args.overwrite,
-            model_type=_recorded_model_type(args.model_dir),
+            model_type=args.model_type,
         )
         print(f"exported adapters: {path} ({common.size_mb(path):.1f} MB)")
         print(
@@ -159,7 +161,7 @@ def _to_huggingface(model, args: argparse.Namespace) -> int:
         args.out,
         overwrite=args.overwrite,
         weights=args.weights or "float32",
-        model_type=args.model_type or _recorded_model_type(args.model_dir),
+        model_type=args.model_type,
     )
     print(f"exported: {path} ({common.size_mb(path):.1f} MB)")
     print(
@@ -167,18 +169,6 @@ def _to_huggingface(model, args: argparse.Namespace) -> int:
         f"({path!r}) and AutoTokenizer.from_pretrained({path!r})"
     )
     return 0
-
-
-def _recorded_model_type(directory: str) -> str | None:
-    """The Hugging Face `model_type` an imported model came from, when the
-    architecture alone does not tell it (Mistral is a bias-free Llama)."""
-    import json
-
-    from tflm.models import model_dir
-
-    with open(os.path.join(directory, model_dir.CONFIG_FILE)) as f:
-        recorded = json.load(f).get(model_dir.HF_MODEL_TYPE)
-    return recorded if recorded == "mistral" else None
 
 
 def _to_gguf(model, args: argparse.Namespace) -> int:

@@ -97,10 +97,11 @@ class QuietStderr:
 
 
 def quiet_python_logging() -> None:
-    """Raises TensorFlow's and absl's Python loggers to ERROR and hides
-    library warnings (tflm's own messages use `logging`)."""
+    """Raises the Python loggers of TensorFlow, absl, h5py and the gguf
+    writer to ERROR and hides library warnings (tflm's own messages use
+    `logging`)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    for name in ("tensorflow", "absl", "h5py"):
+    for name in ("tensorflow", "absl", "h5py", "gguf"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"(keras|tensorflow|absl)\b.*")
     warnings.filterwarnings("ignore", category=DeprecationWarning)

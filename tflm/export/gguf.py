@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
-import tempfile
 from typing import Any
 from typing import NamedTuple
 
@@ -33,7 +32,6 @@ import numpy as np
 
 from tflm import atomic
 from tflm import errors
-from tflm.atomic import fs
 from tflm.export import gguf_vocab
 from tflm.export import huggingface
 from tflm.models import lora as lora_lib
@@ -282,42 +280,16 @@ def _array(tensor: Tensor) -> np.ndarray:
 
 
 def _write(writer, plan: list[Tensor], target: str, overwrite: bool) -> None:
-    """Writes a temporary file beside `target` and renames it into place."""
-    if os.path.isdir(target):
-        raise errors.InputError(
-            f"--out {target} is a folder; name the .gguf file to write."
-        )
-    parent, name = os.path.split(target)
-    os.makedirs(parent, exist_ok=True)
-    exists = errors.InputError(
-        f"--out {target} already exists. Pass --overwrite (overwrite=True) "
-        "to replace it, or name a new file."
-    )
-    with atomic.lock(target):
-        if os.path.lexists(target) and not overwrite:
-            raise exists
-        fd, temp = tempfile.mkstemp(prefix=f".{name}.", dir=parent)
-        os.close(fd)
+    """Writes the file through `atomic.write_file` (staged, renamed)."""
+
+    def fill(path: str) -> None:
         try:
-            writer.write_header_to_file(path=pathlib.Path(temp))
+            writer.write_header_to_file(path=pathlib.Path(path))
             writer.write_kv_data_to_file()
             writer.write_ti_data_to_file()
             for tensor in plan:
                 writer.write_tensor_data(_array(tensor))
+        finally:
             writer.close()
-            fs.sync(temp)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(temp, 0o666 & ~umask)  # mkstemp's mode is 0600.
-            if overwrite:
-                os.replace(temp, target)
-            elif not fs.rename_noreplace(temp, target):
-                raise exists
-            fs.sync(parent)
-        except BaseException as err:
-            writer.close()
-            written = os.path.getsize(temp) if os.path.exists(temp) else 0
-            fs.remove(temp)
-            if fs.is_no_space(err):
-                raise atomic.no_space(parent, written) from err
-            raise
+
+    atomic.write_file(target, fill, overwrite=overwrite)

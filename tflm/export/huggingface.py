@@ -31,17 +31,19 @@ from tflm import errors
 from tflm.export import hf_chat_template
 from tflm.export import hf_tokenizer
 from tflm.export import safetensors
+from tflm.importers import chat_templates
 from tflm.importers import checkpoint as checkpoint_lib
 from tflm.importers import gpt2 as gpt2_lib
+from tflm.importers import huggingface as importers_hf
 from tflm.importers import llama as llama_lib
 from tflm.models import lora as lora_lib
 from tflm.models import weights as weights_lib
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
-GENERATION_CONFIG_FILE = "generation_config.json"
-CHAT_TEMPLATE_FILE = "chat_template.jinja"
+CONFIG_FILE = importers_hf.CONFIG_FILE
+GENERATION_CONFIG_FILE = importers_hf.GENERATION_CONFIG_FILE
+CHAT_TEMPLATE_FILE = chat_templates.JINJA_FILE
 WEIGHTS = ("float32", "bfloat16")
 MODEL_TYPES = ("gpt2", *llama_lib.MODEL_TYPES)
 # What `to_huggingface` writes: an existing folder keeps its other files.
@@ -51,7 +53,6 @@ OWNED = (
     CHAT_TEMPLATE_FILE,
     safetensors.WEIGHTS_FILE,
     safetensors.INDEX_FILE,
-    "special_tokens_map.json",
     *hf_tokenizer.FILES,
 )
 _SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
@@ -76,9 +77,10 @@ def to_huggingface(
         overwrite: replace the files of an earlier export there.
         weights: `float32` or `bfloat16` (rounded to nearest even).
         model_type: the Hugging Face `model_type` to write; defaults to
-            `gpt2` or `llama` by the architecture (`qwen2` for q/k/v
-            biases). `mistral` may be asked for a Llama-style model
-            without biases.
+            the one an imported model came from (`model.hf_model_type`,
+            kept by its fine-tunes), else `gpt2` or `llama` by the
+            architecture (`qwen2` for q/k/v biases). `mistral` may be asked
+            for a Llama-style model without biases.
         max_shard_bytes: the most bytes of one safetensors file.
 
     Returns:
@@ -94,10 +96,17 @@ def to_huggingface(
             f"weights must be one of {', '.join(WEIGHTS)}. Received: "
             f"{weights!r}."
         )
+    if getattr(model, "tokenizer", None) is None:
+        raise errors.InputError(
+            "the model has no tokenizer to write: set model.tokenizer (a "
+            "model directory loads its own)."
+        )
     if weights_lib.weights_of(model) == "int8":
         raise errors.InputError(
             "the model's weights are int8, which transformers does not "
-            "load as they are: export the float32 or bfloat16 model."
+            "load as they are: convert them first with "
+            "tflm.models.weights.convert_weights(model, 'float32') (`tflm "
+            "export` does)."
         )
     model = lora_lib.merged(model)  # Adapters folded into the weights.
     tokenizer = model.tokenizer
@@ -152,6 +161,9 @@ def hf_config(model, model_type: str | None = None):
             f"model_type must be one of {', '.join(MODEL_TYPES)}. Received: "
             f"{model_type!r}."
         )
+    recorded = getattr(model, "hf_model_type", None)
+    if model_type is None and recorded in MODEL_TYPES:
+        model_type = recorded  # The family an imported model came from.
     backbone = model.backbone.get_config()
     biases = _biases(model.backbone)
     learned = backbone.get("position_embedding") == "learned"

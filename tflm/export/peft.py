@@ -110,7 +110,7 @@ def to_peft(
 
     def write(folder: str) -> None:
         safetensors.write(
-            folder, tensors, max_shard_bytes=2**62, filename=ADAPTER_FILE
+            folder, tensors, max_shard_bytes=None, filename=ADAPTER_FILE
         )
         with open(os.path.join(folder, CONFIG_FILE), "w") as f:
             json.dump(config, f, indent=2, sort_keys=True)

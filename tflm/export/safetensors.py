@@ -22,8 +22,10 @@ from typing import NamedTuple
 import ml_dtypes
 import numpy as np
 
-WEIGHTS_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
+from tflm.importers import checkpoint
+
+WEIGHTS_FILE = checkpoint.WEIGHTS_FILE
+INDEX_FILE = checkpoint.INDEX_FILE
 MAX_SHARD_BYTES = 2 * 2**30  # 2 GiB, the limit the issue and HF Hub use.
 DTYPES = {
     "float32": ("F32", np.dtype("<f4")),
@@ -66,7 +68,7 @@ def write(
     folder: str,
     tensors: Sequence[Tensor],
     dtype: str = "float32",
-    max_shard_bytes: int = MAX_SHARD_BYTES,
+    max_shard_bytes: int | None = MAX_SHARD_BYTES,
     filename: str = WEIGHTS_FILE,
 ) -> list[str]:
     """Writes `tensors` in `dtype` into `folder`; returns the file names.
@@ -76,13 +78,16 @@ def write(
         tensors: in the order to write them.
         dtype: `float32`, `bfloat16` (rounded to nearest even) or
             `float16`.
-        max_shard_bytes: the most bytes of tensors in one file; a single
-            larger tensor gets a file of its own.
+        max_shard_bytes: the most bytes of tensors in one file (a single
+            larger tensor gets a file of its own); `None`: one file.
         filename: the name of an unsharded file (PEFT's adapters are
             `adapter_model.safetensors`).
     """
     code, numpy_dtype = DTYPES[dtype]
-    groups = _groups(tensors, numpy_dtype.itemsize, max_shard_bytes)
+    if max_shard_bytes is None:
+        groups = [list(tensors)]
+    else:
+        groups = _groups(tensors, numpy_dtype.itemsize, max_shard_bytes)
     names = shard_names(len(groups)) if len(groups) > 1 else [filename]
     weight_map, total = {}, 0
     for name, group in zip(names, groups, strict=True):

@@ -115,10 +115,9 @@ def import_checkpoint(
         path, max_context=max_context, chat_template=chat_template, **overrides
     )
     metadata = {"template": model.template} if model.template else {}
-    if detect_format(path) == HUGGING_FACE:
+    if getattr(model, "hf_model_type", None):
         # What `tflm export --format huggingface` writes back by default.
-        model_type = huggingface.read_config(os.fspath(path))[0]["model_type"]
-        metadata[model_dir.HF_MODEL_TYPE] = model_type
+        metadata[model_dir.HF_MODEL_TYPE] = model.hf_model_type
     model_dir.save(
         model, tokenizer, out_dir, overwrite=overwrite, metadata=metadata
     )

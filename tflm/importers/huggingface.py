@@ -120,4 +120,5 @@ def load(
     extra = [i for i in eos_ids(path, config) if i != tokenizer.eos_id]
     model.eos_ids = tuple(extra)
     model.template = template
+    model.hf_model_type = config["model_type"]
     return model, tokenizer

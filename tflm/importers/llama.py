@@ -264,10 +264,12 @@ def hf_config(
         "mistral": not any(biases.values()),
     }
     if not allowed[model_type]:
+        where = [name for name, on in biases.items() if on] or ["none"]
         raise errors.InputError(
-            f"the model's projection biases ({biases}) have no {model_type} "
-            "counterpart: Llama has the same bias on q, k, v and o, Qwen2 "
-            "biases on q, k and v only, Mistral none."
+            f"the model's biases (on {', '.join(where)}) have no "
+            f"{model_type} counterpart: Llama has the same bias on q, k, v "
+            "and o, Qwen2 biases on q, k and v only, Mistral none. Leave "
+            "model_type (--model-type) out to pick the family that fits."
         )
     theta = float(backbone.get("rope_max_wavelength", 10000.0))
     scaling = backbone.get("rope_scaling")
@@ -299,7 +301,11 @@ def hf_config(
         # transformers 5.x reads `rope_parameters`; 4.x, vLLM and
         # llama.cpp's converter read `rope_theta` and `rope_scaling`.
         rope_theta=theta,
-        rope_scaling=dict(rope) if scaling else None,
+        rope_scaling=(
+            {k: v for k, v in rope.items() if k != "rope_theta"}
+            if scaling
+            else None
+        ),
         rope_parameters=rope,
         tie_word_embeddings=bool(backbone.get("tie_embeddings")),
         attention_dropout=0.0,
@@ -315,5 +321,6 @@ def hf_config(
             max_window_layers=layers,
         )
     else:
-        config.update(sliding_window=None)
+        # The window an import was capped at (exact within the context).
+        config.update(sliding_window=backbone["max_sequence_length"])
     return config

@@ -481,6 +481,7 @@ def load_model(
         templates.check_tokenizer(model.template, model.tokenizer)
     path = os.path.join(directory, CONFIG_FILE)
     model.eos_ids = _eos_ids(config.get("eos_ids", []), path)
+    model.hf_model_type = config.get(HF_MODEL_TYPE)
     return model
 
 
