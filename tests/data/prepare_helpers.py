@@ -6,16 +6,12 @@ import random
 import subprocess
 import sys
 
+import gpt2_files  # noqa: E402
 import numpy as np
 
 from tflm import data
 from tflm.data import shards
 from tflm.tokenizers import gpt2_bpe
-
-sys.path.insert(
-    0, os.path.join(os.path.dirname(__file__), os.pardir, "importers")
-)
-import gpt2_files  # noqa: E402
 
 # English, Chinese and emoji, with whitespace that tokenizers treat apart:
 # ideographic spaces (U+3000), a vertical tab, trailing runs, blank lines.

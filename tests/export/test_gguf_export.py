@@ -4,7 +4,6 @@ model's logits; tensors, dtypes and metadata are as the converter writes
 them."""
 
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -18,9 +17,6 @@ from tflm.models.backbone import Backbone
 from tflm.models.causal_lm import CausalLM
 
 gguf = pytest.importorskip("gguf", reason="gguf (the gguf extra) is absent")
-sys.path.insert(
-    0, os.path.join(os.path.dirname(__file__), os.pardir, "importers")
-)
 import gpt2_files  # noqa: E402
 
 VOCAB = 304  # Above the tokenizers' ids: the rest are padding tokens.
@@ -125,7 +121,7 @@ def _llama_cpp(path, ids=IDS):
     key = {k.split(".", 1)[1]: v for k, v in meta.items() if arch in k[:5]}
     heads = key["attention.head_count"]
     kv = key.get("attention.head_count_kv", heads)
-    dim = key["embedding_length"] // heads
+    dim = key.get("attention.key_length", key["embedding_length"] // heads)
 
     def linear(x, name):
         return x @ t[f"{name}.weight"].T + t.get(f"{name}.bias", 0.0)
@@ -255,6 +251,16 @@ def test_float16_stores_weights_in_float16_and_norms_in_float32(
     assert half["blk.0.attn_norm.weight"].dtype == np.float32
 
 
+def test_llama_with_its_own_head_size_and_biases(sentencepiece, tmp_path):
+    """A head size that is not width / heads (`attention.key_length`) and
+    biases on every projection, permuted with q and k."""
+    lm = _lm(sentencepiece, head_dim=12, use_bias=True)
+    path = gguf_export.to_gguf(lm, tmp_path / "m.gguf")
+    _, meta = _read(path)
+    assert meta["llama.attention.key_length"] == 12
+    np.testing.assert_allclose(_llama_cpp(path), _logits(lm), atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "scaling",
     [
@@ -366,3 +372,33 @@ def test_refusals_leave_nothing_behind(sentencepiece, tmp_path):
     assert path.read_bytes() == b"earlier"
     gguf_export.to_gguf(lm, path, overwrite=True)
     assert _read(str(path))[1]["general.name"] == "m"
+
+
+def _transformers_logits(path, ids=IDS):
+    """Logits of transformers reading the GGUF file (its own dequantizing
+    reader, which undoes llama.cpp's q/k permutation): a reader of the
+    file that tflm did not write."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    folder, name = os.path.split(str(path))
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=name
+    ).eval()
+    with torch.no_grad():
+        return model(torch.tensor([list(ids)])).logits.numpy()[0]
+
+
+# Not GPT-2: transformers' GGUF reader builds GPT-2 with 1,024 positions
+# whatever `gpt2.context_length` says, and refuses the smaller table.
+@pytest.mark.parametrize("kind", ["llama", "llama-tied", "qwen2"])
+def test_transformers_reads_the_file_with_the_models_logits(
+    sentencepiece, bpe, tmp_path, kind
+):
+    if kind == "qwen2":
+        lm = _lm(bpe, vocabulary_size=bpe.vocabulary_size, qkv_bias=True)
+    else:
+        lm = _lm(sentencepiece, fused_qkv=True, tie_embeddings=kind != "llama")
+    path = gguf_export.to_gguf(lm, tmp_path / "m.gguf")
+    np.testing.assert_allclose(
+        _transformers_logits(path), _logits(lm), atol=1e-4
+    )

@@ -10,7 +10,6 @@ GPT-2 tokenizer (`vocab.json` + `merges.txt`).
 
 import os
 import shutil
-import sys
 
 import pytest
 
@@ -28,9 +27,6 @@ jinja2 = pytest.importorskip("jinja2", reason="chat templates are Jinja")
 pytest.importorskip("torch", reason="the checkpoint helpers import torch")
 pytest.importorskip("sentencepiece", reason="Mistral's tokenizer.model")
 
-sys.path.insert(
-    0, os.path.join(os.path.dirname(__file__), os.pardir, "importers")
-)
 import gpt2_files  # noqa: E402
 import llama_files  # noqa: E402
 

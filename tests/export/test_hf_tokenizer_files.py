@@ -2,7 +2,6 @@
 with tflm's ids, special tokens included, and imports back unchanged."""
 
 import os
-import sys
 
 import pytest
 
@@ -16,9 +15,6 @@ transformers = pytest.importorskip(
 )
 pytest.importorskip("torch", reason="torch (the test extra) is not installed")
 
-sys.path.insert(
-    0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "importers")
-)
 import gpt2_files  # noqa: E402
 import llama_files  # noqa: E402
 

@@ -9,7 +9,6 @@ must differ from the base model's, so a lost adapter fails the test.
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -28,9 +27,6 @@ transformers = pytest.importorskip(
 torch = pytest.importorskip("torch", reason="torch is not installed")
 peft = pytest.importorskip("peft", reason="peft (the test extra) is absent")
 
-sys.path.insert(
-    0, os.path.join(os.path.dirname(__file__), os.pardir, "importers")
-)
 import gpt2_files  # noqa: E402
 
 IDS = [[5, 17, 3, 29, 3, 11, 0, 8]]

@@ -1,12 +1,6 @@
-import os
-import sys
-
+import gpt2_files
 import keras_hub
 import pytest
-
-sys.path.insert(0, os.path.dirname(__file__))
-
-import gpt2_files  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -18,15 +18,13 @@ import time
 import family_checkpoints
 import numpy as np
 import pytest
+import serving_helpers as helpers
 
 from tflm import export as export_lib
 from tflm import importers
 from tflm.data import tasks
 from tflm.models import model_dir
 from tflm.models.causal_lm import CausalLM
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "export"))
-import serving_helpers as helpers  # noqa: E402
 
 ANSWERS = {"cat": "red", "dog": "blue", "fox": "green", "sun": "sky"}
 FILLER = (

@@ -13,12 +13,12 @@ generation stops there (`eos`), without it in the reply.
 
 import functools
 import os
-import sys
 from typing import NamedTuple
 
 import family_checkpoints
 import numpy as np
 import pytest
+import serving_helpers as helpers
 import torch
 import transformers
 
@@ -26,9 +26,6 @@ from tflm import export as export_lib
 from tflm import importers
 from tflm.models.causal_lm import CausalLM
 from tflm.tokenizers import template_render
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "export"))
-import serving_helpers as helpers  # noqa: E402
 
 STOP_TURN = [{"role": "user", "content": "hello there"}]
 STOP_AFTER = 3  # `<|im_end|>` is the greedy 4th reply token of STOP_TURN.

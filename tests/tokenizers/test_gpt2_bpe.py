@@ -3,8 +3,8 @@
 import json
 import os
 import random
-import sys
 
+import gpt2_files
 import hypothesis
 import hypothesis.strategies as st
 import pytest
@@ -12,11 +12,6 @@ import tensorflow as tf
 
 from tflm import tokenizers
 from tflm.tokenizers import gpt2_bpe
-
-sys.path.insert(
-    0, os.path.join(os.path.dirname(__file__), os.pardir, "importers")
-)
-import gpt2_files  # noqa: E402
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog. It's 12345, isn't it?",

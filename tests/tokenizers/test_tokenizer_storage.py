@@ -2,18 +2,13 @@
 
 import json
 import os
-import sys
 
+import gpt2_files
 import pytest
 
 from tflm import errors
 from tflm import tokenizers
 from tflm.tokenizers import gpt2_bpe
-
-sys.path.insert(
-    0, os.path.join(os.path.dirname(__file__), os.pardir, "importers")
-)
-import gpt2_files  # noqa: E402
 
 
 @pytest.fixture(scope="module")

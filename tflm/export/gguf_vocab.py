@@ -14,9 +14,6 @@ The byte tokenizer is refused: no llama.cpp tokenizer gives its ids.
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 from tflm import errors
 from tflm import tokenizers
 from tflm.export import hf_chat_template
@@ -126,13 +123,7 @@ def _bpe(writer, tokenizer, size: int):
     for token in added:
         tokens[token["id"]] = token["content"]
         types[token["id"]] = CONTROL if token["special"] else USER_DEFINED
-    with tempfile.TemporaryDirectory() as folder:
-        tokenizer.write_files(folder)
-        with open(os.path.join(folder, "merges.txt"), encoding="utf-8") as f:
-            lines = f.read().splitlines()
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)
-    writer.add_token_merges(
-        [m for m in lines if m and not m.startswith("#version")]
-    )
+    writer.add_token_merges(tokenizer.merges)
     return tokens, types

@@ -32,18 +32,15 @@ cannot, so text holding those characters gets other ids there.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
-from typing import Any
 
 from sentencepiece import sentencepiece_model_pb2
 
 from tflm import errors
 from tflm import tokenizers
-from tflm.tokenizers import bpe_pretokenize
+from tflm.export import hf_tokenizer_json as tokenizer_json
 from tflm.tokenizers import gpt2_bpe
-from tflm.tokenizers import gpt2_bpe_ops
 from tflm.tokenizers import hf_files
 
 CONFIG_FILE = hf_files.TOKENIZER_CONFIG_FILE
@@ -55,13 +52,7 @@ FILES = (CONFIG_FILE, TOKENIZER_FILE, SENTENCEPIECE_FILE)
 FILES += (gpt2_bpe.VOCABULARY_FILE, gpt2_bpe.MERGES_FILE)
 FILES += ("special_tokens_map.json", "added_tokens.json")
 FAST = "PreTrainedTokenizerFast"
-BYTE_NAMES = ("<pad>", "<s>", "</s>")  # ByteTokenizer's ids 0, 1 and 2.
 _PIECE = sentencepiece_model_pb2.ModelProto.SentencePiece
-_BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False}
-_BYTE_LEVEL.update(trim_offsets=True, use_regex=True)
-_PATTERNS = dict(
-    llama3=bpe_pretokenize.LLAMA3_PATTERN, qwen2=bpe_pretokenize.QWEN2_PATTERN
-)
 
 
 def check(tokenizer) -> None:
@@ -116,7 +107,7 @@ def write(tokenizer, folder: str, *, model_max_length: int) -> dict:
         config["added_tokens_decoder"].setdefault(
             str(index), _added_token(texts[index], special=True)
         )
-    _write_json(os.path.join(folder, CONFIG_FILE), config)
+    hf_files.write_json(os.path.join(folder, CONFIG_FILE), config)
     return dict(
         bos_token_id=tokenizer.bos_id,
         eos_token_id=tokenizer.eos_id,
@@ -157,7 +148,7 @@ def _texts(tokenizer) -> dict[int, str]:
 def _known_texts(tokenizer) -> dict[int, str]:
     """Each id's token text, where the tokenizer has one."""
     if isinstance(tokenizer, tokenizers.ByteTokenizer):
-        return dict(enumerate(BYTE_NAMES))
+        return dict(enumerate(tokenizer_json.BYTE_NAMES))
     if isinstance(tokenizer, tokenizers.SentencePieceTokenizer):
         return {i: p.piece for i, p in enumerate(_proto(tokenizer).pieces)}
     if not isinstance(
@@ -230,10 +221,10 @@ def _write_model(tokenizer, folder: str, texts: dict[int, str]) -> dict:
         eos = texts[tokenizer.eos_id]
         return dict(tokenizer_class="GPT2Tokenizer", unk_token=eos)
     if isinstance(tokenizer, tokenizers.ByteTokenizer):
-        spec = _byte_json()
+        spec = tokenizer_json.byte()
     else:
-        spec = _bpe_json(tokenizer)
-    _write_json(os.path.join(folder, TOKENIZER_FILE), spec)
+        spec = tokenizer_json.bpe(tokenizer, _special_ids(tokenizer))
+    hf_files.write_json(os.path.join(folder, TOKENIZER_FILE), spec)
     decoder = {
         str(t["id"]): _added_token(t["content"], t["special"], t["normalized"])
         for t in spec["added_tokens"]
@@ -253,97 +244,7 @@ def _asset_files(tokenizer) -> dict[str, bytes]:
         return out
 
 
-def _bpe_json(tokenizer) -> dict[str, Any]:
-    """`tokenizer.json` of a `BPETokenizer`."""
-    config = tokenizer.get_config()
-    merges = _asset_files(tokenizer)[config["merges_file"]].decode()
-    added = {t["id"]: t for t in config["added_tokens"]}
-    vocabulary = tokenizer.vocabulary
-    texts = {i: t for t, i in vocabulary.items()}
-    for i in _special_ids(tokenizer) - set(added):
-        added[i] = dict(id=i, content=texts[i], special=True, normalized=False)
-    steps, name = [_BYTE_LEVEL], config["pretokenizer"]
-    if name == "gpt2_digits":
-        steps = [{"type": "Digits", "individual_digits": True}, _BYTE_LEVEL]
-    elif name in ("llama3", "qwen2"):
-        pattern = {"Regex": _PATTERNS[name]}
-        split = dict(type="Split", pattern=pattern, behavior="Isolated")
-        steps = [dict(split, invert=False), dict(_BYTE_LEVEL, use_regex=False)]
-    extra = sorted(set(added) - set(vocabulary.values()))
-    if extra != list(range(len(vocabulary), len(vocabulary) + len(extra))):
-        # `tokenizers` numbers added tokens missing from the model's
-        # vocabulary from its size on, so these go in the vocabulary.
-        vocabulary.update((added[i]["content"], i) for i in extra)
-    normalizer = config["normalizer"]
-    start = added[tokenizer.bos_id]["content"]
-    return _tokenizer_json(
-        [added[i] for i in sorted(added)],
-        {"type": normalizer.upper()} if normalizer else None,
-        {"type": "Sequence", "pretokenizers": steps},
-        dict(
-            vocab=vocabulary,
-            merges=[m.split(" ", 1) for m in merges.splitlines() if m],
-            ignore_merges=config["ignore_merges"],
-        ),
-        _start(tokenizer.bos_id, start) if tokenizer.add_bos else None,
-    )
-
-
-def _byte_json() -> dict[str, Any]:
-    """`tokenizer.json` of a `ByteTokenizer`: one id per UTF-8 byte."""
-    vocabulary = {name: i for i, name in enumerate(BYTE_NAMES)}
-    for byte, char in gpt2_bpe_ops.bytes_to_unicode().items():
-        vocabulary[char] = byte + len(BYTE_NAMES)
-    added = [
-        dict(id=i, content=name, special=True, normalized=False)
-        for i, name in enumerate(BYTE_NAMES)
-    ]
-    model = dict(vocab=vocabulary, merges=[], ignore_merges=False)
-    return _tokenizer_json(
-        added, None, dict(_BYTE_LEVEL, use_regex=False), model, None
-    )
-
-
-def _tokenizer_json(added, normalizer, pre_tokenizer, model, post):
-    """A `tokenizers` byte-level BPE; `model`: vocab, merges, ignore_merges."""
-    unset = ("dropout", "unk_token", "continuing_subword_prefix")
-    model = dict(dict.fromkeys(unset), type="BPE", **model)
-    model.update(end_of_word_suffix=None, fuse_unk=False, byte_fallback=False)
-    flags = dict(single_word=False, lstrip=False, rstrip=False)
-    return dict(
-        version="1.0",
-        truncation=None,
-        padding=None,
-        added_tokens=[dict(t, **flags) for t in added],
-        normalizer=normalizer,
-        pre_tokenizer=pre_tokenizer,
-        post_processor=post,
-        decoder=_BYTE_LEVEL,
-        model=model,
-    )
-
-
-def _start(index: int, text: str) -> dict[str, Any]:
-    """A post-processor that puts `text` (id `index`) before a text."""
-    first, second = (
-        {"SpecialToken": {"id": text, "type_id": i}} for i in (0, 1)
-    )
-    a, b = ({"Sequence": {"id": n, "type_id": i}} for i, n in enumerate("AB"))
-    return dict(
-        type="TemplateProcessing",
-        single=[first, a],
-        pair=[first, a, second, b],
-        special_tokens={text: {"id": text, "ids": [index], "tokens": [text]}},
-    )
-
-
 def _added_token(content: str, special: bool, normalized: bool = False):
     """An `added_tokens_decoder` entry of `tokenizer_config.json`."""
     token = dict(content=content, lstrip=False, normalized=normalized)
     return dict(token, rstrip=False, single_word=False, special=special)
-
-
-def _write_json(path: str, content: dict) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(content, f, indent=2, ensure_ascii=False)
-        f.write("\n")

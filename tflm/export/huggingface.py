@@ -18,13 +18,9 @@ approximated.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-from typing import Any
-
-import numpy as np
 
 from tflm import atomic
 from tflm import errors
@@ -32,12 +28,12 @@ from tflm.export import hf_chat_template
 from tflm.export import hf_tokenizer
 from tflm.export import safetensors
 from tflm.importers import chat_templates
-from tflm.importers import checkpoint as checkpoint_lib
 from tflm.importers import gpt2 as gpt2_lib
 from tflm.importers import huggingface as importers_hf
 from tflm.importers import llama as llama_lib
 from tflm.models import lora as lora_lib
 from tflm.models import weights as weights_lib
+from tflm.tokenizers import hf_files
 
 logger = logging.getLogger(__name__)
 
@@ -129,12 +125,14 @@ def to_huggingface(
             eos_token_id=eos[0] if len(eos) == 1 else eos,
             pad_token_id=special.get("pad_token_id"),
         )
-        _write_json(os.path.join(folder, CONFIG_FILE), config)
+        hf_files.write_json(os.path.join(folder, CONFIG_FILE), config)
         generation = {
             k: config[k]
             for k in ("bos_token_id", "eos_token_id", "pad_token_id")
         }
-        _write_json(os.path.join(folder, GENERATION_CONFIG_FILE), generation)
+        hf_files.write_json(
+            os.path.join(folder, GENERATION_CONFIG_FILE), generation
+        )
         if jinja is not None:
             with open(
                 os.path.join(folder, CHAT_TEMPLATE_FILE), "w", encoding="utf-8"
@@ -180,7 +178,7 @@ def hf_tensors(model, model_type: str | None = None):
     tensors are read when written, one at a time)."""
     config, targets = hf_config(model, model_type)
     return config, [
-        safetensors.Tensor(name, _shape(target), _reader(target))
+        safetensors.Tensor(name, target.shape, target.read)
         for name, target in targets.items()
     ]
 
@@ -207,32 +205,8 @@ def _context(model) -> int:
     return int(model.backbone.max_sequence_length)
 
 
-def _shape(target: checkpoint_lib.Target) -> tuple[int, ...]:
-    shape = list(target.variable.shape)
-    if target.width is not None:
-        shape[-1 if len(shape) > 1 else 0] = target.width
-    return tuple(reversed(shape)) if target.transpose else tuple(shape)
-
-
-def _reader(target: checkpoint_lib.Target):
-    def read() -> np.ndarray:
-        value = np.asarray(target.variable.numpy())
-        if target.width is not None:
-            columns = slice(target.column, target.column + target.width)
-            value = value[..., columns]
-        return value.T if target.transpose else value
-
-    return read
-
-
 def _shards(directory: str) -> list[str]:
     """Shard files of an earlier export in `directory` (superseded too)."""
     if not os.path.isdir(directory):
         return []
     return [name for name in os.listdir(directory) if _SHARD.match(name)]
-
-
-def _write_json(path: str, content: dict[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(content, f, indent=2, ensure_ascii=False)
-        f.write("\n")

@@ -23,7 +23,6 @@ store `[in, out]`: the config says `fan_in_fan_out: true`.
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import re
@@ -38,6 +37,7 @@ from tflm.export import huggingface
 from tflm.export import safetensors
 from tflm.layers import lora as lora_layers
 from tflm.models import lora as lora_lib
+from tflm.tokenizers import hf_files
 
 logger = logging.getLogger(__name__)
 
@@ -112,9 +112,7 @@ def to_peft(
         safetensors.write(
             folder, tensors, max_shard_bytes=None, filename=ADAPTER_FILE
         )
-        with open(os.path.join(folder, CONFIG_FILE), "w") as f:
-            json.dump(config, f, indent=2, sort_keys=True)
-            f.write("\n")
+        hf_files.write_json(os.path.join(folder, CONFIG_FILE), config)
 
     path = atomic.write_directory(
         atomic.resolve(directory), write, overwrite=overwrite, owned=OWNED

@@ -23,6 +23,7 @@ import ml_dtypes
 import numpy as np
 
 from tflm.importers import checkpoint
+from tflm.tokenizers import hf_files
 
 WEIGHTS_FILE = checkpoint.WEIGHTS_FILE
 INDEX_FILE = checkpoint.INDEX_FILE
@@ -96,9 +97,7 @@ def write(
         weight_map.update({tensor.name: name for tensor in group})
     if len(names) > 1:
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        with open(os.path.join(folder, INDEX_FILE), "w") as f:
-            json.dump(index, f, indent=2)
-            f.write("\n")
+        hf_files.write_json(os.path.join(folder, INDEX_FILE), index)
         names.append(INDEX_FILE)
     return names
 

@@ -46,6 +46,21 @@ class Target(NamedTuple):
     column: int = 0
     width: int | None = None
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The tensor's shape in the checkpoint."""
+        shape = list(self.variable.shape)
+        if self.width is not None:
+            shape[-1] = self.width  # Columns of a kernel, or a bias slice.
+        return tuple(reversed(shape)) if self.transpose else tuple(shape)
+
+    def read(self) -> np.ndarray:
+        """The tensor as the checkpoint holds it (what an export writes)."""
+        value = np.asarray(self.variable.numpy())
+        if self.width is not None:
+            value = value[..., self.column : self.column + self.width]
+        return value.T if self.transpose else value
+
 
 class Checkpoint:
     """The safetensors file(s) of a checkpoint directory, by tensor name.

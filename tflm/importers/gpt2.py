@@ -124,15 +124,11 @@ def hf_variables(backbone: backbone_lib.Backbone) -> dict[str, Any]:
     return names
 
 
-def _targets(checkpoint, backbone) -> dict[str, checkpoint_lib.Target]:
-    """`hf_variables` under the checkpoint's name prefix (`transformer.`
-    in files saved from `GPT2LMHeadModel`)."""
+def _prefix(checkpoint) -> str:
+    """The name prefix of the checkpoint's tensors (`transformer.` or
+    none)."""
     found = [n for n in checkpoint.where if n.endswith("wte.weight")]
-    prefix = found[0][: -len("wte.weight")] if found else ""
-    return {
-        prefix + name: checkpoint_lib.Target(variable)
-        for name, variable in hf_variables(backbone).items()
-    }
+    return found[0][: -len("wte.weight")] if found else ""
 
 
 def load_hf_gpt2(
@@ -168,7 +164,7 @@ def load_hf_gpt2(
             backbone_lib.Backbone(**{**args, **overrides})
         )
         checkpoint.copy_into(
-            _targets(checkpoint, model.backbone), ignored=IGNORED
+            targets(model.backbone, _prefix(checkpoint)), ignored=IGNORED
         )
     finally:
         checkpoint.close()
@@ -230,9 +226,11 @@ def hf_config(backbone: dict[str, Any], biases: dict[str, bool]) -> dict:
     )
 
 
-def targets(backbone) -> dict[str, checkpoint_lib.Target]:
-    """`hf_variables` as export targets (no prefix, nothing transposed)."""
+def targets(backbone, prefix: str = "") -> dict[str, checkpoint_lib.Target]:
+    """`hf_variables` as `Target`s under `prefix` (`transformer.` in files
+    saved from `GPT2LMHeadModel`; none in what tflm exports). Nothing is
+    transposed: Conv1D weights are input-major, as Keras kernels."""
     return {
-        name: checkpoint_lib.Target(variable)
+        prefix + name: checkpoint_lib.Target(variable)
         for name, variable in hf_variables(backbone).items()
     }

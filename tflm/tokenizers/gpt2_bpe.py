@@ -118,6 +118,11 @@ class GPT2BPETokenizer(base.Tokenizer):
         return dict(self._vocabulary)
 
     @property
+    def merges(self) -> list[str]:
+        """The merge rules in order, as `"left right"` (a copy)."""
+        return list(self._merges)
+
+    @property
     def vocabulary_size(self) -> int:
         return self._size
 

@@ -23,6 +23,14 @@ SENTENCEPIECE_FILE = "tokenizer.model"
 TFLM_TOKENIZER_KEY = "tflm_tokenizer"
 
 
+def write_json(path: str, content: Any) -> None:
+    """Writes `content` as indented UTF-8 JSON (a Hugging Face folder's
+    `config.json`, `tokenizer_config.json`, ...), ending with a newline."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(content, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+
 def read_text(path: str, parse: Any) -> Any:
     """`parse(text)` of a UTF-8 file.
 

@@ -26,7 +26,7 @@ from tflm.tokenizers import ByteTokenizer
 from tflm.tokenizers import SentencePieceTokenizer
 from tflm.tokenizers import templates
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 SERVING_CHECK = os.path.join(ROOT, "tflm", "export", "serving_check.py")
 # The start of a child process that serves an export as TF Serving does and
 # measures each request's memory: `python -c MEASURING_CHILD + body
