@@ -15,9 +15,9 @@ import pytest
 
 from tflm import errors
 from tflm import importers
+from tflm import tokenizers
 from tflm.export import huggingface
 from tflm.export import peft as peft_export
-from tflm.export import safetensors
 from tflm.models import lora
 from tflm.models.causal_lm import CausalLM
 
@@ -124,15 +124,12 @@ def test_gpt2_adapters_give_the_fine_tunes_logits(
 def test_llama_adapters_give_the_fine_tunes_logits(
     tmp_path, fused_qkv, targets, modules
 ):
-    lm = CausalLM.from_preset("tiny", fused_qkv=fused_qkv, **LLAMA)
+    lm = CausalLM.from_preset(
+        "tiny", fused_qkv=fused_qkv, vocabulary_size=259, **LLAMA
+    )
+    lm.tokenizer = tokenizers.ByteTokenizer()
+    base_dir = huggingface.to_huggingface(lm, tmp_path / "base")
     _adapt(lm, targets)
-    # The base weights: a LoRA model's kernels are its base's.
-    config, tensors = huggingface.hf_tensors(lm)
-    base_dir = tmp_path / "base"
-    base_dir.mkdir()
-    safetensors.write(str(base_dir), tensors)
-    with open(base_dir / "config.json", "w") as f:
-        json.dump({**config, "torch_dtype": "float32"}, f)
     out = peft_export.to_peft(lm, tmp_path / "adapters", base_model="base")
     plain, theirs = _peft_logits(base_dir, out)
     ours = _logits(lm)
