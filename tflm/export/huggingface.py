@@ -28,9 +28,7 @@ from tflm.export import hf_chat_template
 from tflm.export import hf_tokenizer
 from tflm.export import safetensors
 from tflm.importers import chat_templates
-from tflm.importers import gpt2 as gpt2_lib
 from tflm.importers import huggingface as importers_hf
-from tflm.importers import llama as llama_lib
 from tflm.models import lora as lora_lib
 from tflm.models import weights as weights_lib
 from tflm.tokenizers import hf_files
@@ -41,7 +39,7 @@ CONFIG_FILE = importers_hf.CONFIG_FILE
 GENERATION_CONFIG_FILE = importers_hf.GENERATION_CONFIG_FILE
 CHAT_TEMPLATE_FILE = chat_templates.JINJA_FILE
 WEIGHTS = ("float32", "bfloat16")
-MODEL_TYPES = ("gpt2", *llama_lib.MODEL_TYPES)
+MODEL_TYPES = tuple(importers_hf.FAMILIES)
 # What `to_huggingface` writes: an existing folder keeps its other files.
 OWNED = (
     CONFIG_FILE,
@@ -147,7 +145,7 @@ def to_huggingface(
     return path
 
 
-def hf_config(model, model_type: str | None = None):
+def mapping(model, model_type: str | None = None):
     """`(config fields, {tensor name: Target})` of `model` as a Hugging
     Face model of its family (token ids and dtype not included).
 
@@ -164,19 +162,20 @@ def hf_config(model, model_type: str | None = None):
         model_type = recorded  # The family an imported model came from.
     backbone = model.backbone.get_config()
     biases = _biases(model.backbone)
-    learned = backbone.get("position_embedding") == "learned"
-    if model_type == "gpt2" or (model_type is None and learned):
-        config = gpt2_lib.hf_config(backbone, biases)
-        return config, gpt2_lib.targets(model.backbone)
-    config = llama_lib.hf_config(backbone, biases, model_type)
-    return config, llama_lib.targets(model.backbone)
+    if model_type is None:  # Learned positions are GPT-2's alone.
+        learned = backbone.get("position_embedding") == "learned"
+        family = importers_hf.FAMILIES["gpt2" if learned else "llama"]
+    else:
+        family = importers_hf.FAMILIES[model_type]
+    config = family.hf_config(backbone, biases, model_type)
+    return config, family.targets(model.backbone)
 
 
 def hf_tensors(model, model_type: str | None = None):
-    """`(config fields, [safetensors.Tensor])`: `hf_config` with each
+    """`(config fields, [safetensors.Tensor])`: `mapping` with each
     tensor's name, shape and reader, in the order to write them (the
     tensors are read when written, one at a time)."""
-    config, targets = hf_config(model, model_type)
+    config, targets = mapping(model, model_type)
     return config, [
         safetensors.Tensor(name, target.shape, target.read)
         for name, target in targets.items()

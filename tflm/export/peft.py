@@ -133,7 +133,7 @@ def peft_modules(model, model_type: str | None = None) -> list[Module]:
             "--adapters-only needs a LoRA fine-tune (a model with adapters); "
             "this model has none: export it without --adapters-only."
         )
-    hf, targets = huggingface.hf_config(model, model_type)
+    hf, targets = huggingface.mapping(model, model_type)
     prefix = _MODULE_PREFIX.get(hf["model_type"], "")
     by_kernel = collections.defaultdict(list)
     for name, target in targets.items():

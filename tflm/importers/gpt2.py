@@ -172,9 +172,14 @@ def load_hf_gpt2(
     return model, tokenizer
 
 
-def hf_config(backbone: dict[str, Any], biases: dict[str, bool]) -> dict:
+def hf_config(
+    backbone: dict[str, Any],
+    biases: dict[str, bool],
+    model_type: str | None = None,
+) -> dict:
     """The Hugging Face `config.json` fields of a GPT-2-block backbone (the
-    inverse of `backbone_args`), without the token ids.
+    inverse of `backbone_args`), without the token ids. `model_type` is
+    `gpt2` or `None` (the signature every family's `hf_config` has).
 
     Raises:
         InputError: naming the first field without a GPT-2 counterpart.

@@ -28,7 +28,10 @@ logger = logging.getLogger(__name__)
 
 CONFIG_FILE = hf_files.MODEL_CONFIG_FILE
 GENERATION_CONFIG_FILE = "generation_config.json"
-FAMILIES = ("gpt2", *llama.MODEL_TYPES)
+# Each family's module, by `model_type`: `backbone_args` (config to
+# `Backbone` arguments), `targets` (tensor names to variables, both ways)
+# and `hf_config` (the way out).
+FAMILIES = {"gpt2": gpt2, **dict.fromkeys(llama.MODEL_TYPES, llama)}
 
 
 def read_config(path: str) -> tuple[dict[str, Any], str]:

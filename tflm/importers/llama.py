@@ -242,48 +242,7 @@ def hf_config(
     Raises:
         InputError: naming the first field without a counterpart.
     """
-    for field, value in dict(
-        norm="rmsnorm", activation="swiglu", position_embedding="rotary"
-    ).items():
-        if backbone.get(field) != value:
-            raise errors.InputError(
-                f"the model's {field} is {backbone.get(field)!r}: a "
-                f"Hugging Face Llama-family model has {field} {value!r}."
-            )
-    qwen = biases["qkv"] and not biases["output"] and not biases["mlp"]
-    model_type = model_type or ("qwen2" if qwen else "llama")
-    if model_type not in MODEL_TYPES:
-        raise errors.InputError(
-            f"model_type {model_type!r} is not a Llama-family type "
-            f"({', '.join(MODEL_TYPES)})."
-        )
-    same = biases["qkv"] == biases["output"]
-    allowed = {
-        "llama": same,
-        "qwen2": qwen,
-        "mistral": not any(biases.values()),
-    }
-    if not allowed[model_type]:
-        where = [name for name, on in biases.items() if on] or ["none"]
-        raise errors.InputError(
-            f"the model's biases (on {', '.join(where)}) have no "
-            f"{model_type} counterpart: Llama has the same bias on q, k, v "
-            "and o, Qwen2 biases on q, k and v only, Mistral none. Leave "
-            "model_type (--model-type) out to pick the family that fits."
-        )
-    theta = float(backbone.get("rope_max_wavelength", 10000.0))
-    scaling = backbone.get("rope_scaling")
-    rope = {"rope_type": "default", "rope_theta": theta}
-    if scaling:
-        rope = dict(
-            rope_type=scaling["type"],
-            rope_theta=theta,
-            **{k: v for k, v in scaling.items() if k != "type"},
-        )
-    if isinstance(rope.get("original_max_position_embeddings"), float):
-        rope["original_max_position_embeddings"] = int(
-            rope["original_max_position_embeddings"]
-        )
+    model_type = _model_type(backbone, biases, model_type)
     layers = backbone["num_layers"]
     config = dict(
         model_type=model_type,
@@ -298,17 +257,9 @@ def hf_config(
         hidden_act="silu",
         max_position_embeddings=backbone["max_sequence_length"],
         rms_norm_eps=backbone["layer_norm_epsilon"],
-        # transformers 5.x reads `rope_parameters`; 4.x, vLLM and
-        # llama.cpp's converter read `rope_theta` and `rope_scaling`.
-        rope_theta=theta,
-        rope_scaling=(
-            {k: v for k, v in rope.items() if k != "rope_theta"}
-            if scaling
-            else None
-        ),
-        rope_parameters=rope,
         tie_word_embeddings=bool(backbone.get("tie_embeddings")),
         attention_dropout=0.0,
+        **_rope_fields(backbone),
     )
     if backbone.get("head_dim"):  # Else hidden_size / heads, both ways.
         config["head_dim"] = backbone["head_dim"]
@@ -324,3 +275,60 @@ def hf_config(
         # The window an import was capped at (exact within the context).
         config.update(sliding_window=backbone["max_sequence_length"])
     return config
+
+
+def _model_type(backbone, biases, model_type: str | None) -> str:
+    """The family `backbone` is written as; InputError where none fits."""
+    for field, value in dict(
+        norm="rmsnorm", activation="swiglu", position_embedding="rotary"
+    ).items():
+        if backbone.get(field) != value:
+            raise errors.InputError(
+                f"the model's {field} is {backbone.get(field)!r}: a "
+                f"Hugging Face Llama-family model has {field} {value!r}."
+            )
+    qwen = biases["qkv"] and not biases["output"] and not biases["mlp"]
+    model_type = model_type or ("qwen2" if qwen else "llama")
+    if model_type not in MODEL_TYPES:
+        raise errors.InputError(
+            f"model_type {model_type!r} is not a Llama-family type "
+            f"({', '.join(MODEL_TYPES)})."
+        )
+    allowed = {
+        "llama": biases["qkv"] == biases["output"],
+        "qwen2": qwen,
+        "mistral": not any(biases.values()),
+    }
+    if not allowed[model_type]:
+        where = [name for name, on in biases.items() if on] or ["none"]
+        raise errors.InputError(
+            f"the model's biases (on {', '.join(where)}) have no "
+            f"{model_type} counterpart: Llama has the same bias on q, k, v "
+            "and o, Qwen2 biases on q, k and v only, Mistral none. Leave "
+            "model_type (--model-type) out to pick the family that fits."
+        )
+    return model_type
+
+
+def _rope_fields(backbone) -> dict[str, Any]:
+    """`rope_parameters` (transformers 5.x) and `rope_theta` with
+    `rope_scaling` (4.x, vLLM, llama.cpp's converter)."""
+    theta = float(backbone.get("rope_max_wavelength", 10000.0))
+    scaling = backbone.get("rope_scaling")
+    rope = {"rope_type": "default", "rope_theta": theta}
+    if scaling:
+        rope = dict(
+            rope_type=scaling["type"],
+            rope_theta=theta,
+            **{k: v for k, v in scaling.items() if k != "type"},
+        )
+    if isinstance(rope.get("original_max_position_embeddings"), float):
+        rope["original_max_position_embeddings"] = int(
+            rope["original_max_position_embeddings"]
+        )
+    old = {k: v for k, v in rope.items() if k != "rope_theta"}
+    return dict(
+        rope_theta=theta,
+        rope_scaling=old if scaling else None,
+        rope_parameters=rope,
+    )
