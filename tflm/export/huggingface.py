@@ -49,6 +49,7 @@ OWNED = (
     safetensors.INDEX_FILE,
     *hf_tokenizer.FILES,
 )
+_TOKEN_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 _SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 
 
@@ -85,6 +86,42 @@ def to_huggingface(
             counterpart (naming the field), an int8 model, or a folder that
             holds an earlier export and no `overwrite`.
     """
+    _check(model, weights)
+    model = lora_lib.merged(model)  # Adapters folded into the weights.
+    tokenizer = model.tokenizer
+    hf_tokenizer.check(tokenizer)
+    config, tensors = hf_tensors(model, model_type)
+    template = getattr(model, "template", None)
+    jinja = hf_chat_template.jinja(template, tokenizer) if template else None
+    config.update(torch_dtype=weights, dtype=weights)
+    directory = atomic.resolve(directory)
+    owned = OWNED + tuple(_shards(directory))
+
+    def write(folder: str) -> None:
+        special = hf_tokenizer.write(
+            tokenizer, folder, model_max_length=_context(model)
+        )
+        config.update(_token_ids(special, getattr(model, "eos_ids", ())))
+        hf_files.write_json(os.path.join(folder, CONFIG_FILE), config)
+        generation = {k: config[k] for k in _TOKEN_IDS}
+        hf_files.write_json(
+            os.path.join(folder, GENERATION_CONFIG_FILE), generation
+        )
+        if jinja is not None:
+            path = os.path.join(folder, CHAT_TEMPLATE_FILE)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(jinja)
+        safetensors.write(folder, tensors, weights, max_shard_bytes)
+
+    path = atomic.write_directory(
+        directory, write, overwrite=overwrite, owned=owned
+    )
+    logger.info("Wrote %s (%s, %s).", path, config["model_type"], weights)
+    return path
+
+
+def _check(model, weights: str) -> None:
+    """InputError for what no export of `model` can hold."""
     if weights not in WEIGHTS:
         raise errors.InputError(
             f"weights must be one of {', '.join(WEIGHTS)}. Received: "
@@ -102,47 +139,18 @@ def to_huggingface(
             "tflm.models.weights.convert_weights(model, 'float32') (`tflm "
             "export` does)."
         )
-    model = lora_lib.merged(model)  # Adapters folded into the weights.
-    tokenizer = model.tokenizer
-    hf_tokenizer.check(tokenizer)
-    config, tensors = hf_tensors(model, model_type)
-    template = getattr(model, "template", None)
-    jinja = hf_chat_template.jinja(template, tokenizer) if template else None
-    config.update(torch_dtype=weights, dtype=weights)
-    directory = atomic.resolve(directory)
-    owned = OWNED + tuple(_shards(directory))
 
-    def write(folder: str) -> None:
-        special = hf_tokenizer.write(
-            tokenizer, folder, model_max_length=_context(model)
-        )
-        eos = [special["eos_token_id"], *getattr(model, "eos_ids", ())]
-        eos = list(dict.fromkeys(eos))
-        config.update(
-            bos_token_id=special.get("bos_token_id"),
-            eos_token_id=eos[0] if len(eos) == 1 else eos,
-            pad_token_id=special.get("pad_token_id"),
-        )
-        hf_files.write_json(os.path.join(folder, CONFIG_FILE), config)
-        generation = {
-            k: config[k]
-            for k in ("bos_token_id", "eos_token_id", "pad_token_id")
-        }
-        hf_files.write_json(
-            os.path.join(folder, GENERATION_CONFIG_FILE), generation
-        )
-        if jinja is not None:
-            with open(
-                os.path.join(folder, CHAT_TEMPLATE_FILE), "w", encoding="utf-8"
-            ) as f:
-                f.write(jinja)
-        safetensors.write(folder, tensors, weights, max_shard_bytes)
 
-    path = atomic.write_directory(
-        directory, write, overwrite=overwrite, owned=owned
+def _token_ids(special: dict, eos_ids) -> dict:
+    """`config.json`'s token ids: every end id (the tokenizer's and the
+    model's own, such as Llama 3's `<|eot_id|>`), as transformers lists
+    them."""
+    eos = list(dict.fromkeys([special["eos_token_id"], *eos_ids]))
+    return dict(
+        bos_token_id=special.get("bos_token_id"),
+        eos_token_id=eos[0] if len(eos) == 1 else eos,
+        pad_token_id=special.get("pad_token_id"),
     )
-    logger.info("Wrote %s (%s, %s).", path, config["model_type"], weights)
-    return path
 
 
 def mapping(model, model_type: str | None = None):
