@@ -12,7 +12,8 @@ def add(subparsers) -> None:
     parser = common.add_command(
         subparsers,
         "export",
-        help="write a SavedModel that TF Serving serves",
+        help="write a SavedModel that TF Serving serves, or the model for "
+        "transformers, PEFT or llama.cpp",
         description="Write BASE/<version>/: a SavedModel with the signatures "
         "serving_default (generate text), generate (every control), "
         "beam_search, chat (a model with a chat template), score, tokenize "
@@ -20,8 +21,12 @@ def add(subparsers) -> None:
         "Before the version is published, its warm-up requests are "
         "replayed as TF Serving replays them when it loads a version (a "
         "fresh process, XLA off); if one fails, nothing is published. "
-        "Written atomically.",
-        example="tflm export models/book --out serving/book",
+        "With --format huggingface, write the Hugging Face layout instead "
+        "(config, safetensors, tokenizer, chat template; --adapters-only: a "
+        "LoRA fine-tune's adapters for PEFT); with --format gguf, one GGUF "
+        "file for llama.cpp. Written atomically.",
+        example="tflm export models/book --out serving/book\n"
+        "tflm export models/book --format huggingface --out hf/book",
     )
     parser.add_argument(
         "model_dir", metavar="MODEL_DIR", help="the model directory to export"
@@ -30,7 +35,8 @@ def add(subparsers) -> None:
         "--out",
         required=True,
         metavar="BASE",
-        help="the model's base path as TF Serving sees it",
+        help="the model's base path as TF Serving sees it; with --format "
+        "huggingface the folder to write, with --format gguf the file",
     )
     parser.add_argument(
         "--version",
@@ -84,7 +90,8 @@ def add(subparsers) -> None:
         choices=("gpt2", "llama", "qwen2", "mistral"),
         default=None,
         help="with --format huggingface: the model_type to write (default: "
-        "by the architecture; mistral may be asked for a bias-free Llama)",
+        "the family the model was imported from, else by the "
+        "architecture; mistral may be asked for a bias-free Llama)",
     )
     parser.set_defaults(func=run)
 
