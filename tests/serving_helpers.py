@@ -1,8 +1,8 @@
 """Shared pieces of the export tests: tiny models exported once per session.
 
 pytest imports this module once, so the cached builders below export each
-model once however many test modules use it (a `conftest.py` here would
-shadow `tests/conftest.py` for `from conftest import ...`).
+model once however many test modules use it (the export tests and the
+imported families' serving tests).
 """
 
 import atexit

@@ -6,7 +6,7 @@ import random
 import subprocess
 import sys
 
-import gpt2_files  # noqa: E402
+import gpt2_files
 import numpy as np
 
 from tflm import data

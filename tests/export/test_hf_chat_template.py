@@ -1,7 +1,7 @@
 """The Jinja a model's chat template is written as renders tflm's ids.
 
 Each family's tokenizer is written as its checkpoint ships it (the
-helpers in `tests/importers`), with the family's own Jinja; the importer
+helpers in `tests/`), with the family's own Jinja; the importer
 reads the template record from it, `hf_chat_template.jinja` writes the
 record back as Jinja, and transformers' `apply_chat_template` with that
 Jinja gives the ids tflm renders. tflm's own template is written for a

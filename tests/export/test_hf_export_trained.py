@@ -27,7 +27,7 @@ MESSAGES = [
     {"role": "assistant", "content": "On a crown."},
     {"role": "user", "content": "And the queen?"},
 ]
-TRAIN = ["--steps", "3", "--batch-size", "2", "--sequence-length", "16"]
+TRAIN = ["--steps", "2", "--batch-size", "2", "--sequence-length", "16"]
 
 
 @pytest.fixture(scope="module")
@@ -50,18 +50,23 @@ def _tflm(*argv):
 
 @pytest.fixture(scope="module", params=["byte", "sentencepiece:300"])
 def trained(request, data, tmp_path_factory):
-    """`(base, fine-tune, LoRA fine-tune)` model directories."""
+    """`{"base", "tuned", "lora"}` model directories."""
     root = tmp_path_factory.mktemp("models")
-    base, tuned, lora = (str(root / n) for n in ("base", "tuned", "lora"))
+    out = {n: str(root / n) for n in ("base", "tuned", "lora")}
     _tflm(
-        "train", "--data", str(data / "corpus.txt"), "--out", base,
+        "train", "--data", str(data / "corpus.txt"), "--out", out["base"],
         "--preset", "tiny", "--tokenizer", request.param,
         "--validation-fraction", "0", *TRAIN,
     )  # fmt: skip
     task = ["--data", str(data / "chat.jsonl"), "--validation-fraction", "0"]
-    _tflm("finetune", base, *task, "--out", tuned, *TRAIN)
-    _tflm("finetune", base, *task, "--out", lora, "--lora-rank", "2", *TRAIN)
-    return base, tuned, lora
+    _tflm("finetune", out["base"], *task, "--out", out["tuned"], *TRAIN)
+    # A large step, so that the adapters move the logits far more than the
+    # tolerance below: a lost adapter fails loudly.
+    _tflm(
+        "finetune", out["base"], *task, "--out", out["lora"], *TRAIN,
+        "--lora-rank", "2", "--learning-rate", "0.3", "--warmup-steps", "0",
+    )  # fmt: skip
+    return out
 
 
 def _export(directory, out, *flags):
@@ -77,34 +82,34 @@ def _logits(lm, ids):
     return np.asarray(lm(inputs))
 
 
+@pytest.mark.parametrize("name", ["tuned", "lora"])
 def test_fine_tunes_run_in_transformers_with_tflm_logits_and_ids(
-    trained, tmp_path
+    trained, tmp_path, name
 ):
-    for name in ("tuned", "lora"):
-        directory = trained[1 if name == "tuned" else 2]
-        lm = CausalLM.from_preset(directory)
-        assert lm.template is not None  # The fine-tune's chat template.
-        out = _export(directory, str(tmp_path / name))
-        hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
-        tokenizer = transformers.AutoTokenizer.from_pretrained(out)
-        ids = template_render.encode_prompt(MESSAGES, lm.tokenizer, lm.template)
-        theirs = tokenizer.apply_chat_template(
-            MESSAGES, tokenize=True, add_generation_prompt=True
-        )
-        if hasattr(theirs, "keys"):
-            theirs = theirs["input_ids"]
-        assert list(theirs) == ids.tolist()
-        ids = ids.tolist()[-lm.backbone.max_sequence_length :]
-        with torch.no_grad():
-            logits = hf(torch.tensor([ids])).logits.numpy()
-        np.testing.assert_allclose(_logits(lm, ids), logits, atol=1e-4)
+    lm = CausalLM.from_preset(trained[name])
+    assert lm.template is not None  # The fine-tune's chat template.
+    out = _export(trained[name], str(tmp_path / name))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    ids = template_render.encode_prompt(MESSAGES, lm.tokenizer, lm.template)
+    theirs = tokenizer.apply_chat_template(
+        MESSAGES, tokenize=True, add_generation_prompt=True
+    )
+    if hasattr(theirs, "keys"):
+        theirs = theirs["input_ids"]
+    assert list(theirs) == ids.tolist()
+    ids = ids.tolist()[-lm.backbone.max_sequence_length :]
+    with torch.no_grad():
+        logits = hf(torch.tensor([ids])).logits.numpy()
+    np.testing.assert_allclose(_logits(lm, ids), logits, atol=1e-4)
 
 
 def test_lora_adapters_load_in_peft_on_the_exported_base(trained, tmp_path):
     peft = pytest.importorskip("peft", reason="peft (the test extra)")
-    base, _, lora = trained
-    base_out = _export(base, str(tmp_path / "base"))
-    adapters = _export(lora, str(tmp_path / "adapters"), "--adapters-only")
+    base_out = _export(trained["base"], str(tmp_path / "base"))
+    adapters = _export(
+        trained["lora"], str(tmp_path / "adapters"), "--adapters-only"
+    )
     assert sorted(os.listdir(adapters)) == [
         "adapter_config.json",
         "adapter_model.safetensors",
@@ -112,9 +117,12 @@ def test_lora_adapters_load_in_peft_on_the_exported_base(trained, tmp_path):
     hf = peft.PeftModel.from_pretrained(
         transformers.AutoModelForCausalLM.from_pretrained(base_out), adapters
     ).eval()
-    lm = CausalLM.from_preset(lora)
+    lm = CausalLM.from_preset(trained["lora"])
     ids = lm.tokenizer.tokenize("the king 红楼 🙂").numpy().tolist()
     ids = ids[: lm.backbone.max_sequence_length]
     with torch.no_grad():
         logits = hf(torch.tensor([ids])).logits.numpy()
-    np.testing.assert_allclose(_logits(lm, ids), logits, atol=1e-4)
+    ours = _logits(lm, ids)
+    np.testing.assert_allclose(ours, logits, atol=1e-4)
+    base = _logits(CausalLM.from_preset(trained["base"]), ids)
+    assert np.abs(ours - base).max() > 0.05  # The adapters matter.

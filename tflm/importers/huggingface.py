@@ -28,9 +28,9 @@ logger = logging.getLogger(__name__)
 
 CONFIG_FILE = hf_files.MODEL_CONFIG_FILE
 GENERATION_CONFIG_FILE = "generation_config.json"
-# Each family's module, by `model_type`: `backbone_args` (config to
-# `Backbone` arguments), `targets` (tensor names to variables, both ways)
-# and `hf_config` (the way out).
+# Each family's module, by `model_type`. The way out picks from it: every
+# family's `hf_config(backbone, biases, model_type)` and `targets(backbone)`
+# (tensor names to variables, which `load` also copies into).
 FAMILIES = {"gpt2": gpt2, **dict.fromkeys(llama.MODEL_TYPES, llama)}
 
 
