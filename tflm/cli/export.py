@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 from tflm.cli import common
@@ -170,7 +171,12 @@ def _to_huggingface(model, args: argparse.Namespace) -> int:
         weights=args.weights or "float32",
         model_type=args.model_type,
     )
-    print(f"exported: {path} ({common.size_mb(path):.1f} MB)")
+    with open(os.path.join(path, huggingface.CONFIG_FILE)) as f:
+        config = json.load(f)
+    print(
+        f"exported: {path} ({config['model_type']}, {config['torch_dtype']}, "
+        f"{common.size_mb(path):.1f} MB)"
+    )
     print(
         "load it: transformers.AutoModelForCausalLM.from_pretrained"
         f"({path!r}) and AutoTokenizer.from_pretrained({path!r})"

@@ -120,7 +120,7 @@ def to_gguf(
             tensor.name, tensor.shape, np.dtype(tensor.dtype), size
         )
     _write(writer, plan, target, overwrite)
-    logger.info("Wrote %s (%s, %s).", target, arch, dtype)
+    logger.debug("Wrote %s (%s, %s).", target, arch, dtype)
     return target
 
 

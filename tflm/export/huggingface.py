@@ -116,7 +116,7 @@ def to_huggingface(
     path = atomic.write_directory(
         directory, write, overwrite=overwrite, owned=owned
     )
-    logger.info("Wrote %s (%s, %s).", path, config["model_type"], weights)
+    logger.debug("Wrote %s (%s, %s).", path, config["model_type"], weights)
     return path
 
 

@@ -112,12 +112,14 @@ def to_peft(
         safetensors.write(
             folder, tensors, max_shard_bytes=None, filename=ADAPTER_FILE
         )
-        hf_files.write_json(os.path.join(folder, CONFIG_FILE), config)
+        hf_files.write_json(
+            os.path.join(folder, CONFIG_FILE), config, sort_keys=True
+        )
 
     path = atomic.write_directory(
         atomic.resolve(directory), write, overwrite=overwrite, owned=OWNED
     )
-    logger.info("Wrote %s (%d LoRA modules).", path, len(modules))
+    logger.debug("Wrote %s (%d LoRA modules).", path, len(modules))
     return path
 
 

@@ -23,11 +23,12 @@ SENTENCEPIECE_FILE = "tokenizer.model"
 TFLM_TOKENIZER_KEY = "tflm_tokenizer"
 
 
-def write_json(path: str, content: Any) -> None:
+def write_json(path: str, content: Any, sort_keys: bool = False) -> None:
     """Writes `content` as indented UTF-8 JSON (a Hugging Face folder's
-    `config.json`, `tokenizer_config.json`, ...), ending with a newline."""
+    `config.json`, `tokenizer_config.json`, ...), ending with a newline;
+    `sort_keys` as PEFT writes `adapter_config.json`."""
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(content, f, indent=2, ensure_ascii=False)
+        json.dump(content, f, indent=2, ensure_ascii=False, sort_keys=sort_keys)
         f.write("\n")
 
 
