@@ -34,8 +34,8 @@ from tflm import atomic
 from tflm import errors
 from tflm.export import gguf_vocab
 from tflm.export import huggingface
+from tflm.layers import rotary
 from tflm.models import lora as lora_lib
-from tflm.models import weights as weights_lib
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +71,8 @@ def to_gguf(
     Args:
         model: a `tflm.CausalLM` whose `tokenizer` is set; LoRA adapters
             are merged into the written weights (`model` is kept).
-        path: the file to write, atomically (a temporary file beside it,
-            renamed into place).
+        path: the file to write, atomically (`atomic.write_file`: staged
+            beside it, renamed into place).
         overwrite: replace an existing file at `path`.
         dtype: `float32` (`ALL_F32`) or `float16` (`MOSTLY_F16`).
 
@@ -95,16 +95,7 @@ def to_gguf(
         raise errors.InputError(
             "Writing GGUF needs the gguf package: pip install 'tflm[gguf]'."
         ) from None
-    if weights_lib.weights_of(model) == "int8":
-        raise errors.InputError(
-            "the model's weights are int8, which GGUF export does not "
-            "write: export the float32 or bfloat16 model."
-        )
-    if model.tokenizer is None:
-        raise errors.InputError(
-            "the model has no tokenizer, which a GGUF file must hold: load "
-            "the model from its directory, or set model.tokenizer."
-        )
+    huggingface.check_model(model)
     model = lora_lib.merged(model)
     config, hf = huggingface.hf_tensors(model)
     arch = ARCHITECTURES[config["model_type"]]
@@ -197,28 +188,17 @@ def _rope_type(config: dict) -> str | None:
 
 
 def _rope_freqs(config: dict) -> list[Tensor]:
-    """Llama 3 rope scaling as llama.cpp's per-frequency divisors, by the
-    converter's formula with the model's own original context (the
-    converter reads a top-level field Hugging Face configs lack, and falls
-    back to 8192, Llama 3.x's)."""
+    """Llama 3 rope scaling as llama.cpp's per-frequency divisors, from the
+    model's own original context (the converter reads a top-level field
+    Hugging Face configs lack, and falls back to 8192, Llama 3.x's)."""
     scaling = config.get("rope_scaling") or {}
     if _rope_type(config) != "llama3":
         return []
-    dim = _head_dim(config)
-    base = config["rope_theta"]
-    freqs = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
-    factor = scaling["factor"]
-    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
-    old = scaling["original_max_position_embeddings"]
-    wavelen = 2 * np.pi / freqs
-    smooth = (old / wavelen - low) / (high - low)
-    divisors = np.where(
-        wavelen < old / high,
-        1.0,
-        np.where(
-            wavelen > old / low, factor, 1 / ((1 - smooth) / factor + smooth)
-        ),
-    ).astype(np.float32)
+    # The frequencies tflm itself runs, unscaled over scaled.
+    dim, base = _head_dim(config), config["rope_theta"]
+    plain = rotary.rope_inverse_frequencies(dim, base)
+    scaled = rotary.rope_inverse_frequencies(dim, base, scaling)
+    divisors = np.asarray(plain / scaled, np.float32)
     return [Tensor("rope_freqs.weight", divisors.shape, "float32", divisors)]
 
 

@@ -96,12 +96,10 @@ def write(tokenizer, folder: str, *, model_max_length: int) -> dict:
     ):
         # transformers runs these through other classes; `tflm import`
         # builds the same tflm tokenizer back from its own record.
-        config[hf_files.TFLM_TOKENIZER_KEY] = dict(
-            tokenizers.base.tokenizer_config(tokenizer),
-            model_file=SENTENCEPIECE_FILE,
-        )
-        if isinstance(tokenizer, tokenizers.ByteTokenizer):
-            del config[hf_files.TFLM_TOKENIZER_KEY]["model_file"]
+        record = tokenizers.base.tokenizer_config(tokenizer)
+        if "model_file" in record:  # SentencePiece's, under its HF name.
+            record["model_file"] = SENTENCEPIECE_FILE
+        config[hf_files.TFLM_TOKENIZER_KEY] = record
     config.setdefault("added_tokens_decoder", {})
     for index in sorted(_special_ids(tokenizer)):
         config["added_tokens_decoder"].setdefault(

@@ -86,7 +86,12 @@ def to_huggingface(
             counterpart (naming the field), an int8 model, or a folder that
             holds an earlier export and no `overwrite`.
     """
-    _check(model, weights)
+    if weights not in WEIGHTS:
+        raise errors.InputError(
+            f"weights must be one of {', '.join(WEIGHTS)}. Received: "
+            f"{weights!r}."
+        )
+    check_model(model)
     model = lora_lib.merged(model)  # Adapters folded into the weights.
     tokenizer = model.tokenizer
     hf_tokenizer.check(tokenizer)
@@ -120,13 +125,9 @@ def to_huggingface(
     return path
 
 
-def _check(model, weights: str) -> None:
-    """InputError for what no export of `model` can hold."""
-    if weights not in WEIGHTS:
-        raise errors.InputError(
-            f"weights must be one of {', '.join(WEIGHTS)}. Received: "
-            f"{weights!r}."
-        )
+def check_model(model) -> None:
+    """InputError for what no export to another runtime can hold (the
+    Hugging Face layout and GGUF alike)."""
     if getattr(model, "tokenizer", None) is None:
         raise errors.InputError(
             "the model has no tokenizer to write: set model.tokenizer (a "
@@ -134,8 +135,8 @@ def _check(model, weights: str) -> None:
         )
     if weights_lib.weights_of(model) == "int8":
         raise errors.InputError(
-            "the model's weights are int8, which transformers does not "
-            "load as they are: convert them first with "
+            "the model's weights are int8, which transformers and "
+            "llama.cpp do not load as they are: convert them first with "
             "tflm.models.weights.convert_weights(model, 'float32') (`tflm "
             "export` does)."
         )

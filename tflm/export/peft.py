@@ -35,7 +35,6 @@ from tflm import atomic
 from tflm import errors
 from tflm.export import huggingface
 from tflm.export import safetensors
-from tflm.layers import lora as lora_layers
 from tflm.models import lora as lora_lib
 from tflm.tokenizers import hf_files
 
@@ -48,8 +47,6 @@ OWNED = (ADAPTER_FILE, CONFIG_FILE)
 _MODULE_PREFIX = {"gpt2": "transformer."}
 # `h.0.attn.c_attn` -> `attn.c_attn`: a module's name within its layer.
 _IN_LAYER = re.compile(r"^.*?\.\d+\.(.+)$")
-_ATTENTION = ("query_key_value", "query", "key", "value", "output_dense")
-_PROJECTIONS = (*_ATTENTION, "mlp_in", "mlp_out")
 
 
 class Module(NamedTuple):
@@ -142,7 +139,7 @@ def peft_modules(model, model_type: str | None = None) -> list[Module]:
         if name.endswith(".weight"):
             by_kernel[target.variable.path].append((name[:-7], target))
     modules = []
-    for layer in _adapted(model):
+    for *_, layer in lora_lib.adapted_layers(model):
         modules += _layer_modules(
             layer, by_kernel[layer.kernel.path], prefix, hf["model_type"]
         )
@@ -284,15 +281,3 @@ def adapter_config(
         "use_dora": False,
         "use_rslora": False,
     }
-
-
-def _adapted(model) -> list[lora_layers.LoRADense]:
-    """The `LoRADense` projections of `model`'s decoder blocks, in order."""
-    found = []
-    for block in model.backbone.blocks:
-        for parent in (block.attention, block):
-            for name in _PROJECTIONS:
-                layer = getattr(parent, name, None)
-                if isinstance(layer, lora_layers.LoRADense):
-                    found.append(layer)
-    return found

@@ -107,7 +107,7 @@ def _check_rank(rank, model, slots) -> None:
 _ATTRIBUTES = ("query_key_value", "query", "key", "value", "output_dense")
 
 
-def _lora_layers(model) -> list[tuple]:
+def adapted_layers(model) -> list[tuple]:
     """`(block name, parent, attribute, layer)` per adapted projection."""
     found = []
     for block in model.backbone.blocks:
@@ -206,7 +206,7 @@ def enable_lora(
 
 def lora_config(model) -> dict | None:
     """`{"rank", "alpha", "targets"}` of `model`'s adapters, or None."""
-    found = _lora_layers(model)
+    found = adapted_layers(model)
     if not found:
         return None
     first, *_, layer = found[0]
@@ -226,7 +226,7 @@ def adapter_weights(model) -> dict[str, np.ndarray]:
 def adapter_variables(model) -> dict:
     """The adapter variables, keyed as in `adapter_weights`."""
     variables = {}
-    for block_name, *_, layer in _lora_layers(model):
+    for block_name, *_, layer in adapted_layers(model):
         pairs = zip(layer.blocks, layer.lora_a, layer.lora_b, strict=True)
         for (target, *_), a, b in pairs:
             variables[f"{block_name}/{target}/lora_a"] = a
@@ -265,7 +265,7 @@ def merge_lora(model) -> None:
     Every variable is trainable again afterwards. Nothing happens to a
     model without adapters.
     """
-    found = _lora_layers(model)
+    found = adapted_layers(model)
     if not found:
         return
     for _, parent, attr, old in found:
